@@ -18,6 +18,13 @@ from pathlib import Path
 from PIL import Image
 
 
+class DatasetError(ValueError):
+    """A dataset spec that cannot be loaded, or a dataset that cannot be used.
+
+    The message names the bad value (spec, path, column ...) and says what to do.
+    """
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A file left out of a dataset, and why (a short human-readable reason)."""
@@ -123,7 +130,9 @@ class ImageDataset:
 
 def fingerprint_of(parts: Sequence[object]) -> str:
     """A short stable hex digest of JSON-serialisable parts (16 hex chars)."""
-    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(list(parts), sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 def relpath(path: str | Path, root: str | Path) -> str:

@@ -165,7 +165,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         h, w = tex.shape[:2]
         crop = int(rng.uniform(0.25, 0.9) * min(h, w))
         y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-        patch = Image.fromarray(tex[y : y + crop, x : x + crop]).resize((size, size), Image.BILINEAR)
+        patch = Image.fromarray(tex[y : y + crop, x : x + crop]).resize(
+            (size, size), Image.BILINEAR
+        )
         bg = np.asarray(patch, dtype=np.float32) / 255.0
         if rng.random() < 0.5:  # tint grey or colour textures toward a random hue
             bg = bg * (0.5 + 0.5 * _random_rgb(rng, 0.3, 1.0))
@@ -315,11 +317,13 @@ def render_demo_image(
     return _compose(attrs, _rng(seed, split, cls, index), size)
 
 
-def render_caption_sample(index: int, *, seed: int = 0, size: int = 64) -> tuple[Image.Image, Image.Image, str]:
+def render_caption_sample(
+    index: int, *, seed: int = 0, size: int = 64
+) -> tuple[Image.Image, Image.Image, str]:
     """Sample ``index`` of the captioned pretraining corpus: ``(image, mask, caption)``.
 
     Attribute combinations are drawn uniformly from :func:`all_attribute_combinations`
-    (90 combinations, a superset of the 12 classes); the caption uses a random template
+    (96 combinations, a superset of the 12 classes); the caption uses a random template
     and never a class name. A pure function of ``(index, seed, size)``.
     """
     rng = _rng(seed, "corpus", index, 0)

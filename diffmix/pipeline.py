@@ -1,0 +1,210 @@
+"""Load a Stable Diffusion base model -- ``nano``, a local diffusers folder or a hub id.
+
+One loader for every stage, so nano-SD on a CPU and SD 1.5 / 2.1 on a GPU take the same code
+path. Pipelines are cached per (model, device, dtype), so the app does not reload on every
+click; the img2img pipeline is made with ``from_pipe`` and shares the text-to-image weights.
+
+    >>> pipe = load_pipeline("nano")                      # StableDiffusionPipeline, fp32 on CPU
+    >>> i2i = load_pipeline("nano", kind="img2img")       # same UNet/VAE/text encoder objects
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: The shipped nano-SD folder (see ``diffmix/nano``).
+NANO_DIR = Path(__file__).resolve().parent.parent / "assets" / "nano-sd"
+#: Pipeline classes whose folders this loader accepts (SD 1.x / 2.x layouts).
+SD_CLASSES = {
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+}
+_REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelError(ValueError):
+    """A base model that cannot be used: missing, not Stable Diffusion, or not downloadable."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved base model: ``source`` is a local folder path or a hub repo id."""
+
+    name: str  # what the user typed ("nano", a path, a hub id)
+    source: str
+    local: bool
+
+
+def resolve_model(model: str) -> ModelRef:
+    """Turn ``nano`` / a local folder / a hub id into a :class:`ModelRef`, checking local folders.
+
+    Raises :class:`ModelError` for a missing path or a folder that is not an SD 1.x/2.x
+    diffusers pipeline (the message names the path and what was expected).
+    """
+    if not model or not str(model).strip():
+        raise ModelError("no base model given; use 'nano', a diffusers folder or a hub id")
+    model = str(model).strip()
+    if model == "nano":
+        path = NANO_DIR
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"the embedded nano-SD is missing at {path}; restore assets/nano-sd from git "
+                "or rebuild it with `python -m diffmix.nano.train --out assets/nano-sd`"
+            )
+        return ModelRef("nano", str(path), True)
+    path = Path(model).expanduser()
+    looks_like_path = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelError(f"model folder {model!r} does not exist")
+        _check_sd_folder(path)
+        return ModelRef(model, str(path.resolve()), True)
+    if model.count("/") != 1:
+        raise ModelError(
+            f"model {model!r} is neither 'nano', an existing folder, nor a hub id like "
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+        )
+    return ModelRef(model, model, False)
+
+
+def _check_sd_folder(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json); "
+            "save one with pipe.save_pretrained(...)"
+        )
+    try:
+        meta = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{index} is not valid JSON: {e}") from None
+    cls = meta.get("_class_name")
+    if cls not in SD_CLASSES:
+        raise ModelError(
+            f"{path} holds a {cls!r}, not a Stable Diffusion 1.x/2.x pipeline "
+            f"(expected one of {sorted(SD_CLASSES)})"
+        )
+    missing = [c for c in _REQUIRED if c not in meta or not (path / c).is_dir()]
+    if missing:
+        raise ModelError(f"{path} lacks the Stable Diffusion component(s) {missing}")
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else Apple MPS, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp32 on CPU; on GPU bf16 where supported, else fp16. ``dtype`` overrides.
+
+    Accepted names: ``"auto"``, ``"fp32"``/``"float32"``, ``"fp16"``/``"float16"``,
+    ``"bf16"``/``"bfloat16"``.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp32": torch.float32, "float32": torch.float32,
+        "fp16": torch.float16, "float16": torch.float16,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    }  # fmt: skip
+    if dtype not in (None, "auto"):
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")
+        return names[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_CACHE_SIZE = 2
+_LOCK = threading.RLock()
+
+
+def _load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            ref.source,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as e:
+        if ref.local:
+            raise ModelError(f"could not load the model in {ref.source}: {e}") from e
+        raise ModelError(
+            f"could not load hub model {ref.source!r}: it is not in the local Hugging Face cache "
+            "and could not be downloaded (the network is needed the first time; or download it "
+            f"beforehand and pass its folder). Cause: {type(e).__name__}: {str(e)[:200]}"
+        ) from e
+    if not isinstance(pipe.scheduler, DPMSolverMultistepScheduler):
+        # The paper samples with DPM-Solver multistep; keep the model's own noise schedule.
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_pipeline(
+    model: str = "nano",
+    *,
+    kind: str = "txt2img",
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+):
+    """A cached diffusers pipeline for ``model``.
+
+    Args:
+        model: ``"nano"``, a local diffusers SD 1.x/2.x folder, or a hub id.
+        kind: ``"txt2img"`` (``StableDiffusionPipeline``) or ``"img2img"``
+            (``StableDiffusionImg2ImgPipeline`` sharing the same weights).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (default: best available).
+        dtype: see :func:`pick_dtype` (default: fp32 on CPU, bf16/fp16 on GPU).
+
+    The two most recently used base models stay in memory.
+    """
+    if kind not in ("txt2img", "img2img"):
+        raise ValueError(f"kind must be 'txt2img' or 'img2img', got {kind!r}")
+    ref = resolve_model(model)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    key = (ref.source, str(dev), str(dt))
+    with _LOCK:
+        base = _CACHE.get(key)
+        if base is None:
+            logger.info("loading base model %s on %s (%s)", ref.name, dev, dt)
+            base = _load_base(ref, dev, dt)
+            _CACHE[key] = base
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
+    if kind == "txt2img":
+        return base
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return StableDiffusionImg2ImgPipeline.from_pipe(base)
+
+
+def clear_cache() -> None:
+    """Drop every cached pipeline (frees memory; the next call reloads)."""
+    with _LOCK:
+        _CACHE.clear()
