@@ -145,7 +145,7 @@ def _load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             ref.source,
-            torch_dtype=dtype,
+            dtype=dtype,
             safety_checker=None,
             requires_safety_checker=False,
         )

@@ -183,7 +183,7 @@ def evaluate_nano(
 
     # 1. Plain diffusers calls: load the folder exactly as a user would.
     ref = resolve_model(model)
-    pipe = StableDiffusionPipeline.from_pretrained(ref.source, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(ref.source, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     i2i = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
