@@ -572,3 +572,99 @@ def _sample_grid(
     if was_training:
         unet.train()
         text_encoder.train()
+
+
+# --------------------------------------------------------------------------- importer
+
+
+def import_authors_checkpoint(
+    embed_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    base_model: str,
+    lora_path: str | os.PathLike | None = None,
+    class_names: list[str] | None = None,
+    superclass: str = "object",
+) -> Path:
+    """Convert the Diff-Mix authors' released checkpoint into an adapter folder.
+
+    ``embed_path`` is their ``learned_embeds-steps-last.bin`` (a torch pickle holding
+    ``learned_embeds_dict`` {placeholder: vector} and ``name2placeholder`` {class: placeholder});
+    it is read with ``torch.load(weights_only=True)``, which refuses arbitrary objects, so a
+    tampered file cannot run code. ``lora_path`` is their ``pytorch_lora_weights.safetensors``
+    (or its folder). ``class_names`` (the dataset's, in label order) reorders and checks the
+    classes; by default the checkpoint's order is kept. Class names are normalised as the
+    authors do ('/' and '_' become spaces) when matching.
+    """
+    from safetensors import safe_open
+
+    out = Path(out)
+    try:
+        ckpt = torch.load(embed_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # UnpicklingError and friends: not a plain tensor checkpoint
+        raise AdapterError(
+            f"{embed_path} is not a plain tensor checkpoint (refused to unpickle it safely: "
+            f"{type(e).__name__}: {str(e)[:160]})"
+        ) from None
+    if (
+        not isinstance(ckpt, dict)
+        or "learned_embeds_dict" not in ckpt
+        or "name2placeholder" not in ckpt
+    ):
+        raise AdapterError(
+            f"{embed_path} lacks 'learned_embeds_dict' / 'name2placeholder'; is it a Diff-Mix checkpoint?"
+        )
+    embeds: dict = ckpt["learned_embeds_dict"]
+    norm = lambda s: str(s).replace("/", " ").replace("_", " ").strip()  # noqa: E731
+    name2ph = {norm(k): v for k, v in ckpt["name2placeholder"].items()}
+    missing_vec = [ph for ph in name2ph.values() if ph not in embeds]
+    if missing_vec:
+        raise AdapterError(f"{embed_path}: no embedding for placeholders {missing_vec[:5]}")
+    if class_names is None:
+        order = list(name2ph)
+        names = order
+    else:
+        unknown = [c for c in class_names if norm(c) not in name2ph]
+        if unknown:
+            raise AdapterError(
+                f"classes {unknown[:5]} are not in the checkpoint (it has {list(name2ph)[:5]}...)"
+            )
+        order = [norm(c) for c in class_names]
+        names = list(class_names)
+    tokens = [name2ph[n] for n in order]
+    vectors = torch.stack([embeds[t].reshape(-1).float() for t in tokens])
+    out.mkdir(parents=True, exist_ok=True)
+    _save_embeddings(out, tokens, vectors)
+    has_lora = False
+    if lora_path is not None:
+        src = Path(lora_path)
+        if src.is_dir():
+            src = src / LORA_FILE
+        try:
+            with safe_open(str(src), framework="pt") as f:
+                n_keys = len(list(f.keys()))
+        except Exception as e:
+            raise AdapterError(f"{src} is not a readable safetensors LoRA file: {e}") from None
+        if n_keys == 0:
+            raise AdapterError(f"{src} holds no tensors")
+        if src.resolve() != (out / LORA_FILE).resolve():
+            import shutil
+
+            shutil.copyfile(src, out / LORA_FILE)
+        has_lora = True
+    meta = {
+        "format": "diffmix-adapter/1",
+        "base_model": base_model,
+        "class_tokens": dict(zip(names, tokens, strict=True)),
+        "prompt_template": f"a photo of a {{token}} {superclass}",
+        "superclass": superclass,
+        "ti_only": not has_lora,
+        "imported_from": {
+            "embeddings": str(embed_path),
+            "lora": str(lora_path) if lora_path else None,
+        },
+    }
+    (out / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out

@@ -173,3 +173,46 @@ def test_errors(tiny_sd_dir, tmp_path, trained):
     (notsd / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ValueError, match="FluxPipeline"):
         personalize(_cfg(notsd), tmp_path / "x")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_import_authors_checkpoint_round_trip(trained, tiny_sd_dir, tmp_path):
+    from diffmix.personalize import import_authors_checkpoint
+
+    out, _ = trained
+    ckpt = {
+        "learned_embeds_dict": {"<Black_footed_Albatross>": torch.randn(32), "<Laysan_Albatross>": torch.randn(32)},
+        "name2placeholder": {"Black_footed_Albatross": "<Black_footed_Albatross>", "Laysan_Albatross": "<Laysan_Albatross>"},
+        "placeholder2name": {"<Black_footed_Albatross>": "Black_footed_Albatross", "<Laysan_Albatross>": "Laysan_Albatross"},
+    }  # fmt: skip
+    torch.save(ckpt, tmp_path / "learned_embeds-steps-last.bin")
+    dst = import_authors_checkpoint(
+        tmp_path / "learned_embeds-steps-last.bin", tmp_path / "imported", base_model=str(tiny_sd_dir),
+        lora_path=out, class_names=["Laysan Albatross", "Black footed Albatross"], superclass="bird",
+    )  # fmt: skip
+    meta = read_adapter(dst)
+    assert list(meta["class_tokens"].values()) == ["<Laysan_Albatross>", "<Black_footed_Albatross>"]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    attach_adapter(pipe, dst)
+    tid = pipe.tokenizer.convert_tokens_to_ids("<Laysan_Albatross>")
+    torch.testing.assert_close(
+        pipe.text_encoder.get_input_embeddings().weight[tid],
+        ckpt["learned_embeds_dict"]["<Laysan_Albatross>"],
+    )
+    img = _render(pipe, [meta["prompt_template"].format(token="<Laysan_Albatross>")])
+    assert img.shape == (1, 32, 32, 3)
+    # a pickle carrying code is refused, not executed
+    torch.save({"learned_embeds_dict": _Evil(), "name2placeholder": {}}, tmp_path / "evil.bin")
+    with pytest.raises(AdapterError, match="refused to unpickle"):
+        import_authors_checkpoint(tmp_path / "evil.bin", tmp_path / "x", base_model="nano")
+    with pytest.raises(AdapterError, match="not in the checkpoint"):
+        import_authors_checkpoint(
+            tmp_path / "learned_embeds-steps-last.bin",
+            tmp_path / "y",
+            base_model="nano",
+            class_names=["Crow"],
+        )
