@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from diffmix.runs import Cancelled, RunDir
 
@@ -311,6 +312,7 @@ def personalize(
         grad_mask = (~keep).float().unsqueeze(1)
         emb.weight.register_hook(lambda g: g * grad_mask.to(g))
         params = [{"params": [emb.weight], "lr": cfg.ti_lr, "weight_decay": 0.0}]
+        torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG: same seed, same run
         if not cfg.ti_only:
             from peft import LoraConfig
 
@@ -369,8 +371,13 @@ def personalize(
         text_encoder.train()
         t0, losses = time.time(), []
         run.set_status(message="training", step=start, progress=start / cfg.steps)
+        bar = tqdm(total=cfg.steps, initial=start, desc="personalize", unit="step", disable=None)
         for step in range(start, cfg.steps):
-            run.check_cancel()
+            if run.cancel_requested():
+                if accel.is_main_process and step > start:  # a clean step boundary: keep the work
+                    _checkpoint(out, step, accel.unwrap_model(unet), accel.unwrap_model(text_encoder),
+                                optimizer, token_ids, cfg.ti_only)  # fmt: skip
+                raise Cancelled(f"cancelled at step {step}")
             gen = torch.Generator().manual_seed(
                 (cfg.seed * 1_000_003 + step) * 64 + accel.process_index
             )
@@ -432,6 +439,8 @@ def personalize(
                         w[keep] = frozen_rows[keep]
             losses.append(float(loss.detach()))
             done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if done % 10 == 0 or done == cfg.steps:
                 rate = (done - start) / max(time.time() - t0, 1e-9)
                 loss_avg = float(np.mean(losses[-10:]))
@@ -458,6 +467,8 @@ def personalize(
                     superclass,
                     out / "samples" / f"step-{done:06d}.png",
                 )
+
+        bar.close()
 
         # 5. Save the adapter.
         accel.wait_for_everyone()

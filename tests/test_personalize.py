@@ -123,32 +123,28 @@ def test_ti_only_writes_no_lora(tiny_sd_dir, tmp_path):
     assert read_adapter(out)["ti_only"] is True
 
 
-def test_cancel_stops_with_a_resumable_state(tiny_sd_dir, tmp_path):
+def test_cancel_keeps_the_work_and_resume_finishes_identically(
+    trained, tiny_sd_dir, tmp_path, monkeypatch
+):
+    ref_out, _ = trained
     out = tmp_path / "c"
-    RunDir(out).request_cancel()
+    calls = {"n": 0}
+
+    def cancel_on_third_check(self):
+        calls["n"] += 1
+        return calls["n"] >= 3  # asked to stop after two finished steps
+
+    monkeypatch.setattr(RunDir, "cancel_requested", cancel_on_third_check)
     with pytest.raises(Cancelled):
-        # personalize clears a stale cancel at start; request it again from a progress hook
-        # by starting with a run that is asked to stop before its first step.
-        cfg = _cfg(tiny_sd_dir, steps=4)
-        RunDir(out).write_config({})
-        _run_with_cancel(cfg, out)
+        personalize(_cfg(tiny_sd_dir), out)
+    monkeypatch.undo()
     assert RunDir(out).status()["state"] == "cancelled"
-
-
-def _run_with_cancel(cfg, out):
-    import diffmix.personalize as P
-
-    real = P.RunDir.check_cancel
-
-    def cancel_at_step(self):
-        self.request_cancel()
-        return real(self)
-
-    P.RunDir.check_cancel = cancel_at_step
-    try:
-        personalize(cfg, out)
-    finally:
-        P.RunDir.check_cancel = real
+    assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["step-000002.pt"]
+    personalize(_cfg(tiny_sd_dir), out, resume=True)
+    a = load_file(ref_out / "pytorch_lora_weights.safetensors")
+    b = load_file(out / "pytorch_lora_weights.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
 def test_errors(tiny_sd_dir, tmp_path, trained):
@@ -216,3 +212,23 @@ def test_import_authors_checkpoint_round_trip(trained, tiny_sd_dir, tmp_path):
             base_model="nano",
             class_names=["Crow"],
         )
+
+
+def test_cli_personalize_json_and_errors(tiny_sd_dir, tmp_path, workspace_home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DIFFMIX_HOME": str(workspace_home)}
+    cmd = [sys.executable, "-m", "diffmix", "personalize", "demo", "--model", str(tiny_sd_dir),
+           "--out", str(tmp_path / "cli"), "--steps", "2", "--shots", "1", "--batch-size", "2", "--json"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(last["class_tokens"]) == 12 and "{token}" in last["prompt_template"]
+    bad = subprocess.run(
+        cmd[:-1] + ["--rank", "0"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert bad.returncode == 2
+    err = bad.stderr.strip().splitlines()[-1]
+    assert err.startswith("error:") and "rank" in err

@@ -174,8 +174,15 @@ def evaluate_nano(
     pairs_per_class: int = 3,
     seed: int = 0,
     out: Path | None = None,
+    adapter: Path | None = None,
+    skip_img2img: bool = False,
 ) -> dict:
-    """Run the three measurements of the module docstring; returns a JSON-able report."""
+    """Run the three measurements of the module docstring; returns a JSON-able report.
+
+    With ``adapter`` (a personalization output folder) it also samples every class through
+    the adapter's ``prompt_template`` and class token (LoRA + token embeddings loaded with
+    plain ``load_lora_weights`` / ``load_textual_inversion`` calls): ``t2i_adapter_tokens``.
+    """
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     from diffmix.data.demo import SUPERCLASS, class_prompt, render_demo_image
@@ -215,6 +222,40 @@ def evaluate_nano(
         }
         report[f"t2i_{mode}"] = {"accuracy": float(correct.float().mean()), "per_class": per}
         logger.info("t2i %s accuracy %.3f", mode, report[f"t2i_{mode}"]["accuracy"])
+
+    if adapter is not None:
+        meta = json.loads((Path(adapter) / "adapter.json").read_text())
+        personal = StableDiffusionPipeline.from_pretrained(ref.source, dtype=torch.float32)
+        personal.set_progress_bar_config(disable=True)
+        tokens = [meta["class_tokens"][n] for n in names]
+        personal.load_textual_inversion(
+            [str(Path(adapter) / "embeddings" / f"{t.strip('<>')}.safetensors") for t in tokens]
+        )
+        if (Path(adapter) / "pytorch_lora_weights.safetensors").is_file():
+            personal.load_lora_weights(str(adapter))
+        prompts, labels, seeds = [], [], []
+        for c, tok in enumerate(tokens):
+            for k in range(per_class):
+                prompts.append(meta["prompt_template"].format(token=tok))
+                labels.append(c)
+                seeds.append(seed * 100_000 + c * 1000 + k)
+        imgs = _sample_t2i(personal, prompts, seeds, steps, guidance)
+        grids["adapter_tokens"] = imgs
+        pred = predict(judge, images_to_tensor(imgs, 64)).argmax(-1)
+        correct = pred == torch.tensor(labels)
+        per = {
+            n: float(correct[torch.tensor(labels) == c].float().mean()) for c, n in enumerate(names)
+        }
+        report["t2i_adapter_tokens"] = {
+            "accuracy": float(correct.float().mean()),
+            "per_class": per,
+            "adapter": str(adapter),
+        }
+        logger.info("t2i adapter tokens accuracy %.3f", report["t2i_adapter_tokens"]["accuracy"])
+    if skip_img2img:
+        report["seconds"] = round(time.time() - t0, 1)
+        _save_outputs(out, grids, [], per_class, report)
+        return report
 
     # 3. img2img: real test image of A, prompt of B.
     rng = np.random.default_rng(seed)
@@ -265,13 +306,21 @@ def evaluate_nano(
     report["pairs"] = len(prompts)
     report["seconds"] = round(time.time() - t0, 1)
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for mode, imgs in grids.items():
-            _grid(imgs, per_class, 64).save(out / f"t2i_{mode}.png")
-        _grid(i2i_grid, 12, 64).save(out / "img2img.png")
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _save_outputs(out, grids, i2i_grid, per_class, report)
     return report
+
+
+def _save_outputs(
+    out: Path | None, grids: dict, i2i_grid: list, per_class: int, report: dict
+) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for mode, imgs in grids.items():
+        _grid(imgs, per_class, 64).save(out / f"t2i_{mode}.png")
+    if i2i_grid:
+        _grid(i2i_grid, 12, 64).save(out / "img2img.png")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _grid(images: list[Image.Image], cols: int, cell: int) -> Image.Image:
@@ -288,10 +337,17 @@ def format_report(r: dict) -> str:
         f"judge (SmallCNN on real demo train) test accuracy: {r['judge_test_accuracy']:.3f}",
         f"text-to-image, attribute prompts: {r['t2i_attributes']['accuracy']:.3f}  (bar >= 0.80)",
         f"text-to-image, class-name prompts: {r['t2i_class_name']['accuracy']:.3f}  (expected much lower)",
-        f"img2img over {r['pairs']} (A -> B) pairs:",
-        "  strength  judged B  still A  fg change  bg change",
     ]
-    for s, row in r["img2img"].items():
+    if "t2i_adapter_tokens" in r:
+        lines.append(
+            f"text-to-image, adapter class tokens: {r['t2i_adapter_tokens']['accuracy']:.3f}  (bar >= 0.75)"
+        )
+    if "img2img" in r:
+        lines += [
+            f"img2img over {r['pairs']} (A -> B) pairs:",
+            "  strength  judged B  still A  fg change  bg change",
+        ]
+    for s, row in r.get("img2img", {}).items():
         lines.append(
             f"  {float(s):8.1f}  {row['target_rate']:8.3f}  {row['source_rate']:7.3f}"
             f"  {row['foreground_change']:9.3f}  {row['background_change']:9.3f}"
@@ -318,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="folder for sample grids and report.json")
+    p.add_argument(
+        "--adapter", type=Path, default=None, help="also sample through this adapter's class tokens"
+    )
+    p.add_argument(
+        "--skip-img2img", action="store_true", help="only the text-to-image measurements"
+    )
     p.add_argument("--json", action="store_true", help="last stdout line: the report as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -329,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         guidance=args.guidance_scale,
         seed=args.seed,
         out=args.out,
+        adapter=args.adapter,
+        skip_img2img=args.skip_img2img,
     )
     sys.stdout.write(format_report(report) + "\n")
     if args.json:
