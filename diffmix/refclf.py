@@ -1,0 +1,87 @@
+"""A small reference classifier: judges what a generator drew, and scores faithfulness.
+
+:class:`SmallCNN` trained with :func:`fit_judge` on the real images of a dataset tells which
+class a generated image looks like. nano-SD's evaluation uses it on the demo data; the
+translation scores (faithfulness) use it on any dataset (fit once per dataset fingerprint).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+
+class SmallCNN(nn.Module):
+    """A 4-stage conv net for small images (any side >= 16 px); logits over ``num_classes``."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        chans = (3, width, width * 2, width * 4, width * 4)
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(b, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> float tensor (n, 3, size, size) in [0, 1] (bicubic resize when needed)."""
+    arrs = [
+        np.asarray(
+            im.convert("RGB").resize((size, size), Image.BICUBIC)
+            if im.size != (size, size)
+            else im.convert("RGB")
+        )
+        for im in images
+    ]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flip + random translation by up to 1/8 of the side (reflect padding)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    pad = h // 8
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    return torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def fit_judge(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int = 30, seed: int = 0
+) -> SmallCNN:
+    """Train a :class:`SmallCNN` on images ``x`` (n,3,H,W in [0,1]) and labels ``y``."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes)
+    steps_per_epoch = max(1, len(x) // 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for s in range(steps_per_epoch):
+            idx = perm[s * 64 : (s + 1) * 64]
+            loss = F.cross_entropy(model(_augment(x[idx], gen)), y[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Class probabilities (n, C) for images ``x`` (n,3,H,W in [0,1])."""
+    model.eval()
+    return torch.cat([model(x[a : a + batch]).softmax(-1) for a in range(0, len(x), batch)])
