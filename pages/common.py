@@ -1,0 +1,268 @@
+"""UI helpers shared by every page: settings, header, the selection hand-off, launching.
+
+Pages import this module; ``diffmix`` never imports gradio. Everything here is small and
+stateless except :func:`get_settings` (read once per process), the small dataset cache
+behind :func:`load_cached` (heavy objects live there, never in page state) and the
+per-process secret that encrypts the selection kept in the browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from diffmix import workspace
+from diffmix.data import DatasetError, ImageDataset, Subset, load_dataset
+from diffmix.settings import Settings, check_spec, is_upload
+
+logger = logging.getLogger(__name__)
+
+APP_TITLE = "Diff-Mix Studio"
+APP_TAGLINE = (
+    "Enlarge a fine-grained image dataset by inter-class image translation with a "
+    "personalized Stable Diffusion (Diff-Mix, Wang et al., CVPR 2024)."
+)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CSS_PATH = REPO_ROOT / "assets" / "style.css"
+
+#: localStorage key of the loaded dataset selection (shared by all pages of the app).
+SELECTION_KEY = "diffmix-selection"
+#: Encrypts the selection in the browser; new per server process, so a restart forgets it.
+_SELECTION_SECRET = secrets.token_urlsafe(24)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The operator settings of this process (read from the environment once)."""
+    return Settings.from_env()
+
+
+def page_blocks(title: str) -> gr.Blocks:
+    """A page's ``gr.Blocks``: titled, with analytics and Gradio's version check off.
+
+    With analytics on, every ``gr.Blocks()`` starts a thread that asks PyPI for the latest
+    Gradio version; the app must not reach out to the network on its own.
+    """
+    return gr.Blocks(title=f"{title} · {APP_TITLE}", analytics_enabled=False)
+
+
+def selection_state() -> gr.BrowserState:
+    """The dataset selection (a plain dict, or None before a dataset is loaded).
+
+    Every page creates its own component with the same storage key: routes are separate page
+    loads (a ``gr.State`` would not survive navigation), while the browser's localStorage
+    does. Through the API the selection is a plain JSON parameter / return value.
+    """
+    return gr.BrowserState(None, storage_key=SELECTION_KEY, secret=_SELECTION_SECRET)
+
+
+def mode_line(settings: Settings) -> str:
+    """One line telling users what this deployment allows."""
+    local = "server folders allowed" if settings.allow_local_paths else "no server folders"
+    hub = "Hub datasets allowed" if settings.allow_hub else "no Hub datasets"
+    return (
+        f"**{settings.mode.capitalize()} mode**: {local} · {hub} · uploads up to "
+        f"{settings.max_upload_mb} MB · model `{settings.model}`"
+    )
+
+
+def header(settings: Settings) -> gr.Markdown:
+    """The app header: title, one-line description, operator mode."""
+    text = f"# {APP_TITLE}\n{APP_TAGLINE}\n\n{mode_line(settings)}"
+    return gr.Markdown(text, elem_id="app-header", elem_classes=["dm-header"])
+
+
+def error_box(message: str) -> str:
+    """Markdown/HTML for an error shown in the page (escaped, never a traceback)."""
+    return f'<div class="dm-error">⚠️ {html.escape(message)}</div>'
+
+
+def info_box(message: str) -> str:
+    """Markdown/HTML for a success or info line."""
+    return f'<div class="dm-info">{html.escape(message)}</div>'
+
+
+def session_id(request: gr.Request | None) -> str:
+    """A filesystem-safe id of the browser session (``"local"`` outside a request)."""
+    raw = getattr(request, "session_hash", None) or "local"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(raw))[:64] or "local"
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def load_cached(spec: str, split: str) -> ImageDataset:
+    """``load_dataset(spec, split=split)``, memoized for the whole process (a few entries).
+
+    A local spec is keyed by its path's modification time too, so a re-extracted zip or a
+    folder whose top level changed is read again.
+    """
+    return _load_cached(spec, split, _mtime(spec))
+
+
+def clear_dataset_cache() -> None:
+    """Forget every cached dataset."""
+    _load_cached.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _load_cached(spec: str, split: str, mtime: float | None) -> ImageDataset:
+    del mtime  # part of the cache key only
+    return load_dataset(spec, split=split)
+
+
+def _mtime(spec: str) -> float | None:
+    """Modification time of a local spec's path (None for demo / hub / missing paths)."""
+    if spec.startswith(("demo", "hub:")) and not Path(spec).exists():
+        return None
+    try:
+        return Path(spec).expanduser().stat().st_mtime
+    except OSError:
+        return None
+
+
+def open_selection(
+    selection: dict[str, Any] | None, settings: Settings
+) -> tuple[ImageDataset, Subset | None]:
+    """The dataset and subset a selection (from the Dataset page) names, checked again.
+
+    The spec is re-validated against ``settings`` (a selection may come from an API client),
+    the dataset must still have the fingerprint it had when selected, and the subset indices
+    are rebuilt as a :class:`~diffmix.data.Subset` and checked against it. Raises
+    ``ValueError`` (``DatasetError``) with a message that says to reload on the Dataset page.
+    """
+    if not selection or not selection.get("spec"):
+        raise ValueError("no dataset selected: load one on the Dataset page first")
+    spec, split = str(selection["spec"]), str(selection.get("split", "train"))
+    if not is_upload(spec, settings):
+        check_spec(spec, settings)
+    ds = load_cached(spec, split)
+    if ds.fingerprint != selection.get("fingerprint"):
+        raise DatasetError(
+            f"dataset {spec!r} ({split}) changed since it was selected (fingerprint "
+            f"{selection.get('fingerprint')} -> {ds.fingerprint}); load it again on the "
+            "Dataset page"
+        )
+    if selection.get("indices") is None:
+        return ds, None
+    record = {k: selection.get(k) for k in ("spec", "split", "fingerprint", "seed", "shots")}
+    record.update(
+        imbalance=selection.get("imbalance"),
+        indices=selection["indices"],
+        counts=selection.get("counts") or {},
+    )
+    subset = Subset.from_dict(record)
+    subset.check(ds)
+    return ds, subset
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def _env_port() -> int:
+    raw = os.environ.get("GRADIO_SERVER_PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"GRADIO_SERVER_PORT={raw!r} is not a port number") from None
+
+
+def parse_launch_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    """``--host``, ``--port``, ``--share`` (defaults from GRADIO_SERVER_NAME / _PORT)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST,
+        help="interface to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)"
+    )
+    parser.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser.parse_args(argv)
+
+
+def run(
+    factory: Callable[[Settings], gr.Blocks],
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = APP_TITLE,
+) -> None:
+    """Parse launch flags, build the Blocks with ``factory(settings)`` and serve it.
+
+    Gradio's upload/cache folder defaults to ``<workspace>/gradio-cache`` (unless the operator
+    set ``GRADIO_TEMP_DIR``) so that the app writes nothing outside the workspace; it must be
+    set before any component is created, hence here and not at import time.
+    """
+    args = parse_launch_args(argv, description)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    try:
+        settings = get_settings()
+        port = args.port if args.port is not None else _env_port()
+    except ValueError as err:
+        logger.error("cannot start: %s", err)
+        raise SystemExit(2) from None
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.subdir("gradio-cache")))
+    logger.info(
+        "starting %s (%s mode, workspace %s) on %s:%d",
+        description,
+        settings.mode,
+        settings.home,
+        args.host,
+        port,
+    )
+    demo = factory(settings)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(**launch_kwargs(settings, host=args.host, port=port, share=args.share))
+
+
+def launch_kwargs(settings: Settings, *, host: str, port: int, share: bool) -> dict[str, Any]:
+    """Keyword arguments for ``Blocks.launch`` under these settings."""
+    kwargs: dict[str, Any] = {
+        "server_name": host,
+        "server_port": port,
+        "share": share,
+        "max_file_size": f"{settings.max_upload_mb}mb",
+        "show_error": False,
+    }
+    if CSS_PATH.is_file():
+        kwargs["css_paths"] = [CSS_PATH]
+    return kwargs
+
+
+__all__ = [
+    "APP_TITLE",
+    "clear_dataset_cache",
+    "load_cached",
+    "open_selection",
+    "page_blocks",
+    "error_box",
+    "get_settings",
+    "header",
+    "info_box",
+    "launch_kwargs",
+    "mode_line",
+    "parse_launch_args",
+    "run",
+    "selection_state",
+    "session_id",
+]

@@ -1,0 +1,161 @@
+"""Operator settings: public/private defaults, overrides, bad values, spec checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from diffmix.settings import Settings, check_spec
+
+
+def _settings(**env: str) -> Settings:
+    return Settings.from_env(env)
+
+
+def test_private_defaults(tmp_path: Path) -> None:
+    s = _settings(DIFFMIX_HOME=str(tmp_path))
+    assert s.home == tmp_path.resolve()
+    assert s.public is False and s.mode == "private"
+    assert s.allow_local_paths is True
+    assert s.allow_hub is True
+    assert s.allowed_roots == ()
+    assert s.max_upload_mb == 2048 and s.max_upload_bytes == 2048 * 2**20
+    assert s.model == "nano"
+
+
+def test_space_id_makes_it_public() -> None:
+    s = _settings(SPACE_ID="someone/diffmix")
+    assert s.public is True and s.mode == "public"
+    assert s.allow_local_paths is False
+    assert s.max_upload_mb == 200
+
+
+@pytest.mark.parametrize(
+    ("env", "public"),
+    [
+        ({"DIFFMIX_PUBLIC": "1"}, True),
+        ({"DIFFMIX_PUBLIC": "true"}, True),
+        ({"DIFFMIX_PUBLIC": "0", "SPACE_ID": "a/b"}, False),
+        ({"DIFFMIX_PUBLIC": "", "SPACE_ID": "a/b"}, True),
+        ({"SPACE_ID": "  "}, False),
+    ],
+)
+def test_public_flag_wins_over_space_id(env: dict[str, str], public: bool) -> None:
+    assert _settings(**env).public is public
+
+
+def test_overrides() -> None:
+    s = _settings(
+        SPACE_ID="a/b",
+        DIFFMIX_ALLOW_LOCAL_PATHS="1",
+        DIFFMIX_MAX_UPLOAD_MB="50",
+        DIFFMIX_MODEL="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        DIFFMIX_ALLOW_HUB="0",
+    )
+    assert s.public and s.allow_local_paths
+    assert s.max_upload_mb == 50
+    assert s.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert s.allow_hub is False
+    assert _settings(DIFFMIX_ALLOW_LOCAL_PATHS="0").allow_local_paths is False
+
+
+def test_allowed_roots_are_split_and_resolved(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = _settings(DIFFMIX_ALLOWED_ROOTS=os.pathsep.join([str(a), "", str(b)]))
+    assert s.allowed_roots == (a.resolve(), b.resolve())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIFFMIX_MAX_UPLOAD_MB", "abc"),
+        ("DIFFMIX_MAX_UPLOAD_MB", "0"),
+        ("DIFFMIX_MAX_UPLOAD_MB", "-5"),
+        ("DIFFMIX_PUBLIC", "maybe"),
+        ("DIFFMIX_ALLOW_LOCAL_PATHS", "2"),
+        ("DIFFMIX_ALLOW_HUB", "yes please"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ValueError) as info:
+        _settings(**{name: value})
+    assert name in str(info.value) and repr(value) in str(info.value)
+
+
+def test_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFMIX_MAX_UPLOAD_MB", "7")
+    monkeypatch.setenv("DIFFMIX_PUBLIC", "1")
+    s = Settings.from_env()
+    assert s.public and s.max_upload_mb == 7
+
+
+def test_settings_are_frozen() -> None:
+    s = _settings()
+    with pytest.raises(AttributeError):
+        s.public = True  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- check_spec
+
+
+def test_demo_always_allowed() -> None:
+    assert check_spec(" demo ", _settings(DIFFMIX_PUBLIC="1", DIFFMIX_ALLOW_HUB="0")) == "demo"
+
+
+def test_empty_spec_refused() -> None:
+    with pytest.raises(ValueError, match="empty dataset spec"):
+        check_spec("  ", _settings())
+
+
+def test_local_path_refused_when_public(tmp_path: Path) -> None:
+    spec = str(tmp_path / "birds")
+    with pytest.raises(ValueError) as info:
+        check_spec(spec, _settings(SPACE_ID="a/b"))
+    msg = str(info.value)
+    assert spec in msg and "DIFFMIX_ALLOW_LOCAL_PATHS=1" in msg and "public" in msg
+
+
+def test_local_path_allowed_when_private(tmp_path: Path) -> None:
+    spec = str(tmp_path / "birds.zip")
+    assert check_spec(spec, _settings()) == spec
+
+
+def test_allowed_roots_enforced(tmp_path: Path) -> None:
+    root, home, other = tmp_path / "data", tmp_path / "home", tmp_path / "elsewhere"
+    for d in (root, home, other):
+        d.mkdir()
+    s = _settings(DIFFMIX_HOME=str(home), DIFFMIX_ALLOWED_ROOTS=str(root))
+    assert check_spec(str(root / "cub"), s) == str(root / "cub")
+    assert check_spec(str(home / "uploads" / "x.zip"), s)  # the workspace is always allowed
+    with pytest.raises(ValueError) as info:
+        check_spec(str(other / "cub"), s)
+    assert str(other / "cub") in str(info.value) and "DIFFMIX_ALLOWED_ROOTS" in str(info.value)
+    # ".." cannot escape an allowed root
+    with pytest.raises(ValueError, match="outside the allowed folders"):
+        check_spec(str(root / ".." / "elsewhere" / "cub"), s)
+
+
+def test_symlink_out_of_allowed_root_refused(tmp_path: Path) -> None:
+    root, other = tmp_path / "data", tmp_path / "secret"
+    root.mkdir()
+    other.mkdir()
+    (root / "link").symlink_to(other, target_is_directory=True)
+    s = _settings(DIFFMIX_HOME=str(tmp_path / "home"), DIFFMIX_ALLOWED_ROOTS=str(root))
+    with pytest.raises(ValueError, match="outside the allowed folders"):
+        check_spec(str(root / "link"), s)
+
+
+def test_hub_allowed_and_refused() -> None:
+    assert check_spec("hub:owner/name", _settings()) == "hub:owner/name"
+    assert check_spec("hub:owner/name:test", _settings(SPACE_ID="a/b")) == "hub:owner/name:test"
+    with pytest.raises(ValueError) as info:
+        check_spec("hub:owner/name", _settings(DIFFMIX_ALLOW_HUB="0"))
+    assert "hub:owner/name" in str(info.value) and "DIFFMIX_ALLOW_HUB=1" in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["hub:", "hub:justname", "hub:a/b/c", "hub:owner/na me"])
+def test_malformed_hub_id_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="not a Hub id"):
+        check_spec(spec, _settings())
