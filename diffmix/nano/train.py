@@ -46,8 +46,8 @@ class NanoTrainConfig:
 
     seed: int = 0
     corpus_size: int = 36000  # captioned images rendered for pretraining
-    vae_steps: int = 500  # VAE optimiser steps
-    vae_batch: int = 32
+    vae_steps: int = 2000  # VAE optimiser steps
+    vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_foreground_weight: float = 3.0  # loss weight of masked (bird) pixels vs background 1
