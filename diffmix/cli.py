@@ -204,12 +204,241 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- diffmix translate
+
+
+#: Names of diffmix.translate.STRATEGIES (kept here so building the parser does not import torch).
+TRANSLATE_STRATEGIES = ("diff-mix", "diff-aug", "diff-gen", "real-mix", "real-aug", "real-gen",
+                        "ti-mix", "ti-aug", "mixup", "cutmix")  # fmt: skip
+
+
+def add_translate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``diffmix translate``: translate one source image toward a class at one or more strengths."""
+    p = subparsers.add_parser(
+        "translate",
+        help="translate a source image to a target class (Diff-Mix and baselines)",
+        description="Translate one source image toward a target class at one or more strengths "
+        "(all strengths share one batched denoising loop), write the results as PNG files and "
+        "score them (faithfulness: reference-classifier probability of the target; diversity: "
+        "distance from the source). INDEX is a train-split index; PATH an image file.",
+    )
+    p.add_argument("--model", default="nano", help="nano (default), a diffusers folder or a hub id")
+    p.add_argument("--adapter", metavar="DIR", help="adapter folder (diff-* and ti-* strategies)")
+    p.add_argument("--dataset", default="demo", metavar="SPEC", help="dataset spec (default: demo)")
+    p.add_argument("--source", metavar="INDEX_OR_PATH",
+                   help="train-split index or image file (not needed for *-gen)")  # fmt: skip
+    p.add_argument("--source-class", metavar="CLASS",
+                   help="class of a PATH source (default: the reference classifier's guess)")  # fmt: skip
+    p.add_argument("--target", required=True, metavar="CLASS", help="target class name")
+    p.add_argument("--strength", type=float, nargs="+", metavar="S",
+                   help="strength(s) in (0, 1] (default for *-gen: 1)")  # fmt: skip
+    p.add_argument("--strategy", default="diff-mix", metavar="NAME",
+                   help=f"one of {', '.join(TRANSLATE_STRATEGIES)} (default: diff-mix)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of every item (default: 0)")
+    p.add_argument("--steps", type=int, default=25, metavar="N", help="num_inference_steps (25)")
+    p.add_argument(
+        "--guidance-scale", type=float, default=7.5, metavar="G", help="CFG weight (7.5)"
+    )
+    p.add_argument(
+        "--gamma", type=float, default=0.5, metavar="G", help="soft-label exponent (0.5)"
+    )
+    p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG results")
+    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    p.set_defaults(func=cmd_translate)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffmix import score
+    from diffmix.data import load_dataset, open_rgb
+    from diffmix.translate import TranslateConfig, TranslationItem, get_strategy, translate
+
+    # 1. Check inputs
+    st = get_strategy(args.strategy)
+    strengths = args.strength
+    if strengths is None:
+        if st.generative != "txt2img":
+            raise ValueError(f"--strength is required for {st.name}")
+        strengths = [1.0]
+    if args.source is None and st.generative != "txt2img":
+        raise ValueError(f"--source is required for {st.name}")
+    cfg = TranslateConfig(strategy=st.name, model=args.model, adapter=args.adapter,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                          gamma=args.gamma, device=args.device)  # fmt: skip
+    ds = load_dataset(args.dataset, split="train")
+    target = ds.class_names[ds.class_index(args.target)]
+
+    # 2. Source image and class
+    source, source_class = None, None
+    if args.source is not None:
+        if args.source.strip().lstrip("-").isdigit():
+            index = int(args.source)
+            if not 0 <= index < len(ds):
+                raise ValueError(f"source index {index} outside 0..{len(ds) - 1} (train split)")
+            source, source_class = ds.image(index), ds.class_names[ds.items[index].label]
+        else:
+            source = open_rgb(args.source)
+            if args.source_class is not None:
+                source_class = ds.class_names[ds.class_index(args.source_class)]
+            else:
+                clf = score.reference_classifier(ds)
+                source_class = ds.class_names[int(clf.probs([source])[0].argmax())]
+                logger.info(
+                    "source class not given: the reference classifier says %r", source_class
+                )
+
+    # 3. Partner image of the target class (mixup / cutmix): a seeded pick in the train split
+    partner = None
+    if st.generative == "none":
+        import random
+
+        pool = [i for i, it in enumerate(ds.items) if ds.class_names[it.label] == target]
+        partner = ds.image(random.Random(args.seed).choice(pool))
+
+    # 4. Translate (one batched call) and score
+    items = [
+        TranslationItem(source, source_class, target, s, args.seed, partner) for s in strengths
+    ]
+    results = translate(items, cfg, class_names=ds.class_names, superclass=ds.superclass)
+    images = [r.image for r in results]
+    clf = score.reference_classifier(ds)  # fitted once per dataset, then read from the workspace
+    faith = score.faithfulness(clf, images, [target] * len(images))
+    div = (
+        score.diversity_from_source(clf, images, [source] * len(images))
+        if source is not None
+        else None
+    )
+
+    # 5. Write the images and the provenance
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, r in enumerate(results):
+        file = out / f"{k:02d}-{st.name}-s{r.strength:.2f}.png"
+        r.image.save(file)
+        rows.append({"strength": r.strength, "file": str(file), "soft_label": r.soft_label,
+                     "faithfulness": float(faith[k]),
+                     "diversity": float(div[k]) if div is not None else None})  # fmt: skip
+    records = [dict(r.record(), **row, source=args.source, model=args.model, adapter=args.adapter,
+                    dataset=args.dataset, steps=args.steps, guidance_scale=args.guidance_scale)
+               for r, row in zip(results, rows, strict=True)]  # fmt: skip
+    (out / "translations.json").write_text(json.dumps(records, indent=2) + "\n")
+    lines = [f"strategy: {st.name}  source: {source_class}  target: {target}",
+             f"{'strength':>8}  {'target p':>8}  {'diversity':>9}  file"]  # fmt: skip
+    for row in rows:
+        d = "-" if row["diversity"] is None else f"{row['diversity']:.3f}"
+        lines.append(f"{row['strength']:>8.2f}  {row['faithfulness']:>8.3f}  {d:>9}  {row['file']}")
+    _write("\n".join(lines) + "\n")
+    if args.json:
+        _write(json.dumps({"results": rows}) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- diffmix train
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``diffmix train SPEC --out DIR``: train + evaluate a classifier (real + synthetic data)."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a classifier on real (+ synthetic) images and report test accuracy",
+        description="Train a timm classifier (or the tiny 'smallcnn') on the train split of a "
+        "dataset -- optionally few-shot or long-tail -- where each real sample is replaced "
+        "with probability P by a Diff-Mix synthetic image carrying its soft label. Reports "
+        "the final epoch's test accuracy (overall, per class, head/medium/tail).",
+    )
+    p.add_argument(
+        "spec", metavar="SPEC", nargs="?", default=None, help="dataset spec (default: demo)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--config", metavar="YAML", help="settings file (TrainConfig keys)")
+    p.add_argument("--shots", type=int, metavar="K", help="few-shot: K real images per class")
+    p.add_argument("--imbalance", type=float, metavar="F", help="long-tail factor F in (0, 1]")
+    p.add_argument("--synthetic", metavar="DIR[,DIR...]", help="synthetic dataset folder(s)")
+    p.add_argument("--p", type=float, metavar="P",
+                   help="probability of replacing a real sample by a synthetic one (default 0.1)")  # fmt: skip
+    p.add_argument("--gamma", type=float, metavar="G", help="soft-label power (default 0.5)")
+    p.add_argument("--synthetic-pick", choices=("uniform", "same_source"),
+                   help="draw replacements from the whole pool (default) or the same source")  # fmt: skip
+    p.add_argument("--mix", choices=("none", "mixup", "cutmix"), help="batch mixing baseline")
+    p.add_argument("--mix-alpha", type=float, metavar="A", help="Beta(A, A) of mixup/cutmix")
+    p.add_argument("--arch", metavar="NAME", help="smallcnn or a timm model (default resnet18)")
+    p.add_argument("--pretrained", metavar="PATH_OR_HUBID",
+                   help="local checkpoint, 'timm' or a Hub id (downloads); default: from scratch")  # fmt: skip
+    p.add_argument("--resolution", type=int, metavar="PX", help="image side (default 64)")
+    p.add_argument("--epochs", type=int, metavar="E", help="default 30")
+    p.add_argument("--batch-size", type=int, metavar="B", help="default 32")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak SGD learning rate (default 0.05)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="default 5e-4")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS", help="default 0.1")
+    p.add_argument("--augment", choices=("resized_crop", "crop", "flip"))
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--subset-seed", type=int, metavar="S", help="seed of the subset draw")
+    p.add_argument("--balanced-sampling", action="store_true", default=None,
+                   help="sample classes uniformly (long tail)")  # fmt: skip
+    p.add_argument("--loss", choices=("ce", "balanced-softmax", "drw"))
+    p.add_argument("--groups", choices=("thirds", "counts"), help="head/medium/tail rule")
+    p.add_argument("--eval-every", type=int, metavar="N")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
+    p.add_argument("--threads", dest="num_threads", type=int, metavar="N",
+                   help="torch CPU threads (1 is often fastest on a busy CPU)")  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from diffmix.classify import TrainConfig, train
+    from diffmix.runs import Cancelled
+
+    fields = _load_yaml_config(args.config)
+    if args.spec is not None:
+        fields["dataset"] = args.spec
+    for key in TrainConfig.model_fields:
+        value = getattr(args, key, None)
+        if value is not None and key != "dataset":
+            fields[key] = value
+    cfg = TrainConfig(**fields)
+    try:
+        result = train(cfg, args.out, resume=args.resume)
+    except Cancelled:
+        sys.stderr.write(f"cancelled; continue with: diffmix train ... --out {args.out} --resume\n")
+        return 130
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    text = (
+        f"run:           {result['out']}\n"
+        f"epochs:        {result['epochs']}\n"
+        f"test accuracy: {pct(result['test_accuracy'])} (final epoch)\n"
+    )
+    if len(set(result["train_counts"].values())) > 1:  # groups mean something on long tails only
+        text += (
+            f"head/medium/tail: {pct(result['head_accuracy'])} / "
+            f"{pct(result['medium_accuracy'])} / {pct(result['tail_accuracy'])}\n"
+        )
+    _write(text)
+    if args.json:
+        keys = ("test_accuracy", "epochs", "per_class_accuracy", "head_accuracy",
+                "medium_accuracy", "tail_accuracy", "mean_class_accuracy", "train_images",
+                "synthetic_images", "arch", "out")  # fmt: skip
+        _write(json.dumps({k: result[k] for k in keys}) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 #: Parser builders, one per subcommand; later stages append theirs.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_data_parser,
     add_personalize_parser,
+    add_translate_parser,
+    add_train_parser,
 ]
 
 

@@ -1,0 +1,397 @@
+"""Scores of translated images: faithfulness, diversity, and the paper's filter.
+
+All scores lie in [0, 1]:
+
+- **faithfulness** -- probability of the *target* class under a reference classifier
+  (:class:`ReferenceClassifier`: :class:`diffmix.refclf.SmallCNN` fitted on the dataset's real
+  train images). 1 = certainly the target class; chance level is ``1 / num_classes``. It is
+  fitted once per (dataset fingerprint, image size, epochs, seed) and cached in the workspace
+  (``refclf/<key>.safetensors`` + ``.json``, never pickle), so a CLI call or a slider move
+  does not retrain it. CLIP zero-shot probabilities are offered when CLIP weights are already
+  in the local Hugging Face cache (:func:`find_local_clip`, :func:`clip_probs`); nothing is
+  ever downloaded.
+- **diversity from the source** -- how far a result moved from its source. LPIPS when the
+  ``lpips`` package *and* its AlexNet weights are present locally (:func:`lpips_available`);
+  otherwise (the default here) the **feature distance** ``1 - cos(f(result), f(source))`` of
+  the reference classifier's penultimate features (mean-pooled post-ReLU activations, so the
+  cosine lies in [0, 1]): 0 = same features, 1 = orthogonal. :func:`pixel_distance` (mean
+  absolute RGB difference in [0, 1]) is reported beside it.
+- **spread** -- diversity of a *set* of results (e.g. one class): mean pairwise feature
+  distance, in [0, 1].
+- **filter** -- :func:`filter_least_faithful` drops the least faithful fraction (the paper's
+  CLIP filter drops the bottom 10%).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffmix.refclf import SmallCNN, fit_judge, images_to_tensor, predict
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the classifier or its training changes: cached classifiers are keyed by it.
+REFCLF_VERSION = 1
+#: CLIP checkpoints looked for in the local Hugging Face cache, best first.
+CLIP_CANDIDATES = (
+    "openai/clip-vit-large-patch14",
+    "openai/clip-vit-base-patch16",
+    "openai/clip-vit-base-patch32",
+)
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def feature_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise ``1 - cos(a_i, b_i)`` clipped to [0, 1] (non-negative features: 0 = same)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na = np.linalg.norm(a, axis=-1)
+    nb = np.linalg.norm(b, axis=-1)
+    cos = (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
+    cos = np.where((na < 1e-12) & (nb < 1e-12), 1.0, cos)  # two all-zero vectors: identical
+    return np.clip(1.0 - cos, 0.0, 1.0)
+
+
+def pairwise_spread(features: np.ndarray) -> float:
+    """Mean pairwise ``1 - cos`` over a set of feature rows, in [0, 1]; 0 for fewer than two."""
+    f = np.asarray(features, np.float64)
+    n = len(f)
+    if n < 2:
+        return 0.0
+    unit = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    cos = unit @ unit.T
+    off = cos[~np.eye(n, dtype=bool)]
+    return float(np.clip(1.0 - off, 0.0, 1.0).mean())
+
+
+def target_probability(probs: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """``probs[i, targets[i]]``: the faithfulness of each row, in [0, 1]."""
+    p = np.asarray(probs)
+    t = np.asarray(targets, dtype=np.int64)
+    if p.ndim != 2 or len(p) != len(t):
+        raise ValueError(f"probs must be (n, C) with n = len(targets), got {p.shape} and {len(t)}")
+    return p[np.arange(len(t)), t]
+
+
+def filter_least_faithful(scores: Sequence[float], fraction: float = 0.1) -> np.ndarray:
+    """Keep-mask dropping the ``floor(fraction * n)`` lowest scores (the paper drops 10%).
+
+    Ties are broken by position (the earlier item is dropped first). ``fraction`` in [0, 1).
+    Returns a boolean array, True = keep.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if not (0.0 <= fraction < 1.0):
+        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    if s.ndim != 1:
+        raise ValueError(f"scores must be one-dimensional, got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    keep = np.ones(len(s), dtype=bool)
+    drop = int(np.floor(fraction * len(s) + 1e-9))
+    if drop:
+        keep[np.argsort(s, kind="stable")[:drop]] = False
+    return keep
+
+
+def pixel_distance(
+    a: Sequence[Image.Image], b: Sequence[Image.Image], size: int = 64
+) -> np.ndarray:
+    """Mean absolute RGB difference per pair, both resized to ``size`` px, in [0, 1]."""
+    if len(a) != len(b):
+        raise ValueError(f"need pairs: got {len(a)} and {len(b)} images")
+    if not len(a):
+        return np.zeros(0)
+    xa, xb = images_to_tensor(list(a), size), images_to_tensor(list(b), size)
+    return (xa - xb).abs().mean(dim=(1, 2, 3)).double().numpy()
+
+
+# --------------------------------------------------------------------------- reference classifier
+
+
+@dataclass
+class ReferenceClassifier:
+    """A :class:`SmallCNN` fitted on a dataset's real train images (the judge of results).
+
+    ``size``: side in px images are resized to (bicubic, squashed); ``path``: cache file.
+    """
+
+    model: SmallCNN
+    class_names: list[str]
+    size: int
+    fingerprint: str
+    path: Path | None = None
+
+    def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return images_to_tensor(list(images), self.size)
+
+    @torch.no_grad()
+    def probs(self, images: Sequence[Image.Image], batch: int = 256) -> np.ndarray:
+        """Class probabilities, shape (n, num_classes), rows summing to 1."""
+        if not len(images):
+            return np.zeros((0, len(self.class_names)))
+        x = self._tensor(images)
+        out = [self.model(x[a : a + batch]).softmax(-1) for a in range(0, len(x), batch)]
+        return torch.cat(out).double().numpy()
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image], batch: int = 256) -> np.ndarray:
+        """Penultimate features (mean-pooled last conv block, >= 0), shape (n, D)."""
+        if not len(images):
+            return np.zeros((0, self.model.head.in_features))
+        x = self._tensor(images)
+        out = [
+            self.model.features(x[a : a + batch]).mean(dim=(2, 3)) for a in range(0, len(x), batch)
+        ]
+        return torch.cat(out).double().numpy()
+
+    def index(self, class_name: str | int) -> int:
+        """Label of a class name (ints pass through); ValueError naming the known classes."""
+        if isinstance(class_name, (int, np.integer)):
+            return int(class_name)
+        try:
+            return self.class_names.index(class_name)
+        except ValueError:
+            raise ValueError(
+                f"unknown class {class_name!r}; known classes: {', '.join(self.class_names)}"
+            ) from None
+
+
+_CLF_CACHE: dict[str, ReferenceClassifier] = {}
+_CLF_LOCK = threading.Lock()
+
+
+def _clf_key(fingerprint: str, size: int, epochs: int, seed: int) -> str:
+    return f"v{REFCLF_VERSION}-{fingerprint}-{size}px-e{epochs}-s{seed}"
+
+
+def reference_classifier(
+    dataset, *, size: int | None = None, epochs: int = 30, seed: int = 0
+) -> ReferenceClassifier:
+    """The reference classifier of ``dataset`` (a spec string or an ``ImageDataset``).
+
+    Trained on the dataset's *train* split (loaded from the spec when a test split is given),
+    images resized to ``size`` px -- default 64, or the first image's longer side when that is
+    smaller (never below 16) -- with :func:`diffmix.refclf.fit_judge` (``epochs``, ``seed``).
+    Fitted once per (fingerprint, size, epochs, seed): kept in memory and in the workspace
+    (``refclf/<key>.safetensors`` + ``<key>.json``), so later calls and processes reuse it.
+    Fitting costs ``epochs * max(1, n // 64)`` steps of batch 64 (the 720-image demo at 64 px,
+    30 epochs: 330 steps, minutes on a laptop CPU) -- once.
+    """
+    from diffmix import workspace
+    from diffmix.data import load_dataset
+
+    ds = dataset
+    if isinstance(ds, str):
+        ds = load_dataset(ds, split="train")
+    elif getattr(ds, "split", "train") != "train":
+        ds = load_dataset(ds.spec, split="train")
+    if size is None:
+        size = max(16, min(64, max(ds.image(0).size))) if len(ds) else 64
+    if size < 16:
+        raise ValueError(f"size must be >= 16 px, got {size}")
+    key = _clf_key(ds.fingerprint, size, epochs, seed)
+    with _CLF_LOCK:
+        if key in _CLF_CACHE:
+            return _CLF_CACHE[key]
+        folder = workspace.subdir("refclf")
+        weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
+        clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint)
+        if clf is None:
+            clf = _fit_clf(ds, size, epochs, seed, weights, meta_path)
+        _CLF_CACHE[key] = clf
+        return clf
+
+
+def clear_classifier_cache() -> None:
+    """Forget the in-memory classifiers (the workspace files stay)."""
+    with _CLF_LOCK:
+        _CLF_CACHE.clear()
+
+
+def _load_clf(
+    weights: Path, meta_path: Path, class_names: list[str], size: int, fingerprint: str
+) -> ReferenceClassifier | None:
+    from safetensors.torch import load_file
+
+    if not (weights.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("class_names") != list(class_names):
+            logger.warning("ignoring %s: its classes differ from the dataset's", meta_path)
+            return None
+        model = SmallCNN(len(class_names), width=int(meta.get("width", 32)))
+        model.load_state_dict(load_file(weights))
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+        logger.warning("ignoring unreadable cached classifier %s: %s", weights, e)
+        return None
+    return ReferenceClassifier(model.eval(), list(class_names), size, fingerprint, weights)
+
+
+def _fit_clf(ds, size: int, epochs: int, seed: int, weights: Path, meta_path: Path):
+    from safetensors.torch import save_file
+
+    # 1. Real train images at `size` px
+    if len(ds) == 0:
+        raise ValueError(f"dataset {ds.spec!r} has no train images to fit a reference classifier")
+    t0 = time.time()
+    x = images_to_tensor([ds.image(i) for i in range(len(ds))], size)
+    y = torch.tensor(ds.labels)
+    # 2. Fit
+    logger.info("fitting the reference classifier on %d images of %s", len(ds), ds.spec)
+    model = fit_judge(x, y, ds.num_classes, epochs=epochs, seed=seed)
+    acc = float((predict(model, x).argmax(-1) == y).float().mean())
+    # 3. Save atomically (safetensors + json)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp_w = weights.parent / f".{weights.name}.{os.getpid()}.tmp"
+    save_file(state, tmp_w)
+    meta = {
+        "format": "diffmix-refclf/1",
+        "class_names": list(ds.class_names),
+        "fingerprint": ds.fingerprint,
+        "spec": ds.spec,
+        "size": size,
+        "width": 32,
+        "epochs": epochs,
+        "seed": seed,
+        "train_images": len(ds),
+        "train_accuracy": acc,
+        "fit_seconds": round(time.time() - t0, 2),
+    }
+    tmp_m = meta_path.parent / f".{meta_path.name}.{os.getpid()}.tmp"
+    tmp_m.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp_w, weights)
+    os.replace(tmp_m, meta_path)
+    logger.info("reference classifier fitted in %.1f s (train acc %s)", time.time() - t0, acc)
+    return ReferenceClassifier(model.eval(), list(ds.class_names), size, ds.fingerprint, weights)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def faithfulness(
+    clf: ReferenceClassifier, images: Sequence[Image.Image], targets: Sequence[str | int]
+) -> np.ndarray:
+    """Reference-classifier probability of each image's target class, in [0, 1]."""
+    if len(images) != len(targets):
+        raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+    return target_probability(clf.probs(images), [clf.index(t) for t in targets])
+
+
+def lpips_available() -> bool:
+    """True when the ``lpips`` package and its AlexNet backbone weights are present locally."""
+    import importlib.util
+
+    if importlib.util.find_spec("lpips") is None:
+        return False
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    return ckpt.is_file()
+
+
+_LPIPS: list = []
+
+
+def _lpips_distance(a: Sequence[Image.Image], b: Sequence[Image.Image], size: int) -> np.ndarray:
+    import lpips  # only reached when lpips_available()
+
+    if not _LPIPS:
+        _LPIPS.append(lpips.LPIPS(net="alex", verbose=False).eval())
+    xa = images_to_tensor(list(a), size) * 2 - 1
+    xb = images_to_tensor(list(b), size) * 2 - 1
+    with torch.no_grad():
+        d = _LPIPS[0](xa, xb).flatten()
+    return d.clamp(0, 1).double().numpy()
+
+
+def diversity_metric() -> str:
+    """Name of the metric :func:`diversity_from_source` uses here: ``lpips`` or ``feature-cosine``."""
+    return "lpips" if lpips_available() else "feature-cosine"
+
+
+def diversity_from_source(
+    clf: ReferenceClassifier,
+    results: Sequence[Image.Image],
+    sources: Sequence[Image.Image],
+) -> np.ndarray:
+    """How far each result moved from its source, in [0, 1] (0 = unchanged).
+
+    LPIPS when available locally, else the reference classifier's feature distance
+    ``1 - cos`` (see the module docstring); :func:`diversity_metric` names the one used.
+    """
+    if len(results) != len(sources):
+        raise ValueError(f"got {len(results)} results but {len(sources)} sources")
+    if not len(results):
+        return np.zeros(0)
+    if lpips_available():
+        return _lpips_distance(results, sources, clf.size)
+    return feature_distance(clf.features(results), clf.features(sources))
+
+
+def spread(clf: ReferenceClassifier, images: Sequence[Image.Image]) -> float:
+    """Diversity of a set (e.g. one class's results): mean pairwise feature distance, [0, 1]."""
+    return pairwise_spread(clf.features(images))
+
+
+# --------------------------------------------------------------------------- CLIP (optional)
+
+
+def find_local_clip() -> str | None:
+    """Folder of a CLIP checkpoint already in the local Hugging Face cache, else ``None``.
+
+    Never downloads (``local_files_only``).
+    """
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    for repo in CLIP_CANDIDATES:
+        try:
+            path = snapshot_download(repo, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not available"
+            continue
+        if (Path(path) / "config.json").is_file():
+            return path
+    return None
+
+
+def clip_probs(
+    images: Sequence[Image.Image],
+    class_names: Sequence[str],
+    *,
+    superclass: str | None = None,
+    model_path: str | None = None,
+) -> np.ndarray:
+    """CLIP zero-shot class probabilities (n, C) with prompts ``"a photo of a {name} {superclass}"``.
+
+    Uses ``model_path`` or :func:`find_local_clip`; raises ``ValueError`` saying so when no CLIP
+    weights are available locally (nothing is downloaded).
+    """
+    path = model_path or find_local_clip()
+    if path is None:
+        raise ValueError(
+            "CLIP zero-shot scoring is not available: no CLIP weights in the local Hugging Face "
+            f"cache (looked for {', '.join(CLIP_CANDIDATES)}); faithfulness uses the reference "
+            "classifier instead"
+        )
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    proc = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    sc = f" {superclass}" if superclass else ""
+    texts = [f"a photo of a {c.replace('_', ' ')}{sc}" for c in class_names]
+    inputs = proc(text=texts, images=[im.convert("RGB") for im in images], return_tensors="pt",
+                  padding=True)  # fmt: skip
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image
+    return logits.softmax(-1).double().numpy()
