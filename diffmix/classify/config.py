@@ -1,0 +1,153 @@
+"""The one config object of a classifier training run (CLI, YAML and UI build it the same way).
+
+Defaults are a CPU-friendly version of the paper's recipe, sized for the demo dataset
+(12 classes × 60 images at 64 px: 30 epochs of ResNet-18 at 64 px take a few minutes on two
+cores): SGD with momentum 0.9 and weight decay 5e-4, one epoch of linear warmup then a cosine
+schedule to 0, label smoothing 0.1 on real (hard) labels, random resized crop + horizontal
+flip. For the paper's fine-grained runs on a GPU use e.g. ``arch="resnet50"``,
+``pretrained="timm/resnet50.a1_in1k"``, ``resolution=224`` (or 448), ``epochs=128``,
+``batch_size=64``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Fields that do not change what a run computes; a resume may change them.
+RUN_ONLY_FIELDS = ("num_threads", "tensorboard", "cache")
+
+#: p used when synthetic folders are given and ``p`` is left unset (the authors' default).
+DEFAULT_P = 0.1
+
+
+class TrainConfig(BaseModel):
+    """Everything a classifier training run needs; saved as ``config.json`` in the run dir."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # -- data ------------------------------------------------------------------------------
+    dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="per-class test share when the dataset has no test split"
+    )
+    shots: int | None = Field(None, ge=1, description="few-shot: real training images per class")
+    imbalance: float | None = Field(
+        None, gt=0, le=1, description="long-tail: smallest/largest class ratio F in (0, 1]"
+    )
+    seed: int = Field(0, description="training seed (init, order, augmentation, p-mixing)")
+    subset_seed: int | None = Field(
+        None, description="seed of the few-shot/long-tail draw (default: seed, as personalize)"
+    )
+    # -- synthetic data (Diff-Mix) ---------------------------------------------------------------
+    synthetic: list[str] = Field(
+        default_factory=list, description="synthetic dataset folders (generate output)"
+    )
+    p: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"probability that a real sample is replaced by a synthetic one "
+        f"(default {DEFAULT_P} with synthetic folders, else 0)",
+    )
+    gamma: float = Field(0.5, gt=0, description="soft-label power γ: target weight s^γ")
+    synthetic_pick: Literal["uniform", "same_source"] = Field(
+        "uniform",
+        description="replacement drawn from the whole pool, or from the same source image",
+    )
+    # -- batch mixing baselines ----------------------------------------------------------------
+    mix: Literal["none", "mixup", "cutmix"] = Field("none", description="batch mixing baseline")
+    mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) of mixup / cutmix")
+    # -- model -----------------------------------------------------------------------------
+    arch: str = Field("resnet18", description="'smallcnn' or any timm model name")
+    pretrained: str | None = Field(
+        None,
+        description="local checkpoint file, 'timm', or a Hub id owner/name (None: from scratch)",
+    )
+    resolution: int = Field(64, ge=16, le=1024, description="training/eval side in px")
+    # -- optimisation ------------------------------------------------------------------------
+    epochs: int = Field(30, ge=1, description="passes over the real training set")
+    batch_size: int = Field(32, ge=1, description="images per step per process")
+    lr: float = Field(0.05, gt=0, description="peak SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length in epochs")
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=1, description="smoothing of hard labels (soft labels used as given)"
+    )
+    augment: Literal["resized_crop", "crop", "flip"] = Field(
+        "resized_crop", description="train augmentation (all with horizontal flip)"
+    )
+    crop_scale_min: float = Field(
+        0.35, gt=0, le=1, description="smallest area fraction of the random resized crop"
+    )
+    # -- long tail --------------------------------------------------------------------------
+    balanced_sampling: bool = Field(False, description="draw classes uniformly each epoch")
+    loss: Literal["ce", "balanced-softmax", "drw"] = Field(
+        "ce", description="cross-entropy, Balanced Softmax, or DRW (re-weighting after 2/3)"
+    )
+    drw_beta: float = Field(0.9999, ge=0, lt=1, description="effective-number β of DRW weights")
+    groups: Literal["thirds", "counts"] = Field(
+        "thirds", description="head/medium/tail rule: thirds by count, or >100 / 20-100 / <20"
+    )
+    # -- run --------------------------------------------------------------------------------
+    eval_every: int = Field(
+        1, ge=1, description="epochs between test evaluations (the last is always evaluated)"
+    )
+    eval_batch_size: int = Field(256, ge=1, description="images per evaluation batch")
+    cache: bool = Field(True, description="keep decoded real images in the workspace")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast on GPU")
+    tensorboard: bool = Field(True, description="also log to TensorBoard when it is installed")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads during the run (default: torch's); 1 is often fastest "
+        "for small models on a CPU shared with other jobs",
+    )
+
+    @field_validator("synthetic", mode="before")
+    @classmethod
+    def _split_dirs(cls, v):
+        """Accept ``"a,b"`` (CLI, YAML) as well as a list; drop empty entries."""
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = v.split(",")
+        return [str(d).strip() for d in v if str(d).strip()]
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from diffmix.classify.models import check_arch
+
+        return check_arch(v)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_source(cls, v: str | None) -> str | None:
+        from diffmix.classify.models import check_pretrained
+
+        return None if v is None else check_pretrained(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.shots is not None and self.imbalance is not None:
+            raise ValueError(
+                f"give shots ({self.shots}) or imbalance ({self.imbalance}), not both: "
+                "a training set is either few-shot or long-tail"
+            )
+        if self.p and not self.synthetic:
+            raise ValueError(
+                f"p={self.p} replaces real images by synthetic ones: give synthetic folders"
+            )
+        return self
+
+    def resolved(self) -> TrainConfig:
+        """A copy with run-dependent defaults filled in (``p``, ``subset_seed``)."""
+        return self.model_copy(
+            update={
+                "p": self.p if self.p is not None else (DEFAULT_P if self.synthetic else 0.0),
+                "subset_seed": self.seed if self.subset_seed is None else self.subset_seed,
+            }
+        )

@@ -1,0 +1,555 @@
+"""Train a classifier on real (+ synthetic) images and evaluate it on the test split.
+
+Run directory (``out``; DESIGN.md §3 and :mod:`diffmix.runs`)::
+
+    config.json         the resolved TrainConfig
+    status.json         state, progress, epoch, step/total, eta_s, test_accuracy
+    events.jsonl        "start"; one "epoch" event per epoch (epoch, train_loss, test_accuracy,
+                        mean_class_accuracy, per_class_accuracy (list, class order),
+                        head/medium/tail_accuracy, lr, images_per_s, synthetic_fraction,
+                        time_s); "resume"; "done"
+    log.txt             the log
+    subset.json         the exact real training images (few-shot / long-tail draw)
+    checkpoints/        ckpt-<global step>.pt: model, optimizer, scheduler, epoch, step in
+                        epoch, RNG state, metrics so far (the two newest kept; weights_only)
+    confusion.json      {"class_names", "matrix"} of the final epoch (row = true class)
+    metrics.json        final figures (see :func:`train`)
+    model.safetensors   final weights; classifier.json: arch, classes, resolution, mean/std
+    tensorboard/        when the ``tensorboard`` package is installed
+
+Reported accuracy is the *final* epoch's accuracy on the test split (never trained on, never
+used to pick an epoch). Training is deterministic per seed on CPU: every random draw
+(initialisation, epoch order, p-mixing, augmentation, batch mixing) comes from a generator
+seeded by (seed, epoch, step), so a run cancelled or killed and resumed ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from diffmix.classify.config import RUN_ONLY_FIELDS, TrainConfig
+from diffmix.classify.data import (
+    augment_batch,
+    cached_images,
+    decode_paths,
+    derive_seed,
+    normalize,
+    plan_epoch,
+    read_synthetic,
+)
+from diffmix.classify.losses import (
+    balanced_softmax_logits,
+    class_balanced_weights,
+    drw_start_epoch,
+    lr_factor,
+    mix_batch,
+    smooth_one_hot,
+    soft_cross_entropy,
+)
+from diffmix.classify.metrics import (
+    accuracy,
+    class_groups,
+    confusion_matrix,
+    group_accuracies,
+    mean_class_accuracy,
+    per_class_accuracy,
+)
+from diffmix.classify.models import create_classifier, normalization
+from diffmix.runs import Cancelled, RunDir
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion.json"
+MODEL_FILE = "model.safetensors"
+CLASSIFIER_FILE = "classifier.json"
+_KEEP_CHECKPOINTS = 2
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` into the run directory ``out``; returns the final metrics.
+
+    ``resume`` continues from the newest checkpoint in ``out`` (same config required).
+    ``callback(epoch_metrics)`` is called after each epoch (in-process progress). A cancel
+    request (``RunDir(out).request_cancel()``) stops the run at the next step boundary with a
+    checkpoint and raises :class:`diffmix.runs.Cancelled`.
+
+    The returned dict (also ``metrics.json``) holds ``test_accuracy`` (final epoch, in [0, 1]),
+    ``mean_class_accuracy``, ``per_class_accuracy`` ({class: accuracy}), ``head_accuracy``,
+    ``medium_accuracy``, ``tail_accuracy``, ``groups`` ({group: [classes]}), ``epochs``,
+    ``train_images``, ``train_counts``, ``synthetic_images``, ``arch``, ``out`` and more.
+    """
+    cfg = config.resolved()
+    out = Path(out)
+    run = RunDir(out)
+    cfg_json = json.loads(cfg.model_dump_json())
+    old = run.read_config()
+    changed = sorted(
+        k
+        for k in set(old or {}) | set(cfg_json)
+        if k not in RUN_ONLY_FIELDS and (old or {}).get(k) != cfg_json.get(k)
+    )
+    if resume and old is not None and changed:
+        raise ValueError(
+            f"cannot resume {out}: its config differs in {changed}; use the same settings or a new --out"
+        )
+    if not resume and (_latest_checkpoint(out) is not None or (out / METRICS_FILE).exists()):
+        raise ValueError(
+            f"{out} already holds a training run; pass --resume or choose another --out"
+        )
+    run.write_config(cfg_json)
+    run.clear_cancel()
+    handler = run.log_to_file()
+    run.set_status("running", progress=0.0, message="loading data")
+    writer = None
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        # 1. Real data: the subset of the train split, and the whole test split.
+        from diffmix import workspace
+        from diffmix.data import load_dataset, make_subset
+
+        train_ds = load_dataset(cfg.dataset, split="train", test_fraction=cfg.test_fraction)
+        test_ds = load_dataset(cfg.dataset, split="test", test_fraction=cfg.test_fraction)
+        if test_ds.class_names != train_ds.class_names:
+            raise ValueError(
+                f"train and test splits of {cfg.dataset!r} have different classes: "
+                f"{train_ds.class_names} vs {test_ds.class_names}"
+            )
+        class_names = list(train_ds.class_names)
+        num_classes = len(class_names)
+        subset = make_subset(
+            train_ds, shots=cfg.shots, imbalance=cfg.imbalance, seed=cfg.subset_seed
+        )
+        empty = [name for name, n in subset.counts.items() if n == 0]
+        if empty:
+            raise ValueError(f"classes with no training images: {empty}; add images or drop them")
+        subset.save(out / "subset.json")
+        indices = list(subset.indices)
+        real_labels = torch.tensor([train_ds.items[i].label for i in indices], dtype=torch.long)
+        test_labels = torch.tensor(test_ds.labels, dtype=torch.long)
+        counts = torch.bincount(real_labels, minlength=num_classes)
+        cache_dir = workspace.subdir("cache", "classify") if cfg.cache else None
+        run.set_status(message="decoding images")
+        train_x = cached_images(train_ds, indices, cfg.resolution, cache_dir)
+        test_x = cached_images(test_ds, range(len(test_ds)), cfg.resolution, cache_dir)
+
+        # 2. Synthetic data: labels recomputed with this run's gamma; sources checked.
+        syn = read_synthetic(cfg.synthetic, class_names, cfg.gamma) if cfg.synthetic else None
+        if syn is not None and len(syn) == 0:
+            raise ValueError(f"the synthetic folders {cfg.synthetic} hold no usable (kept) image")
+        if syn is not None:
+            syn_sources = _synthetic_sources(syn.source_ids, train_ds, test_ds, indices)
+            syn_x = decode_paths(syn.paths, cfg.resolution)
+            syn_targets = syn.targets
+        else:
+            syn_sources = torch.zeros(0, dtype=torch.long)
+            syn_x = torch.zeros(0, 3, cfg.resolution, cfg.resolution, dtype=torch.uint8)
+            syn_targets = torch.zeros(0, num_classes)
+
+        # 3. Model, optimizer, schedule; accelerate wraps them (multi-GPU with no code change).
+        from accelerate import Accelerator
+        from torch.utils.data import DataLoader
+
+        cuda = torch.cuda.is_available()
+        if cfg.mixed_precision != "no" and not cuda:
+            logger.info("mixed precision %s needs a GPU; training in fp32", cfg.mixed_precision)
+        accel = Accelerator(mixed_precision=cfg.mixed_precision if cuda else "no", cpu=not cuda)
+        torch.manual_seed(cfg.seed)
+        model = create_classifier(
+            cfg.arch, num_classes, resolution=cfg.resolution, pretrained=cfg.pretrained
+        )
+        mean, std = normalization(model)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        n_used = len(indices)
+        if n_used % cfg.batch_size == 1 and n_used > 1:
+            n_used -= 1  # never a lone 1-image batch (BatchNorm cannot train on it)
+        loader = DataLoader(range(n_used), batch_size=cfg.batch_size, shuffle=False)
+        model, optimizer, loader = accel.prepare(model, optimizer, loader)
+        steps_per_epoch = len(loader)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps, warmup_steps)
+        )
+        device = accel.device
+        drw_weights = class_balanced_weights(counts, cfg.drw_beta).to(device)
+        groups = class_groups(counts.tolist(), cfg.groups)
+        if cfg.balanced_sampling and cfg.loss != "ce":
+            logger.warning(
+                "balanced sampling with loss %s corrects the class imbalance twice", cfg.loss
+            )
+
+        # 4. Resume.
+        start_epoch, start_step, history, partial = 0, 0, [], None
+        ckpt = _latest_checkpoint(out) if resume else None
+        if ckpt is not None:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if int(state["steps_per_epoch"]) != steps_per_epoch:
+                raise ValueError(
+                    f"cannot resume {out}: it ran {state['steps_per_epoch']} steps per epoch, "
+                    f"this setup runs {steps_per_epoch} (another number of processes?)"
+                )
+            accel.unwrap_model(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
+            history, partial = list(state["history"]), state.get("partial")
+            logged = {ev.get("epoch") for ev in run.events("epoch")}
+            for h in history:  # an epoch checkpointed but not yet logged (killed in between)
+                if h["epoch"] not in logged:
+                    run.event("epoch", **h)
+            run.event("resume", epoch=start_epoch, step_in_epoch=start_step, checkpoint=ckpt.name)
+            logger.info(
+                "resumed from %s: epoch %d, step %d", ckpt.name, start_epoch + 1, start_step
+            )
+        else:
+            run.event(
+                "start",
+                class_names=class_names,
+                epochs=cfg.epochs,
+                steps_per_epoch=steps_per_epoch,
+                train_images=len(indices),
+                synthetic_images=len(syn_x),
+                test_images=len(test_ds),
+            )
+        writer = _tensorboard(out) if cfg.tensorboard and accel.is_main_process else None
+
+        # 5. Train: one plan per epoch, batches gathered from the tensor caches.
+        logger.info(
+            "training %s on %d real (+%d synthetic, p=%.2f) images, %d test images, "
+            "%d classes, %d px, %d epochs x %d steps",
+            cfg.arch, len(indices), len(syn_x), cfg.p, len(test_ds), num_classes,
+            cfg.resolution, cfg.epochs, steps_per_epoch,
+        )  # fmt: skip
+        model.train()
+        run.set_status(message="training", epoch=start_epoch, epochs=cfg.epochs,
+                       step=start_epoch * steps_per_epoch + start_step, total=total_steps)  # fmt: skip
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_step,
+                   desc="train", unit="step", disable=None)  # fmt: skip
+        last_preds: torch.Tensor | None = None
+        for epoch in range(start_epoch, cfg.epochs):
+            plan = plan_epoch(
+                real_labels,
+                num_synthetic=len(syn_x),
+                p=cfg.p,
+                seed=cfg.seed,
+                epoch=epoch,
+                balanced=cfg.balanced_sampling,
+                synthetic_sources=syn_sources,
+                pick=cfg.synthetic_pick,
+            )
+            first = start_step if epoch == start_epoch else 0
+            acc = dict(partial) if (partial and epoch == start_epoch) else {}
+            loss_sum, seen = float(acc.get("loss_sum", 0.0)), int(acc.get("seen", 0))
+            syn_seen, busy = int(acc.get("syn_seen", 0)), float(acc.get("train_time", 0.0))
+            weight = (
+                drw_weights if cfg.loss == "drw" and epoch >= drw_start_epoch(cfg.epochs) else None
+            )
+            lr_used = optimizer.param_groups[0]["lr"]
+            for step, pos in enumerate(loader):
+                if step < first:
+                    continue
+                # 5a. A clean step boundary: stop here when asked, keeping the work done.
+                if run.cancel_requested():
+                    if step > first:  # else the newest checkpoint is this very boundary
+                        _checkpoint(out, accel, model, optimizer, scheduler, epoch, step,
+                                    steps_per_epoch, history,
+                                    {"loss_sum": loss_sum, "seen": seen, "syn_seen": syn_seen,
+                                     "train_time": busy})  # fmt: skip
+                    raise Cancelled(f"cancelled at epoch {epoch + 1}, step {step}")
+                t0 = time.perf_counter()
+                # 5b. The batch: real rows, some replaced by synthetic rows with soft labels.
+                pos = pos.cpu()
+                ri, si = plan.real[pos], plan.synthetic[pos]
+                rep = si >= 0
+                xb = train_x[ri]
+                yb = smooth_one_hot(real_labels[ri], num_classes, cfg.label_smoothing)
+                if bool(rep.any()):
+                    xb[rep] = syn_x[si[rep]]
+                    yb[rep] = syn_targets[si[rep]]
+                gen = torch.Generator().manual_seed(
+                    derive_seed("step", cfg.seed, epoch, step, accel.process_index)
+                )
+                x = augment_batch(
+                    normalize(xb.to(device), mean, std), cfg.augment, gen,
+                    scale_min=cfg.crop_scale_min,
+                )  # fmt: skip
+                x, yb = mix_batch(x, yb.to(device), cfg.mix, cfg.mix_alpha, gen)
+                # 5c. Forward, loss, update (dropout & co. draw from a per-step seed).
+                torch.manual_seed(derive_seed("torch", cfg.seed, epoch, step, accel.process_index))
+                with accel.autocast():
+                    logits = model(x)
+                if cfg.loss == "balanced-softmax":
+                    logits = balanced_softmax_logits(logits, counts)
+                loss = soft_cross_entropy(logits, yb, weight)
+                optimizer.zero_grad(set_to_none=True)
+                accel.backward(loss)
+                lr_used = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(pos)
+                seen += len(pos)
+                syn_seen += int(rep.sum())
+                busy += time.perf_counter() - t0
+                bar.update(1)
+                done = epoch * steps_per_epoch + step + 1
+                if done % 10 == 0:
+                    rate = seen / max(busy, 1e-9)
+                    run.set_status(step=done, progress=done / total_steps,
+                                   eta_s=(total_steps - done) * cfg.batch_size / max(rate, 1e-9))  # fmt: skip
+
+            # 5d. End of epoch: evaluate, checkpoint, then log (a logged epoch is always saved).
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "epochs": cfg.epochs,
+                "train_loss": loss_sum / max(seen, 1),
+                "lr": lr_used,
+                "images_per_s": seen / max(busy, 1e-9),
+                "synthetic_fraction": syn_seen / max(seen, 1),
+                "time_s": busy,
+            }
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size)
+                metrics.update(_figures(last_preds, test_labels, num_classes, groups))
+            history.append(metrics)
+            if accel.is_main_process:
+                _checkpoint(out, accel, model, optimizer, scheduler, epoch + 1, 0,
+                            steps_per_epoch, history, None)  # fmt: skip
+                run.event("epoch", **metrics)
+                if writer is not None:
+                    for key in ("train_loss", "test_accuracy", "lr", "images_per_s"):
+                        if metrics.get(key) is not None:
+                            writer.add_scalar(key, metrics[key], epoch + 1)
+            logger.info(
+                "epoch %d/%d: loss %.4f, test accuracy %s, %.0f images/s",
+                epoch + 1, cfg.epochs, metrics["train_loss"],
+                "-" if metrics.get("test_accuracy") is None else f"{metrics['test_accuracy']:.4f}",
+                metrics["images_per_s"],
+            )  # fmt: skip
+            run.set_status(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
+                           progress=(epoch + 1) / cfg.epochs, train_loss=metrics["train_loss"],
+                           test_accuracy=metrics.get("test_accuracy"))  # fmt: skip
+            if callback is not None:
+                callback(metrics)
+        bar.close()
+
+        # 6. Final figures: the last epoch's (re-evaluated if this call trained nothing).
+        if last_preds is None:
+            last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size)
+        conf = confusion_matrix(last_preds, test_labels, num_classes)
+        figures = _figures(last_preds, test_labels, num_classes, groups)
+        result = {
+            "test_accuracy": figures["test_accuracy"],
+            "mean_class_accuracy": figures["mean_class_accuracy"],
+            "per_class_accuracy": dict(
+                zip(class_names, figures["per_class_accuracy"], strict=True)
+            ),
+            "head_accuracy": figures["head_accuracy"],
+            "medium_accuracy": figures["medium_accuracy"],
+            "tail_accuracy": figures["tail_accuracy"],
+            "groups": {g: [class_names[c] for c in cs] for g, cs in groups.items()},
+            "group_rule": cfg.groups,
+            "epochs": cfg.epochs,
+            "train_images": len(indices),
+            "train_counts": dict(zip(class_names, counts.tolist(), strict=True)),
+            "test_images": len(test_ds),
+            "synthetic_images": len(syn_x),
+            "p": cfg.p,
+            "gamma": cfg.gamma,
+            "arch": cfg.arch,
+            "pretrained": cfg.pretrained,
+            "resolution": cfg.resolution,
+            "dataset": {"spec": cfg.dataset, "fingerprint": train_ds.fingerprint},
+            "out": str(out),
+        }
+        if accel.is_main_process:
+            _write_json(out / CONFUSION_FILE, {"class_names": class_names,
+                                               "matrix": conf.tolist(),
+                                               "rows": "true class", "columns": "predicted class"})  # fmt: skip
+            _write_json(out / METRICS_FILE, result)
+            _save_model(out, accel.unwrap_model(model), cfg, class_names, mean, std)
+        accel.wait_for_everyone()
+        run.event("done", test_accuracy=result["test_accuracy"], epochs=cfg.epochs)
+        run.set_status("done", progress=1.0, message="finished", eta_s=0.0,
+                       test_accuracy=result["test_accuracy"])  # fmt: skip
+        return result
+    except Cancelled:
+        logger.info("training cancelled; resume with --resume")
+        run.set_status("cancelled", message="cancelled; resume to continue")
+        raise
+    except Exception as e:
+        run.set_status("failed", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        if writer is not None:
+            writer.close()
+        logging.getLogger("diffmix").removeHandler(handler)
+        handler.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _synthetic_sources(
+    source_ids: list[str | None], train_ds, test_ds, indices: list[int]
+) -> torch.Tensor:
+    """Position in the real training cache of each synthetic image's source (-1: none).
+
+    Refuses synthetic images made from *test* images (the test split is never trained on);
+    warns about images made from training images outside this run's subset.
+    """
+    pos_of = {train_ds.items[i].id: k for k, i in enumerate(indices)}
+    train_ids = {it.id for it in train_ds.items}
+    test_ids = {it.id for it in test_ds.items} - train_ids
+    leaked = [s for s in source_ids if s is not None and s in test_ids]
+    if leaked:
+        raise ValueError(
+            f"{len(leaked)} synthetic image(s) were translated from test images (e.g. "
+            f"{leaked[:3]}); the test split must never be trained on: generate from the train split"
+        )
+    outside = [s for s in source_ids if s is not None and s in train_ids and s not in pos_of]
+    if outside:
+        logger.warning(
+            "%d synthetic image(s) come from real training images outside this run's subset "
+            "(e.g. %s): the classifier sees information from more than its %d real images; "
+            "generate with the same shots/imbalance/seed",
+            len(outside), outside[:2], len(indices),
+        )  # fmt: skip
+    return torch.tensor([pos_of.get(s, -1) if s is not None else -1 for s in source_ids])
+
+
+@torch.no_grad()
+def _predict(accel, model, images: torch.Tensor, mean, std, batch: int) -> torch.Tensor:
+    """Predicted class of each uint8 image (no augmentation); CPU int64 (n,)."""
+    net = accel.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    preds = []
+    for a in range(0, len(images), batch):
+        x = normalize(images[a : a + batch].to(accel.device), mean, std)
+        with accel.autocast():
+            preds.append(net(x).argmax(-1).cpu())
+    net.train(was_training)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def _figures(
+    preds: torch.Tensor, labels: torch.Tensor, num_classes: int, groups: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Accuracy figures of one evaluation (all in [0, 1]; per-class as a list in class order)."""
+    conf = confusion_matrix(preds, labels, num_classes)
+    per_class = per_class_accuracy(conf)
+    by_group = group_accuracies(per_class, groups)
+    return {
+        "test_accuracy": accuracy(conf),
+        "mean_class_accuracy": mean_class_accuracy(per_class),
+        "per_class_accuracy": per_class,
+        "head_accuracy": by_group["head"],
+        "medium_accuracy": by_group["medium"],
+        "tail_accuracy": by_group["tail"],
+    }
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    return ckpts[-1] if ckpts else None
+
+
+def _checkpoint(
+    out: Path,
+    accel,
+    model,
+    optimizer,
+    scheduler,
+    epoch: int,
+    step_in_epoch: int,
+    steps_per_epoch: int,
+    history: list[dict],
+    partial: dict | None,
+) -> None:
+    """Write ``checkpoints/ckpt-<global step>.pt`` atomically; keep the newest two.
+
+    ``epoch`` counts completed epochs; ``step_in_epoch`` the steps done in the next one.
+    """
+    if not accel.is_main_process:
+        return
+    global_step = epoch * steps_per_epoch + step_in_epoch
+    state = {
+        "model": {k: v.detach().cpu() for k, v in accel.unwrap_model(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "rng": {"torch": torch.get_rng_state()},
+        "history": history,
+        "partial": partial,
+    }
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{global_step:09d}.pt"
+    tmp = folder / f".{name}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / name)
+    for old in sorted(folder.glob("ckpt-*.pt"))[:-_KEEP_CHECKPOINTS]:
+        old.unlink()
+
+
+def _save_model(out: Path, model, cfg: TrainConfig, class_names: list[str], mean, std) -> None:
+    """Final weights (safetensors; reload with ``--pretrained out/model.safetensors``) + card."""
+    from safetensors.torch import save_model
+
+    tmp = out / f".{MODEL_FILE}.tmp"
+    save_model(model, str(tmp))
+    os.replace(tmp, out / MODEL_FILE)
+    _write_json(
+        out / CLASSIFIER_FILE,
+        {
+            "format": "diffmix-classifier/1",
+            "arch": cfg.arch,
+            "num_classes": len(class_names),
+            "class_names": class_names,
+            "resolution": cfg.resolution,
+            "mean": list(mean),
+            "std": list(std),
+            "weights": MODEL_FILE,
+        },
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer under ``out/tensorboard``, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.debug("tensorboard is not installed; skipping TensorBoard logging")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
