@@ -262,7 +262,7 @@ def personalize(
             f"{out} already holds a personalization; pass --resume or choose another --out"
         )
     run.write_config(json.loads(cfg.model_dump_json()))
-    run.clear_cancel()
+    run.clear_stale_cancel()
     handler = run.log_to_file()
     run.set_status("running", progress=0.0, step=0, total=cfg.steps, message="loading")
     try:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+#: Set in the environment of a stage launched by :mod:`diffmix.jobs`.
+JOB_ENV = "DIFFMIX_JOB"
 
 
 class Cancelled(Exception):
@@ -109,6 +111,15 @@ class RunDir:
 
     def clear_cancel(self) -> None:
         (self.path / "CANCEL").unlink(missing_ok=True)
+
+    def clear_stale_cancel(self) -> None:
+        """Called by a stage as it starts: drop a cancel left over from an earlier run.
+
+        A process launched by :mod:`diffmix.jobs` (``DIFFMIX_JOB`` set) keeps the file: the
+        launcher cleared it before starting, so any cancel present now was asked for since.
+        """
+        if not os.environ.get(JOB_ENV):
+            self.clear_cancel()
 
     def check_cancel(self) -> None:
         """Raise :class:`Cancelled` when a cancel was requested."""

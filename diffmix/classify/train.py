@@ -114,7 +114,7 @@ def train(
             f"{out} already holds a training run; pass --resume or choose another --out"
         )
     run.write_config(cfg_json)
-    run.clear_cancel()
+    run.clear_stale_cancel()
     handler = run.log_to_file()
     run.set_status("running", progress=0.0, message="loading data")
     writer = None

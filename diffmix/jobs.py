@@ -1,0 +1,184 @@
+"""Background jobs: a stage run as a subprocess that reports through its run directory.
+
+The app starts long stages (personalize, generate, train) with :func:`start_job`; the job
+is ``python -m diffmix <stage> ... --out RUN_DIR`` in its own process group, so a crash of
+the job never takes the app down and a reload of the page finds the same live state by
+reading the run directory (:mod:`diffmix.runs`). ``job.json`` records who started it
+(``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from diffmix.runs import JOB_ENV, RunDir
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("personalize", "generate", "train", "translate")
+JOB_FILE = "job.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A started job: its stage, run directory, process id and owner."""
+
+    stage: str
+    run_dir: str
+    pid: int
+    owner: str | None
+    argv: list[str]
+    created: float
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+
+def start_job(
+    stage: str, args: list[str], run_dir: str | os.PathLike, *, owner: str | None = None
+) -> Job:
+    """Start ``diffmix <stage> <args> --out <run_dir>`` in the background.
+
+    ``args`` are CLI arguments (no ``--out``). Refuses a run directory where a job is still
+    alive (resume it instead, or choose another folder).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    if "--out" in args:
+        raise ValueError("pass the output folder as run_dir, not as --out in args")
+    run_dir = Path(run_dir)
+    existing = read_job(run_dir)
+    if existing is not None and is_alive(existing):
+        raise ValueError(
+            f"a {existing.stage} job (pid {existing.pid}) is still running in {run_dir}"
+        )
+    run = RunDir(run_dir)
+    run.clear_cancel()  # a cancel from an earlier run; one asked for from now on is honoured
+    argv = [sys.executable, "-m", "diffmix", stage, *args, "--out", str(run_dir)]
+    log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 -- handed to the child process
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=os.getcwd(), env={**os.environ, JOB_ENV: "1"},
+        )  # fmt: skip
+    finally:
+        log.close()
+    job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time())
+    (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
+    if run.status().get("state") in (None, "queued"):
+        run.set_status("queued", pid=proc.pid, message="starting")
+    logger.info("started %s job pid %d in %s", stage, proc.pid, run_dir)
+    _CHILDREN[proc.pid] = proc
+    return job
+
+
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def read_job(run_dir: str | os.PathLike) -> Job | None:
+    """The job.json of a run directory, or None when no job was started there."""
+    p = Path(run_dir) / JOB_FILE
+    if not p.is_file():
+        return None
+    return Job(**json.loads(p.read_text()))
+
+
+def is_alive(job: Job) -> bool:
+    """True while the job's process exists (reaping it when it is our child)."""
+    child = _CHILDREN.get(job.pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _CHILDREN.pop(job.pid, None)
+        return False
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_state(run_dir: str | os.PathLike) -> dict:
+    """The run's status, with ``state`` "crashed" when it claims to run but its process is gone."""
+    run = RunDir(run_dir)
+    st = run.status()
+    job = read_job(run_dir)
+    if job is not None and st.get("state") in ("queued", "running") and not is_alive(job):
+        tail = _log_tail(Path(run_dir) / "stdout.log")
+        st = {
+            **st,
+            "state": "crashed",
+            "message": tail or f"process {job.pid} ended without a final status",
+        }
+    return st
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def check_owner(job: Job, owner: str | None) -> None:
+    """Refuse access to a job started by someone else (owner None = operator, sees all)."""
+    if owner is not None and job.owner != owner:
+        raise PermissionError("this job belongs to another session")
+
+
+def cancel_job(
+    run_dir: str | os.PathLike, *, owner: str | None = None, grace_s: float = 30.0
+) -> None:
+    """Ask the job to stop at its next step (it checkpoints first); SIGTERM after ``grace_s``."""
+    job = read_job(run_dir)
+    if job is None:
+        raise ValueError(f"no job in {run_dir}")
+    check_owner(job, owner)
+    RunDir(run_dir).request_cancel()
+    if grace_s <= 0:
+        return
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        if not is_alive(job):
+            return
+        time.sleep(0.2)
+    logger.warning("job %d did not stop within %.0f s; sending SIGTERM", job.pid, grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGTERM)
+
+
+def list_jobs(root: str | os.PathLike, *, owner: str | None = None) -> list[dict]:
+    """Jobs under ``root`` (one level of run folders), newest first, filtered by owner."""
+    out = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        job = read_job(d)
+        if job is None or (owner is not None and job.owner != owner):
+            continue
+        out.append({**asdict(job), "status": job_state(d)})
+    return sorted(out, key=lambda j: j["created"], reverse=True)
+
+
+def wait(run_dir: str | os.PathLike, timeout_s: float = 600.0) -> dict:
+    """Block until the job leaves the queued/running states (or ``timeout_s``); its status."""
+    deadline = time.time() + timeout_s
+    while True:
+        st = job_state(run_dir)
+        if st.get("state") not in ("queued", "running") or time.time() > deadline:
+            return st
+        time.sleep(0.2)
