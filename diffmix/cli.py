@@ -431,6 +431,121 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- diffmix generate
+
+
+def _strength_list(text: str) -> list[float]:
+    """``"0.5,0.7,0.9"`` -> ``[0.5, 0.7, 0.9]`` (argparse type of --strengths)."""
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--strengths takes comma-separated numbers like 0.5,0.7,0.9, got {text!r}"
+        ) from None
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``diffmix generate SPEC --out DIR``: a plan of translations -> a synthetic dataset folder."""
+    p = subparsers.add_parser(
+        "generate",
+        help="make a synthetic dataset: every training image translated M times",
+        description="Plan M translations per real training image (target class, strength, "
+        "seed), then run them in batches into an image folder with metadata.jsonl (soft labels, "
+        "scores, provenance). A rerun into the same --out continues where it stopped; "
+        "under `accelerate launch` the plan is split between processes.",
+    )
+    p.add_argument(
+        "spec", metavar="SPEC", nargs="?", default=None, help="dataset spec (default: demo)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="synthetic dataset / run folder")
+    p.add_argument("--config", metavar="YAML", help="settings file (GenerateConfig keys)")
+    p.add_argument("--model", help="nano (default), a diffusers folder or a hub id")
+    p.add_argument("--adapter", metavar="DIR", help="adapter folder (diff-* and ti-* strategies)")
+    p.add_argument("--strategy", metavar="NAME",
+                   help=f"one of {', '.join(TRANSLATE_STRATEGIES)} (default: diff-mix)")  # fmt: skip
+    p.add_argument("--multiplier", type=int, metavar="M", help="translations per image (5)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--strength", type=float, metavar="S", help="one fixed strength in (0, 1]")
+    group.add_argument("--strengths", type=_strength_list, metavar="S1,S2,...",
+                       help="strengths drawn uniformly per image")  # fmt: skip
+    p.add_argument("--shots", type=int, metavar="K", help="few-shot subset: K images per class")
+    p.add_argument("--imbalance", type=float, metavar="F", help="long-tail subset factor F")
+    p.add_argument("--subset-seed", type=int, metavar="S", help="seed of the subset draw (0)")
+    p.add_argument("--targets", choices=("uniform", "confusion", "tail"),
+                   help="target classes: uniform (default), by confusion, or toward rare classes")  # fmt: skip
+    p.add_argument("--confusion", metavar="FILE", help="confusion.json for --targets confusion")
+    p.add_argument("--limit", type=int, metavar="N", help="make only the first N planned images")
+    p.add_argument("--filter-bottom", type=float, metavar="FRAC",
+                   help="mark the least faithful FRAC of the images kept=false (0)")  # fmt: skip
+    p.add_argument("--no-score", dest="score", action="store_false", default=None,
+                   help="skip faithfulness/diversity scores")  # fmt: skip
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per denoising loop (16)")
+    p.add_argument("--grouping", choices=("strength", "order"),
+                   help="batch equal strengths together (default) or plain plan order")  # fmt: skip
+    p.add_argument("--steps", dest="num_inference_steps", type=int, metavar="N",
+                   help="num_inference_steps (25)")  # fmt: skip
+    p.add_argument("--guidance-scale", type=float, metavar="G", help="CFG weight (7.5)")
+    p.add_argument("--gamma", type=float, metavar="G", help="soft-label exponent (0.5)")
+    p.add_argument("--seed", type=int, metavar="N", help="plan seed (0)")
+    p.add_argument("--superclass", metavar="WORD", help="word after class names in prompts")
+    p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
+    p.add_argument("--resume", action="store_true", help="continue the generation in --out")
+    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import os
+
+    from pydantic import ValidationError
+
+    from diffmix.generate import GenerateConfig, generate
+    from diffmix.runs import Cancelled
+
+    fields = _load_yaml_config(args.config)
+    if args.spec is not None:
+        fields["dataset"] = args.spec
+    if args.strength is not None:
+        fields["strengths"] = [args.strength]
+    for key in GenerateConfig.model_fields:
+        value = getattr(args, key, None)
+        if value is not None and key != "dataset":
+            fields[key] = value
+    try:
+        cfg = GenerateConfig(**fields)
+    except ValidationError as e:  # one readable line per problem, not pydantic's layout
+        raise ValueError(
+            "; ".join(
+                (f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
+                + str(err["msg"]).removeprefix("Value error, ")
+                for err in e.errors()
+            )
+        ) from None
+    try:
+        summary = generate(cfg, args.out, resume=args.resume)
+    except Cancelled:
+        sys.stderr.write(f"cancelled; continue with the same command (--out {args.out})\n")
+        return 130
+    except OSError as e:  # unwritable output folder: the message says what to do
+        if isinstance(e, FileNotFoundError):
+            raise
+        sys.stderr.write(f"error: {' '.join(str(e.strerror or e).split())}\n")
+        return EXIT_USER_ERROR
+    if int(os.environ.get("RANK", "0")) != 0:  # other processes of `accelerate launch`
+        return 0
+    _write(
+        f"folder:   {summary['out']}\n"
+        f"images:   {summary['images']} of {summary['planned']} planned "
+        f"({summary['generated']} new, {summary['images_per_s']:.3g} img/s)\n"
+        f"kept:     {summary['kept']}\n"
+        "per class: " + ", ".join(f"{k} {v}" for k, v in summary["per_class"].items()) + "\n"
+    )
+    if args.json:
+        _write(json.dumps(summary) + "\n")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 #: Parser builders, one per subcommand; later stages append theirs.
@@ -439,6 +554,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_personalize_parser,
     add_translate_parser,
     add_train_parser,
+    add_generate_parser,
 ]
 
 
