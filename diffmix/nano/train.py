@@ -51,7 +51,7 @@ class NanoTrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_foreground_weight: float = 3.0  # loss weight of masked (bird) pixels vs background 1
-    unet_steps: int = 2600  # UNet + text encoder optimiser steps
+    unet_steps: int = 2000  # UNet + text encoder optimiser steps
     unet_batch: int = 64
     unet_lr: float = 1e-3
     text_lr: float = 5e-4
