@@ -24,7 +24,7 @@ from diffmix.runs import JOB_ENV, RunDir
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("personalize", "generate", "train", "translate")
+STAGES = ("personalize", "generate", "train", "translate", "experiment")
 JOB_FILE = "job.json"
 
 
