@@ -58,3 +58,13 @@ def test_killed_job_is_reported_crashed(tiny_sd_dir, tmp_path, workspace_home):
     os.killpg(job.pid, signal.SIGKILL)
     st = jobs.wait(run, timeout_s=30)
     assert st["state"] == "crashed"
+
+
+def test_generate_runs_as_a_job_in_a_fresh_folder(tiny_sd_dir, tmp_path, workspace_home):
+    run = tmp_path / "g"
+    args = ["demo", "--model", str(tiny_sd_dir), "--strategy", "real-mix", "--multiplier", "1",
+            "--shots", "1", "--strength", "0.5", "--steps", "2", "--limit", "2", "--no-score"]  # fmt: skip
+    jobs.start_job("generate", args, run)
+    st = jobs.wait(run, timeout_s=300)
+    assert st["state"] == "done", (st, (run / "stdout.log").read_text()[-2000:])
+    assert len((run / "metadata.jsonl").read_text().splitlines()) == 2
