@@ -21,12 +21,12 @@ from types import ModuleType
 import gradio as gr
 
 from diffmix.settings import Settings
-from pages import common, dataset
+from pages import common, dataset, generate, inspect, personalize, train, translate
 
 logger = logging.getLogger("diffmix.app")
 
 #: The pages in workflow order; the first one is served at "/". Later steps append here.
-PAGES: list[ModuleType] = [dataset]
+PAGES: list[ModuleType] = [dataset, personalize, translate, generate, train, inspect]
 
 
 def _chrome(settings: Settings, home_title: str) -> None:

@@ -788,7 +788,7 @@ def generate(
                 run.write_config(record)
                 if not (out / PLAN_FILE).is_file():
                     _fsync_write(out / PLAN_FILE, _plan_text(plan).encode())
-                run.clear_cancel()
+                run.clear_stale_cancel()
                 _repair(out, {t.task for t in plan})
             except OSError as e:
                 raise _io_error(out, e, _count_done(out)) from e

@@ -69,6 +69,40 @@ def selection_state() -> gr.BrowserState:
     return gr.BrowserState(None, storage_key=SELECTION_KEY, secret=_SELECTION_SECRET)
 
 
+#: localStorage key of the adapter chosen on the Personalize page (later pages reuse it).
+ADAPTER_KEY = "diffmix-adapter"
+#: localStorage key of this browser's job-owner token (public mode: who may see which jobs).
+OWNER_KEY = "diffmix-owner"
+_OWNER_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def adapter_state() -> gr.BrowserState:
+    """The adapter chosen on the Personalize page (a plain dict with its run ``name``, or None).
+
+    Kept in the browser like :func:`selection_state`; pages resolve the name to a folder under
+    ``<workspace>/adapters`` again (with the owner check), never trusting a path from a client.
+    """
+    return gr.BrowserState(None, storage_key=ADAPTER_KEY, secret=_SELECTION_SECRET)
+
+
+def owner_state() -> gr.BrowserState:
+    """This browser's job-owner token (see :func:`ensure_owner`).
+
+    Gradio's ``session_hash`` changes on every page load (each route is one), so it cannot say
+    whose job a run is after a reload; a random token kept in localStorage (encrypted with the
+    per-process secret) can, and is shared by the tabs of one browser. A server restart
+    changes the secret, so browsers get a new token then.
+    """
+    return gr.BrowserState(None, storage_key=OWNER_KEY, secret=_SELECTION_SECRET)
+
+
+def ensure_owner(owner: str | None) -> str:
+    """``owner`` when it is a well-formed token, else a fresh unguessable one."""
+    if isinstance(owner, str) and _OWNER_RE.match(owner):
+        return owner
+    return secrets.token_urlsafe(18)
+
+
 def mode_line(settings: Settings) -> str:
     """One line telling users what this deployment allows."""
     local = "server folders allowed" if settings.allow_local_paths else "no server folders"
@@ -251,6 +285,9 @@ def launch_kwargs(settings: Settings, *, host: str, port: int, share: bool) -> d
 
 __all__ = [
     "APP_TITLE",
+    "adapter_state",
+    "ensure_owner",
+    "owner_state",
     "clear_dataset_cache",
     "load_cached",
     "open_selection",

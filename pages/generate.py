@@ -1,0 +1,493 @@
+"""Generate page: plan a synthetic dataset, see what it costs, make it in the background.
+
+The plan (strategy, multiplier, strengths, target sampling, filter) is checked with
+:class:`diffmix.generate.GenerateConfig` and turned into ``diffmix generate`` arguments with the
+core's own :func:`~diffmix.generate.command_for`, so the page and the CLI cannot drift. Before
+starting, :func:`estimate` gives the number of images, the time (from a measured 1-image probe,
+:func:`probe`, or a per-model constant) and the disk space. The job writes
+``<workspace>/synthetic/<name>`` (images per target class + ``metadata.jsonl``); the page shows
+its progress and the newest images as they appear.
+
+Run alone with ``python pages/generate.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffmix.settings import Settings  # noqa: E402
+from pages import common, jobs_ui, personalize, translate  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Generate"
+PATH = "generate"
+STAGE = "generate"
+TARGET_RULES = ("uniform", "tail", "confusion")
+#: Seconds per image at 25 steps and strength 1 on this kind of device, when nothing was measured.
+SECONDS_PER_IMAGE = {"nano": {"cpu": 0.4, "gpu": 0.05}, "other": {"cpu": 25.0, "gpu": 0.6}}
+#: Metadata bytes per image (one JSON row).
+ROW_BYTES = 1200
+#: PNG bytes per pixel assumed before a probe measured it.
+PNG_BYTES_PER_PIXEL = 2.0
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def unavailable_reason() -> str | None:
+    """Why generation cannot start in this version (None when it can)."""
+    if importlib.util.find_spec("diffmix.generate") is None:
+        return "the generation module (diffmix/generate.py) is not part of this version yet"
+    from diffmix import cli
+
+    if not any(getattr(f, "__name__", "") == "add_generate_parser" for f in cli.SUBCOMMANDS):
+        return "the `diffmix generate` command is not registered in diffmix/cli.py yet"
+    return None
+
+
+def parse_strengths(text: str | Sequence[float] | None) -> list[float] | None:
+    """``"0.7"`` or ``"0.3, 0.5, 0.7"`` -> floats (None when empty: the strategy's default)."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        values = [float(s) for s in text]
+        return values or None
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"strengths must be numbers in (0, 1] separated by commas, got {text!r}"
+        ) from None
+    bad = [s for s in values if not 0.0 < s <= 1.0]
+    if bad:
+        raise ValueError(f"strength must be in (0, 1], got {bad[0]:g}")
+    return values or None
+
+
+def generate_config(
+    selection: dict[str, Any] | None,
+    adapter: dict[str, Any] | None,
+    *,
+    strategy: str | None,
+    multiplier: float | None,
+    strengths: str | Sequence[float] | None,
+    targets: str = "uniform",
+    confusion_run: str | None = None,
+    filter_bottom: float | None = 0.0,
+    limit: float | None = None,
+    steps: float | None = 25,
+    seed: float | None = 0,
+    score: bool = True,
+    settings: Settings,
+    owner: str | None = None,
+):
+    """The :class:`~diffmix.generate.GenerateConfig` of the page's values (checked)."""
+    from diffmix.generate import GenerateConfig
+    from diffmix.translate import get_strategy
+
+    sub = personalize.selection_subset(selection)
+    st = get_strategy(strategy or translate.default_strategy(adapter))
+    model, adapter_dir = settings.model, None
+    if st.uses_adapter:
+        found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
+        if found is None:
+            alt = st.name.replace("diff-", "real-").replace("ti-", "real-")
+            raise ValueError(
+                f"strategy {st.name!r} needs an adapter: choose one on the Personalize page, "
+                f"or use {alt!r} (base model)"
+            )
+        adapter_dir, model = str(found[0]), str(found[1].get("base_model") or settings.model)
+    confusion = None
+    if targets == "confusion":
+        if not confusion_run:
+            raise ValueError(
+                "target sampling 'confusion' needs a finished training run (its confusion "
+                "matrix): train a baseline on the Train page and choose it here"
+            )
+        run = jobs_ui.open_run("train", confusion_run, owner=owner, settings=settings)
+        if not (run / "confusion.json").is_file():
+            raise ValueError(f"training run {confusion_run!r} has no confusion matrix yet")
+        confusion = str(run / "confusion.json")
+    fields = {
+        "dataset": sub["spec"],
+        "shots": sub["shots"],
+        "imbalance": sub["imbalance"],
+        "subset_seed": sub["seed"],
+        "strategy": st.name,
+        "model": model,
+        "adapter": adapter_dir,
+        "multiplier": translate._whole(multiplier, "multiplier", 1, minimum=1),
+        "strengths": parse_strengths(strengths),
+        "targets": targets or "uniform",
+        "confusion": confusion,
+        "filter_bottom": float(filter_bottom or 0.0),
+        "limit": translate._whole(limit, "limit", None, minimum=0) or None,
+        "num_inference_steps": translate._whole(steps, "steps", 25, minimum=1),
+        "seed": translate._whole(seed, "seed", 0),
+        "score": bool(score),
+    }
+    return GenerateConfig(**fields).resolved()
+
+
+def generate_args(config) -> list[str]:
+    """``diffmix generate`` arguments of a config (the core's command line, minus the prefix)."""
+    from diffmix.generate import command_for
+
+    parts = shlex.split(command_for(config))
+    if parts[:2] != ["diffmix", "generate"]:
+        raise ValueError(f"unexpected generate command {parts[:2]}")
+    return parts[2:]
+
+
+def planned_images(config, selection: dict[str, Any]) -> int:
+    """How many images the plan makes: multiplier × subset size, capped by ``limit``."""
+    n = int(selection.get("num_images") or len(selection.get("indices") or []))
+    total = config.multiplier * n
+    return min(total, config.limit) if config.limit else total
+
+
+def _device_kind() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def estimate(
+    config,
+    selection: dict[str, Any],
+    probe_result: dict[str, Any] | None = None,
+    *,
+    pixels: int = 64 * 64,
+) -> dict[str, Any]:
+    """Images, seconds and bytes a plan will take.
+
+    Seconds per image come from ``probe_result`` (a 1-image measurement of the same model,
+    strategy and steps) when it matches, else from :data:`SECONDS_PER_IMAGE` scaled by the
+    steps actually run (``steps × mean strength``). Bytes: measured PNG size, or
+    :data:`PNG_BYTES_PER_PIXEL` × ``pixels`` (of a source image), plus one metadata row each.
+    """
+    n = planned_images(config, selection)
+    mean_s = sum(config.strengths) / len(config.strengths)
+    work = max(config.num_inference_steps * mean_s / 25.0, 0.04)
+    key = {"model": config.model, "strategy": config.strategy,
+           "steps": config.num_inference_steps, "strengths": list(config.strengths)}  # fmt: skip
+    measured = bool(probe_result) and all(probe_result.get(k) == v for k, v in key.items())
+    if measured:
+        per_image = float(probe_result["seconds_per_image"])
+        basis = "measured on 1 image"
+    else:
+        table = SECONDS_PER_IMAGE["nano" if config.model == "nano" else "other"]
+        per_image = table[_device_kind()] * work
+        basis = f"typical for {'nano' if config.model == 'nano' else 'this model'} on {_device_kind().upper()}"
+    if config.strategy in ("mixup", "cutmix"):
+        per_image = 0.01
+    if probe_result and probe_result.get("bytes_per_image"):
+        per_bytes = float(probe_result["bytes_per_image"])
+    else:
+        per_bytes = pixels * PNG_BYTES_PER_PIXEL
+    return {
+        "images": n,
+        "seconds": n * per_image,
+        "seconds_per_image": per_image,
+        "bytes": int(n * (per_bytes + ROW_BYTES)),
+        "basis": basis,
+    }
+
+
+def estimate_markdown(est: dict[str, Any], config=None) -> str:
+    """The estimate as one line (and the command that will run)."""
+    mb = est["bytes"] / 2**20
+    size = f"{mb:.1f} MB" if mb < 1024 else f"{mb / 1024:.2f} GB"
+    text = (
+        f"**{est['images']} images** · about **{jobs_ui.format_eta(est['seconds']) or '0 s'}** "
+        f"({est['seconds_per_image']:.2f} s/image, {est['basis']}) · about **{size}** on disk."
+    )
+    if config is not None:
+        text += f"\n\n`{' '.join(['diffmix', 'generate', *generate_args(config)])}`"
+    return text
+
+
+def source_pixels(selection: dict[str, Any], settings: Settings) -> int:
+    """Pixels of the selection's first image (its size stands for the dataset's)."""
+    ds, subset = common.open_selection(selection, settings)
+    first = subset.indices[0] if subset is not None and len(subset) else 0
+    w, h = ds.image(first).size
+    return w * h
+
+
+def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str, Any]:
+    """Translate one image with the plan's model, strategy and steps in-process; time it."""
+    ds, subset = common.open_selection(selection, settings)
+    indices = list(subset.indices) if subset is not None else list(range(len(ds)))
+    first = indices[0]
+    src_class = ds.class_names[ds.items[first].label]
+    st_target = "same" if config.strategy.endswith("-aug") else "other"
+    target = src_class if st_target == "same" else translate.other_class(ds.class_names, src_class)
+    mean_s = sum(config.strengths) / len(config.strengths)
+    partner = None
+    if config.strategy in ("mixup", "cutmix"):
+        pool = [i for i in indices if ds.class_names[ds.items[i].label] == target]
+        partner = ds.image(pool[0]) if pool else ds.image(first)
+    gen = config.strategy.endswith("-gen")
+    req = translate.Request(
+        ds, None if gen else ds.image(first), None if gen else src_class, target,
+        [1.0 if gen else mean_s], 0, config.strategy, config.model, config.adapter,
+        config.num_inference_steps, partner,
+    )  # fmt: skip
+    translate.run_translation(req)  # warm-up: loads and caches the model
+    preview = translate.run_translation(req)
+    buf = io.BytesIO()
+    preview.results[0].image.save(buf, format="PNG")
+    return {
+        "model": config.model,
+        "strategy": config.strategy,
+        "steps": config.num_inference_steps,
+        "strengths": list(config.strengths),
+        "seconds_per_image": preview.seconds,
+        "bytes_per_image": len(buf.getvalue()),
+    }
+
+
+def tail_rows(path: Path, n: int = 12, chunk: int = 1 << 16) -> list[dict[str, Any]]:
+    """The last ``n`` complete JSON rows of a (possibly growing) JSONL file, newest first.
+
+    Reads only the end of the file (doubling the window until ``n`` rows are found), so a poll
+    stays cheap however many images the folder holds; a torn last line is skipped.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return []
+    window = chunk
+    while True:
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, size - window))
+                data = f.read(window)
+        except OSError:
+            return []
+        lines = data.decode("utf-8", "replace").splitlines()
+        if size > window:
+            lines = lines[1:]  # the first line may be cut
+        rows = []
+        for line in reversed(lines):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+            if len(rows) == n:
+                return rows
+        if window >= size:
+            return rows
+        window *= 2
+
+
+def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, str]]:
+    """The newest ``n`` images of a generation folder, newest first, captioned."""
+    if run_dir is None:
+        return []
+    out = []
+    for row in tail_rows(run_dir / "metadata.jsonl", n):
+        try:
+            with Image.open(run_dir / str(row["file_name"])) as im:
+                img = translate.display(im.convert("RGB"), 128)
+        except (OSError, KeyError):
+            continue
+        cap = f"{row.get('source_class')} → {row.get('target_class')} · s={row.get('strength')}"
+        if isinstance(row.get("faithfulness"), (int, float)):
+            cap += f" · f={row['faithfulness']:.2f}"
+        out.append((img, cap))
+    return out
+
+
+def done_summary(run_dir: Path | None) -> str:
+    """What a finished generation made (images, kept), from its status; empty otherwise."""
+    if run_dir is None:
+        return ""
+    st = jobs_ui.run_state(run_dir)
+    if st.get("state") != "done":
+        return ""
+    return (
+        f"Finished: {st.get('images', '?')} images, {st.get('kept', '?')} kept. Browse them on "
+        "the **Inspect** page, or train with them on the **Train** page."
+    )
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+#: The plan's widget values, in the order the listeners (and the API) take them after ``owner``.
+PLAN_PARAMS = ("selection", "adapter", "strategy", "multiplier", "strengths", "targets",
+               "confusion_run", "filter_bottom", "limit", "steps", "seed", "score")  # fmt: skip
+
+
+def _config_from(settings: Settings, owner: str | None, values: Sequence[Any]):
+    """The checked config of the plan widgets' ``values`` (in :data:`PLAN_PARAMS` order)."""
+    plan = dict(zip(PLAN_PARAMS, values, strict=True))
+    selection, adapter = plan.pop("selection"), plan.pop("adapter")
+    return generate_config(selection, adapter, **plan, settings=settings, owner=owner)
+
+
+def _build_args(settings: Settings):
+    def build(owner: str | None, *values: Any) -> tuple[list[str], str]:
+        reason = unavailable_reason()
+        if reason:
+            raise ValueError(f"generation is not available: {reason}")
+        cfg = _config_from(settings, owner, values)
+        return generate_args(cfg), f"{cfg.strategy}"
+
+    return jobs_ui.with_params(build, ["owner", *PLAN_PARAMS])
+
+
+def _estimate_action(settings: Settings):
+    def generate_estimate(probe: dict | None, owner: str | None, *values: Any) -> str:
+        """Images, time and disk the plan will take (and its command line)."""
+        try:
+            cfg = _config_from(settings, owner, values)
+            px = source_pixels(values[0], settings)
+            shown = None if settings.public else cfg  # no server paths on public deployments
+            return estimate_markdown(estimate(cfg, values[0], probe, pixels=px), shown)
+        except (*jobs_ui.USER_ERRORS, ImportError) as err:
+            return common.error_box(jobs_ui.readable_error(err))
+
+    return jobs_ui.with_params(generate_estimate, ["probe", "owner", *PLAN_PARAMS])
+
+
+def _probe_action(settings: Settings):
+    def generate_probe(owner: str | None, *values: Any) -> tuple[Any, str]:
+        """Measure seconds per image on one image, then estimate the plan with it."""
+        try:
+            cfg = _config_from(settings, owner, values)
+            result = probe(cfg, values[0], settings=settings)
+            px = source_pixels(values[0], settings)
+            shown = None if settings.public else cfg
+            return result, estimate_markdown(estimate(cfg, values[0], result, pixels=px), shown)
+        except (*jobs_ui.USER_ERRORS, ImportError, RuntimeError) as err:
+            return gr.skip(), common.error_box(jobs_ui.readable_error(err))
+
+    return jobs_ui.with_params(generate_probe, ["owner", *PLAN_PARAMS])
+
+
+def _view(path: Path | None, owner: str | None) -> list[Any]:
+    del owner
+    return [newest_images(path), done_summary(path)]
+
+
+def _on_open(settings: Settings):
+    def on_open(owner: str | None, selection: dict | None, adapter: dict | None) -> list[Any]:
+        runs = jobs_ui.list_runs("train", owner=owner, settings=settings)
+        with_conf = [r["name"] for r in runs if (Path(r["path"]) / "confusion.json").is_file()]
+        line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
+        reason = unavailable_reason()
+        if reason:
+            line += "\n\n" + common.error_box(f"Generation is not available: {reason}.")
+        return [line, gr.update(value=translate.default_strategy(adapter)),
+                gr.update(choices=with_conf)]  # fmt: skip
+
+    return on_open
+
+
+def _targets_visibility(rule: str) -> Any:
+    return gr.update(visible=rule == "confusion")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build(settings: Settings | None = None) -> gr.Blocks:
+    """The Generate page as a standalone ``gr.Blocks``."""
+    settings = settings or common.get_settings()
+    with common.page_blocks(TITLE) as page:
+        selection = common.selection_state()
+        adapter = common.adapter_state()
+        owner = common.owner_state()
+        # A hidden JSON value, not gr.State: any gr.State makes Gradio hold a heartbeat
+        # connection open on every page of the app.
+        probe_state = gr.JSON(None, visible=False)
+        gr.Markdown(
+            "## 4 · Generate\nMake a synthetic dataset: every selected training image is "
+            "translated `multiplier` times toward other classes. The job runs in the "
+            "background and writes an image folder with one metadata row per image."
+        )
+        current = gr.Markdown(personalize.selection_line(None), elem_id="gen-selection")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                strategy = gr.Dropdown(translate.strategy_names(), value="real-mix",
+                                       label="Strategy", elem_id="gen-strategy")  # fmt: skip
+                with gr.Row():
+                    multiplier = gr.Number(5, label="Multiplier (images per source)",
+                                           precision=0, minimum=1, elem_id="gen-multiplier")  # fmt: skip
+                    strengths = gr.Textbox(
+                        "0.7", label="Strength(s)", max_lines=1, elem_id="gen-strengths",
+                        info="one value = fixed; several (0.3, 0.5, 0.7) = drawn per image",
+                    )  # fmt: skip
+                targets = gr.Radio(list(TARGET_RULES), value="uniform", label="Target classes",
+                                   elem_id="gen-targets",
+                                   info="uniform (paper) · tail: favour rare classes · confusion: "
+                                        "classes a trained classifier confuses")  # fmt: skip
+                confusion_run = gr.Dropdown([], allow_custom_value=True, label="Training run (its confusion matrix)",
+                                            visible=False, elem_id="gen-confusion")  # fmt: skip
+                filter_bottom = gr.Slider(0, 0.5, value=0.0, step=0.05, elem_id="gen-filter",
+                                          label="Drop the least faithful fraction (kept: false)")  # fmt: skip
+                with gr.Accordion("More options", open=False):
+                    with gr.Row():
+                        limit = gr.Number(None, label="Limit (first N images; empty = all)",
+                                          precision=0, minimum=0, elem_id="gen-limit")  # fmt: skip
+                        steps = gr.Number(25, label="Denoising steps", precision=0, minimum=1,
+                                          elem_id="gen-steps")  # fmt: skip
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=0,
+                                         elem_id="gen-seed")  # fmt: skip
+                        score = gr.Checkbox(True, label="Score images (faithfulness, diversity)",
+                                            elem_id="gen-score")  # fmt: skip
+                with gr.Row():
+                    est_btn = gr.Button("Estimate", elem_id="gen-estimate-btn")
+                    probe_btn = gr.Button("Measure speed (1 image)", elem_id="gen-probe")
+                est = gr.Markdown(elem_id="gen-estimate")
+                panel = jobs_ui.job_panel(STAGE, "gen", start_label="Start generation",
+                                          name_placeholder="<strategy>-<date>-<time>")  # fmt: skip
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Newest images", columns=6, height=420,
+                                     object_fit="contain", elem_id="gen-gallery")  # fmt: skip
+                summary = gr.Markdown(elem_id="gen-summary")
+
+        plan = [selection, adapter, strategy, multiplier, strengths, targets, confusion_run,
+                filter_bottom, limit, steps, seed, score]  # fmt: skip
+        jobs_ui.wire(
+            panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),
+            start_inputs=plan, view=_view, view_outputs=[gallery, summary],
+            on_open=_on_open(settings), open_inputs=[selection, adapter],
+            open_outputs=[current, strategy, confusion_run],
+        )  # fmt: skip
+        targets.change(_targets_visibility, targets, confusion_run, queue=False,
+                       api_visibility="private")  # fmt: skip
+        estimate_fn = _estimate_action(settings)
+        est_btn.click(estimate_fn, [probe_state, owner, *plan], est, api_name="generate_estimate")
+        page.load(estimate_fn, [probe_state, owner, *plan], est, api_visibility="private")
+        for widget in (strategy, multiplier, strengths, targets, limit, steps):
+            widget.change(estimate_fn, [probe_state, owner, *plan], est, show_progress="hidden",
+                          api_visibility="private")  # fmt: skip
+        probe_btn.click(_probe_action(settings), [owner, *plan], [probe_state, est],
+                        api_name="generate_probe", concurrency_limit=1,
+                        concurrency_id="translate")  # fmt: skip
+    return page
+
+
+if __name__ == "__main__":
+    common.run(build, description=f"{common.APP_TITLE} · {TITLE} page")

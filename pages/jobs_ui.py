@@ -1,0 +1,558 @@
+"""Shared job widgets for the pages that start background jobs (personalize, generate, train).
+
+A long stage runs as ``python -m diffmix <stage> ...`` (:mod:`diffmix.jobs`) writing a run
+directory under the workspace -- ``adapters/<name>``, ``synthetic/<name>``, ``runs/<name>`` --
+and the page only ever reads that directory, so a reload, a second tab or a crashed job all
+show the same state. The run a page watches is remembered in the browser (a
+``gr.BrowserState`` holding its *name*; a name from a client is checked again, never a path).
+
+Who may see a run: every job records an owner token (:func:`pages.common.ensure_owner`). On a
+public deployment a session lists, watches, cancels and resumes only its own runs; on a private
+one the operator sees every run in the workspace (CLI-made ones too).
+
+Plain functions (:func:`list_runs`, :func:`start_run`, :func:`cancel_run`, :func:`resume_run`,
+:func:`job_view`, :func:`resume_args`, ...) are tested directly; :class:`JobPanel` holds the
+widgets (name box, Start / Cancel / Resume / Refresh, progress bar, status line, run picker,
+``gr.Timer``) and :func:`wire` connects them with ``api_name`` s ``<stage>_start``,
+``<stage>_cancel``, ``<stage>_resume``, ``<stage>_status`` and ``<stage>_runs``.
+
+Dropdowns whose choices are filled when a page opens (classes, runs, adapters) are made with
+``allow_custom_value=True``: Gradio checks API values against a dropdown's *initial* choices,
+which are empty, and every value is checked again by the page functions anyway.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from diffmix import jobs, workspace
+from diffmix.runs import RunDir
+from diffmix.settings import Settings
+from pages import common
+
+logger = logging.getLogger(__name__)
+
+#: Workspace folder of each stage's run directories.
+STAGE_DIRS = {"personalize": "adapters", "generate": "synthetic", "train": "runs"}
+ACTIVE_STATES = ("queued", "running")
+RESUMABLE_STATES = ("cancelled", "failed", "crashed")
+#: Seconds between two polls of a running job.
+POLL_SECONDS = 1.5
+#: Owner record of a folder made in-process (e.g. an Inspect export), where no job.json is.
+OWNER_FILE = "owner.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_STATE_COLORS = {
+    "queued": "#90a4ae",
+    "running": "#1e88e5",
+    "done": "#43a047",
+    "failed": "#e53935",
+    "crashed": "#e53935",
+    "cancelled": "#fb8c00",
+}
+#: Errors shown as a message in the page (anything else is a bug and is logged).
+USER_ERRORS = (ValueError, PermissionError, OSError, KeyError)
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def readable_error(err: BaseException) -> str:
+    """One readable line for a user error (pydantic's multi-line reports flattened)."""
+    errors = getattr(err, "errors", None)
+    if callable(errors) and type(err).__name__ == "ValidationError":
+        parts = []
+        for e in errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "__root__")
+            msg = str(e.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return "; ".join(parts) or str(err)
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def owner_filter(settings: Settings, owner: str | None) -> str | None:
+    """The owner to filter by: the session's token when public, None (everything) when private."""
+    return owner if settings.public else None
+
+
+def may_see(settings: Settings, owner: str | None, run_owner_: str | None) -> bool:
+    """Whether a session with token ``owner`` may see a run made by ``run_owner_``.
+
+    Private deployments: always. Public ones: only its own runs; a session without a token
+    (``None``) sees nothing, not even runs that have no owner (made with the CLI).
+    """
+    if not settings.public:
+        return True
+    return owner is not None and run_owner_ == owner
+
+
+def stage_root(stage: str) -> Path:
+    """``<workspace>/<adapters|synthetic|runs>`` (created on demand)."""
+    if stage not in STAGE_DIRS:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_DIRS)}")
+    return workspace.subdir(STAGE_DIRS[stage])
+
+
+def check_name(name: str | None) -> str:
+    """A run name as typed, checked: letters, digits, ``.``, ``_``, ``-`` (no paths)."""
+    name = (name or "").strip()
+    if not _NAME_RE.match(name) or ".." in name:
+        raise ValueError(
+            f"run name {name!r} is not allowed: use up to 80 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def run_name(name: str | None, prefix: str) -> str:
+    """The typed name (checked), or ``<prefix>-YYYYmmdd-HHMMSS`` when the box is empty."""
+    if (name or "").strip():
+        return check_name(name)
+    return check_name(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run_owner(run_dir: Path) -> str | None:
+    """Who made a run folder: job.json's owner, else owner.json's, else None (CLI-made)."""
+    job = jobs.read_job(run_dir)
+    if job is not None:
+        return job.owner
+    try:
+        return json.loads((run_dir / OWNER_FILE).read_text()).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_owner(run_dir: Path, owner: str | None) -> None:
+    """Record ``owner`` for a folder made in-process (no job.json)."""
+    (run_dir / OWNER_FILE).write_text(json.dumps({"owner": owner}) + "\n")
+
+
+def open_run(stage: str, name: str | None, *, owner: str | None, settings: Settings) -> Path:
+    """The folder of run ``name`` of ``stage``, if this session may see it."""
+    name = check_name(name)
+    path = stage_root(stage) / name
+    if not path.is_dir():
+        raise ValueError(f"no {stage} run named {name!r} in the workspace")
+    if not may_see(settings, owner, run_owner(path)):
+        raise PermissionError(f"run {name!r} belongs to another session")
+    return path
+
+
+def run_state(run_dir: Path) -> dict[str, Any]:
+    """The run's status (``crashed`` when its process died); ``done`` for a finished folder
+    made without a job (e.g. an export), ``unknown`` for an unrecognised folder."""
+    if jobs.read_job(run_dir) is not None:
+        return jobs.job_state(run_dir)
+    if (run_dir / "status.json").is_file():
+        return RunDir(run_dir).status()
+    if any((run_dir / f).is_file() for f in ("adapter.json", "metadata.jsonl", "metrics.json")):
+        return {"state": "done", "progress": 1.0, "message": "finished"}
+    return {"state": "unknown", "message": "not a run folder"}
+
+
+def list_runs(stage: str, *, owner: str | None, settings: Settings) -> list[dict[str, Any]]:
+    """Runs of ``stage`` this session may see, newest first.
+
+    Each: ``name``, ``path``, ``state``, ``progress``, ``message``, ``created`` (epoch s),
+    ``owner``. Public mode lists only the session's own runs; private mode lists every run
+    folder (those made by the CLI too).
+    """
+    root = stage_root(stage)
+    out = []
+    for d in root.iterdir():
+        if not d.is_dir() or not _NAME_RE.match(d.name):
+            continue
+        who = run_owner(d)
+        if not may_see(settings, owner, who):
+            continue
+        st = run_state(d)
+        if st.get("state") == "unknown":
+            continue
+        job = jobs.read_job(d)
+        created = job.created if job is not None else d.stat().st_mtime
+        out.append(
+            {
+                "name": d.name,
+                "path": str(d),
+                "state": st.get("state"),
+                "progress": float(st.get("progress") or 0.0),
+                "message": st.get("message", ""),
+                "created": created,
+                "owner": who,
+                "status": st,
+            }
+        )
+    return sorted(out, key=lambda r: r["created"], reverse=True)
+
+
+def start_run(stage: str, args: Sequence[str], name: str, *, owner: str | None) -> Path:
+    """Start ``diffmix <stage> <args>`` into a new run folder ``name``; returns the folder."""
+    path = stage_root(stage) / check_name(name)
+    if path.exists() and any(path.iterdir()):
+        raise ValueError(
+            f"a {stage} run named {name!r} already exists; choose another name (or resume it)"
+        )
+    jobs.start_job(stage, list(args), path, owner=owner)
+    return path
+
+
+def cancel_run(stage: str, name: str | None, *, owner: str | None, settings: Settings) -> str:
+    """Ask run ``name`` to stop at its next step (it checkpoints first); a message."""
+    path = open_run(stage, name, owner=owner, settings=settings)
+    job = jobs.read_job(path)
+    if job is None or jobs.job_state(path).get("state") not in ACTIVE_STATES:
+        raise ValueError(f"run {path.name!r} is not running")
+    jobs.cancel_job(path, owner=owner_filter(settings, owner), grace_s=0)
+    return f"Cancel requested for {path.name}: it stops after its current step."
+
+
+def resume_args(argv: Sequence[str], stage: str) -> list[str]:
+    """The CLI arguments of a job's ``argv`` (job.json) with ``--resume``, without ``--out``."""
+    argv = list(argv)
+    try:
+        start = argv.index(stage, argv.index("diffmix")) + 1
+    except ValueError:
+        raise ValueError(f"job command {argv!r} is not a diffmix {stage} command") from None
+    args: list[str] = []
+    rest = iter(argv[start:])
+    for a in rest:
+        if a == "--out":
+            next(rest, None)  # and its value
+        elif a != "--resume":
+            args.append(a)
+    return [*args, "--resume"]
+
+
+def resume_run(stage: str, name: str | None, *, owner: str | None, settings: Settings) -> Path:
+    """Restart a cancelled / failed / crashed run with its own arguments and ``--resume``."""
+    path = open_run(stage, name, owner=owner, settings=settings)
+    job = jobs.read_job(path)
+    if job is None:
+        raise ValueError(f"run {path.name!r} was not started from the app; resume it with the CLI")
+    state = jobs.job_state(path).get("state")
+    if state in ACTIVE_STATES:
+        raise ValueError(f"run {path.name!r} is still running")
+    if state == "done":
+        raise ValueError(f"run {path.name!r} has finished; there is nothing to resume")
+    # Queued from now on: the page keeps polling until the job reports (or is found dead).
+    RunDir(path).set_status("queued", progress=0.0, message="resuming")
+    jobs.start_job(stage, resume_args(job.argv, stage), path, owner=job.owner)
+    return path
+
+
+# --------------------------------------------------------------------------- views
+
+
+def format_eta(seconds: float | None) -> str:
+    """``42 s``, ``3 min``, ``1 h 05 min`` (empty for None / negative)."""
+    if seconds is None or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    if s < 90:
+        return f"{s} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def status_text(st: dict[str, Any], name: str | None = None) -> str:
+    """One Markdown line: state, step/total, loss or accuracy, speed, ETA, message."""
+    state = st.get("state", "unknown")
+    parts = [f"**{state}**"]
+    if name:
+        parts.insert(0, f"`{name}`")
+    if st.get("epoch") is not None and st.get("epochs"):
+        parts.append(f"epoch {st['epoch']}/{st['epochs']}")
+    elif st.get("total"):
+        parts.append(f"step {st.get('step') or 0}/{st['total']}")
+    for key, label in (("loss", "loss"), ("train_loss", "loss")):
+        if isinstance(st.get(key), (int, float)):
+            parts.append(f"{label} {st[key]:.4f}")
+            break
+    if isinstance(st.get("test_accuracy"), (int, float)):
+        parts.append(f"test accuracy {100 * st['test_accuracy']:.1f}%")
+    if isinstance(st.get("images_per_s"), (int, float)) and st.get("images_per_s"):
+        parts.append(f"{st['images_per_s']:.2f} img/s")
+    if isinstance(st.get("steps_per_s"), (int, float)) and st.get("steps_per_s"):
+        parts.append(f"{st['steps_per_s']:.2f} steps/s")
+    eta = format_eta(st.get("eta_s")) if state in ACTIVE_STATES else ""
+    if eta:
+        parts.append(f"ETA {eta}")
+    msg = str(st.get("message") or "").strip()
+    if msg and state != "done":
+        msg = msg.splitlines()[-1][:240]
+        parts.append(html.escape(msg))
+    return " · ".join(parts)
+
+
+def progress_html(fraction: float, state: str, label: str = "") -> str:
+    """A small progress bar (inline styles; ``data-state`` / ``data-progress`` for tests)."""
+    f = min(1.0, max(0.0, float(fraction or 0.0)))
+    color = _STATE_COLORS.get(state, "#90a4ae")
+    text = html.escape(label or f"{state} · {100 * f:.0f}%")
+    return (
+        f'<div class="dm-progress" data-state="{html.escape(state)}" data-progress="{f:.4f}">'
+        '<div style="background:#e3e8ec;border-radius:6px;height:14px;overflow:hidden">'
+        f'<div style="width:{100 * f:.1f}%;background:{color};height:100%;'
+        'transition:width .4s"></div></div>'
+        f'<div style="font-size:.85em;margin-top:2px">{text}</div></div>'
+    )
+
+
+@dataclass
+class JobView:
+    """What the shared widgets show for one run (or for none)."""
+
+    name: str | None
+    state: str
+    progress: float
+    status: dict[str, Any]
+    bar: str
+    text: str
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.active
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state in RESUMABLE_STATES
+
+
+def job_view(run_dir: Path | None) -> JobView:
+    """The view of ``run_dir`` (None: nothing selected yet)."""
+    if run_dir is None:
+        return JobView(None, "idle", 0.0, {}, progress_html(0, "idle", "no run yet"), "No run yet.")
+    st = run_state(run_dir)
+    state = str(st.get("state", "unknown"))
+    frac = 1.0 if state == "done" else float(st.get("progress") or 0.0)
+    return JobView(
+        run_dir.name, state, frac, st, progress_html(frac, state), status_text(st, run_dir.name)
+    )
+
+
+def runs_choices(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Dropdown choices for runs: their names, newest first (states change; the status line
+    below the picker shows the watched run's)."""
+    return [r["name"] for r in runs]
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+@dataclass
+class JobPanel:
+    """The shared widgets of one stage's job panel (create with :func:`job_panel`)."""
+
+    stage: str
+    prefix: str
+    name: gr.Textbox
+    start: gr.Button
+    cancel: gr.Button
+    resume: gr.Button
+    refresh: gr.Button
+    runs: gr.Dropdown
+    bar: gr.HTML
+    status: gr.Markdown
+    message: gr.Markdown
+    timer: gr.Timer
+    run: gr.BrowserState
+
+
+def run_browser_state(stage: str) -> gr.BrowserState:
+    """The name of the run a page watches, kept in the browser (per stage)."""
+    return gr.BrowserState(
+        None, storage_key=f"diffmix-run-{stage}", secret=common._SELECTION_SECRET
+    )
+
+
+def job_panel(stage: str, prefix: str, *, start_label: str, name_placeholder: str) -> JobPanel:
+    """Name box, buttons, run picker, progress bar and status line; call inside a layout."""
+    name = gr.Textbox(
+        label="Run name (optional)",
+        placeholder=name_placeholder,
+        max_lines=1,
+        elem_id=f"{prefix}-name",
+    )
+    with gr.Row():
+        start = gr.Button(start_label, variant="primary", elem_id=f"{prefix}-start")
+        cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id=f"{prefix}-cancel")
+        resume = gr.Button("Resume", interactive=False, elem_id=f"{prefix}-resume")
+    message = gr.Markdown(elem_id=f"{prefix}-message")
+    with gr.Row(equal_height=True):
+        runs = gr.Dropdown(
+            [], label="Watch run", interactive=True, scale=4, elem_id=f"{prefix}-runs"
+        )
+        refresh = gr.Button("↻ Refresh", scale=1, elem_id=f"{prefix}-refresh")
+    bar = gr.HTML(progress_html(0, "idle", "no run yet"), elem_id=f"{prefix}-progress")
+    status = gr.Markdown("No run yet.", elem_id=f"{prefix}-status")
+    timer = gr.Timer(POLL_SECONDS, active=False)
+    return JobPanel(
+        stage, prefix, name, start, cancel, resume, refresh, runs, bar, status, message, timer,
+        run_browser_state(stage),
+    )  # fmt: skip
+
+
+def _base_outputs(panel: JobPanel) -> list[Any]:
+    return [panel.bar, panel.status, panel.cancel, panel.resume, panel.timer]
+
+
+def with_params(fn: Callable[..., Any], names: Sequence[str]) -> Callable[..., Any]:
+    """Give a ``*values`` listener named parameters (Gradio names API parameters after them)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    fn.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])  # type: ignore[attr-defined]
+    return fn
+
+
+def param_names(fn: Callable[..., Any], skip: int = 0) -> list[str]:
+    """Names of ``fn``'s positional parameters after the first ``skip``."""
+    params = list(inspect.signature(fn).parameters.values())
+    return [p.name for p in params[skip:] if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def wire(
+    panel: JobPanel,
+    *,
+    page: gr.Blocks,
+    settings: Settings,
+    owner: gr.BrowserState,
+    build_args: Callable[..., tuple[list[str], str]],
+    start_inputs: Sequence[Any],
+    view: Callable[[Path | None, str | None], Sequence[Any]],
+    view_outputs: Sequence[Any],
+    on_open: Callable[..., Sequence[Any]] | None = None,
+    open_inputs: Sequence[Any] = (),
+    open_outputs: Sequence[Any] = (),
+) -> None:
+    """Connect a :class:`JobPanel` to its page.
+
+    ``build_args(owner, *start_values) -> (cli_args, name_prefix)`` turns the page's widget
+    values into the stage's CLI arguments (raising ``ValueError`` with a readable message); its
+    parameter names become the ``/<stage>_start`` API parameters (after ``owner`` and ``name``).
+    ``view(run_dir, owner) -> values`` fills ``view_outputs`` (curves, images) for the watched
+    run (``run_dir`` None when there is none). ``on_open(owner, *open_values)`` fills
+    ``open_outputs`` when the page loads (after the owner token exists). Listeners: Start /
+    Cancel / Resume / Refresh, the run picker, the poll timer.
+    """
+    stage = panel.stage
+    owner_state = owner
+    outs = [*_base_outputs(panel), *view_outputs]
+
+    def _view_values(path: Path | None, owner: str | None) -> list[Any]:
+        v = job_view(path)
+        return [
+            v.bar,
+            v.text,
+            gr.update(interactive=v.can_cancel),
+            gr.update(interactive=v.can_resume),
+            gr.Timer(active=v.active),
+            *view(path, owner),
+        ]
+
+    def _watched(name: str | None, owner: str | None) -> Path | None:
+        if not name:
+            return None
+        try:
+            return open_run(stage, name, owner=owner, settings=settings)
+        except USER_ERRORS:
+            return None
+
+    def _choices(owner: str | None, value: str | None) -> Any:
+        runs = list_runs(stage, owner=owner, settings=settings)
+        names = [r["name"] for r in runs]
+        return gr.update(choices=runs_choices(runs), value=value if value in names else None)
+
+    def status(name: str | None, owner: str | None) -> list[Any]:
+        """The watched run's progress, status line and views."""
+        return _view_values(_watched(name, owner), owner)
+
+    def start(owner: str | None, name: str | None, *values: Any) -> list[Any]:
+        """Start a job from the page's settings; returns the owner token and the run name."""
+        owner = common.ensure_owner(owner)
+        try:
+            args, prefix = build_args(owner, *values)
+            rname = run_name(name, prefix)
+            path = start_run(stage, args, rname, owner=owner)
+        except USER_ERRORS as err:
+            logger.info("%s start refused: %s", stage, err)
+            skip = gr.skip()
+            return [owner, skip, skip, common.error_box(readable_error(err)), *[skip] * len(outs)]
+        msg = common.info_box(f"Started {stage} run {rname}.")
+        return [owner, rname, _choices(owner, rname), msg, *_view_values(path, owner)]
+
+    def cancel(name: str | None, owner: str | None) -> list[Any]:
+        """Ask the watched run to stop at its next step."""
+        try:
+            msg = common.info_box(cancel_run(stage, name, owner=owner, settings=settings))
+        except USER_ERRORS as err:
+            msg = common.error_box(readable_error(err))
+        return [msg, *_view_values(_watched(name, owner), owner)]
+
+    def resume(name: str | None, owner: str | None) -> list[Any]:
+        """Continue the watched run from its last checkpoint."""
+        try:
+            path = resume_run(stage, name, owner=owner, settings=settings)
+            msg = common.info_box(f"Resumed {path.name}.")
+        except USER_ERRORS as err:
+            msg = common.error_box(readable_error(err))
+        return [msg, *_view_values(_watched(name, owner), owner)]
+
+    def runs(owner: str | None, name: str | None) -> Any:
+        """The runs this session may see (choices of the run picker)."""
+        return _choices(owner, name)
+
+    def pick(name: str | None, owner: str | None) -> list[Any]:
+        """Watch another run."""
+        return [name, *_view_values(_watched(name, owner), owner)]
+
+    def open_page(owner: str | None, name: str | None, *values: Any) -> list[Any]:
+        """The page's state when it opens: the runs, the watched run, the page's own values."""
+        extra = list(on_open(owner, *values)) if on_open is not None else []
+        return [_choices(owner, name), *_view_values(_watched(name, owner), owner), *extra]
+
+    with_params(start, ["owner", "name", *param_names(build_args, skip=1)])
+    if on_open is not None:
+        with_params(open_page, ["owner", "name", *param_names(on_open, skip=1)])
+    private = {"api_visibility": "private"}
+    page.load(common.ensure_owner, owner_state, owner_state, queue=False, **private).then(
+        open_page,
+        [owner_state, panel.run, *open_inputs],
+        [panel.runs, *outs, *open_outputs],
+        api_name=f"{stage}_open",
+    )
+    panel.start.click(
+        start,
+        [owner_state, panel.name, *start_inputs],
+        [owner_state, panel.run, panel.runs, panel.message, *outs],
+        api_name=f"{stage}_start",
+        concurrency_limit=1,
+        concurrency_id=f"{stage}-start",
+    )
+    panel.cancel.click(
+        cancel, [panel.run, owner_state], [panel.message, *outs], api_name=f"{stage}_cancel"
+    )
+    panel.resume.click(
+        resume, [panel.run, owner_state], [panel.message, *outs], api_name=f"{stage}_resume"
+    )
+    panel.refresh.click(status, [panel.run, owner_state], outs, api_name=f"{stage}_status").then(
+        runs, [owner_state, panel.run], panel.runs, api_name=f"{stage}_runs"
+    )
+    panel.runs.input(pick, [panel.runs, owner_state], [panel.run, *outs], **private)
+    panel.timer.tick(
+        status, [panel.run, owner_state], outs, show_progress="hidden", queue=False, **private
+    )

@@ -1,0 +1,552 @@
+"""Personalize page: learn one token per class + a UNet LoRA on the selected dataset.
+
+Widget values become ``diffmix personalize`` arguments (:func:`personalize_args`, checked
+with :class:`~diffmix.personalize.PersonalizeConfig` before anything starts) and the job runs
+in the background (:mod:`pages.jobs_ui`), writing ``<workspace>/adapters/<name>``. The page
+draws the loss curve from the run's ``events.jsonl`` and shows its newest per-class sample grid
+(``samples/step-XXXXXX.png``). Finished adapters are listed and one can be chosen for the later
+pages (kept in the browser, :func:`pages.common.adapter_state`, as its run *name*; pages turn it
+back into a folder with :func:`resolve_adapter`).
+
+Run alone with ``python pages/personalize.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffmix.runs import RunDir  # noqa: E402
+from diffmix.settings import ENV_ALLOW_HUB, ENV_ALLOW_LOCAL, Settings  # noqa: E402
+from pages import common, jobs_ui  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Personalize"
+PATH = "personalize"
+STAGE = "personalize"
+ADAPTER_COLUMNS = ["name", "state", "steps", "final loss", "base model", "dataset", "created"]
+_SAMPLE_RE = re.compile(r"^step-(\d+)\.png$")
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def check_model(model: str | None, settings: Settings) -> str:
+    """The base model typed in the page, checked against the deployment's settings.
+
+    The operator's model (``DIFFMIX_MODEL``) and ``nano`` are always allowed; a local diffusers
+    folder needs ``DIFFMIX_ALLOW_LOCAL_PATHS``, a Hub id ``DIFFMIX_ALLOW_HUB``. Folders must hold
+    an SD 1.x/2.x pipeline (:func:`diffmix.pipeline.resolve_model`; nothing is loaded here).
+    """
+    from diffmix.pipeline import resolve_model
+
+    model = (model or "").strip() or settings.model
+    if model not in (settings.model, "nano"):
+        path = Path(model).expanduser()
+        local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+        if local and not settings.allow_local_paths:
+            raise ValueError(
+                f"model {model!r} refused: server folders are not allowed on this deployment "
+                f"(the operator can set {ENV_ALLOW_LOCAL}=1); use 'nano' or a Hub id"
+            )
+        if not local and not settings.allow_hub:
+            raise ValueError(
+                f"model {model!r} refused: Hub downloads are disabled on this deployment "
+                f"(the operator can set {ENV_ALLOW_HUB}=1)"
+            )
+    return resolve_model(model).name
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Steps and LoRA learning rate the core uses for ``model`` (nano vs Stable Diffusion)."""
+    from diffmix.personalize import PersonalizeConfig
+
+    cfg = PersonalizeConfig(model=model).resolved()
+    return {"steps": cfg.steps, "lr": cfg.lr}
+
+
+def selection_subset(selection: dict[str, Any] | None) -> dict[str, Any]:
+    """Spec, shots / imbalance and subset seed of a Dataset-page selection (train split only)."""
+    if not selection or not selection.get("spec"):
+        raise ValueError("no dataset selected: load one on the Dataset page first")
+    if selection.get("split", "train") != "train":
+        raise ValueError(
+            "the selection is the test split; load the train split on the Dataset page "
+            "(models and classifiers learn from train images only)"
+        )
+    kind = selection.get("subset", "full")
+    return {
+        "spec": str(selection["spec"]),
+        "shots": int(selection["shots"]) if kind == "few-shot" else None,
+        "imbalance": float(selection["imbalance"]) if kind == "long-tail" else None,
+        "seed": int(selection.get("seed") or 0),
+        "subset": kind,
+    }
+
+
+def personalize_args(
+    selection: dict[str, Any] | None,
+    *,
+    model: str | None,
+    steps: float | None,
+    rank: float | None,
+    lr: float | None,
+    seed: float | None,
+    sample_every: float | None,
+    batch_size: float | None = None,
+    ti_only: bool = False,
+    settings: Settings,
+) -> list[str]:
+    """``diffmix personalize`` arguments for the page's values (checked with its config).
+
+    The seed also draws the subset, so with a few-shot / long-tail selection it must be the
+    Dataset page's seed (otherwise the adapter would learn from other images).
+    """
+    from diffmix.personalize import PersonalizeConfig
+
+    # 1. Check inputs.
+    sub = selection_subset(selection)
+    model = check_model(model, settings)
+    seed_i = _int(seed, "seed", default=sub["seed"])
+    if sub["subset"] != "full" and seed_i != sub["seed"]:
+        raise ValueError(
+            f"seed {seed_i} would draw another {sub['subset']} subset than the selected one "
+            f"(seed {sub['seed']}); use seed {sub['seed']} or reload the dataset with seed {seed_i}"
+        )
+    fields: dict[str, Any] = {
+        "dataset": sub["spec"],
+        "shots": sub["shots"],
+        "imbalance": sub["imbalance"],
+        "seed": seed_i,
+        "model": model,
+        "steps": _int(steps, "steps", default=None, minimum=1),
+        "rank": _int(rank, "rank", default=10, minimum=1),
+        "lr": None if lr in (None, "", 0) else float(lr),
+        "sample_every": _int(sample_every, "sample every", default=0, minimum=0),
+        "ti_only": bool(ti_only),
+    }
+    if batch_size not in (None, ""):
+        fields["batch_size"] = _int(batch_size, "batch size", default=8, minimum=1)
+    cfg = PersonalizeConfig(**{k: v for k, v in fields.items() if v is not None})
+    # 2. The command line (only what differs from the defaults, so logs stay readable).
+    args = [cfg.dataset, "--model", cfg.model, "--rank", str(cfg.rank), "--seed", str(cfg.seed)]
+    if cfg.shots is not None:
+        args += ["--shots", str(cfg.shots)]
+    if cfg.imbalance is not None:
+        args += ["--imbalance", f"{cfg.imbalance:g}"]
+    if cfg.steps is not None:
+        args += ["--steps", str(cfg.steps)]
+    if cfg.lr is not None:
+        args += ["--lr", f"{cfg.lr:g}"]
+    if cfg.sample_every:
+        args += ["--sample-every", str(cfg.sample_every)]
+    if "batch_size" in fields:
+        args += ["--batch-size", str(cfg.batch_size)]
+    if cfg.ti_only:
+        args.append("--ti-only")
+    return args
+
+
+def loss_figure(events: list[dict[str, Any]], *, title: str = "Training loss") -> go.Figure:
+    """The loss curve from ``progress`` events (step, loss; mean of the last 10 steps)."""
+    pts = [(e["step"], e["loss"]) for e in events if e.get("loss") is not None and "step" in e]
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[p[0] for p in pts],
+        y=[p[1] for p in pts],
+        mode="lines+markers",
+        name="loss",
+        line={"color": "#1e88e5"},
+    )
+    fig.update_layout(
+        title=title,
+        height=320,
+        margin={"l": 50, "r": 20, "t": 50, "b": 45},
+        xaxis_title="step",
+        yaxis_title="loss (mean of 10 steps)",
+        template="plotly_white",
+        showlegend=False,
+    )
+    if not pts:
+        fig.add_annotation(text="no progress yet", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")  # fmt: skip
+    return fig
+
+
+def latest_sample(run_dir: Path | None) -> tuple[Path | None, int | None]:
+    """The newest ``samples/step-XXXXXX.png`` of a run and its step (None, None if none)."""
+    if run_dir is None or not (run_dir / "samples").is_dir():
+        return None, None
+    found = [
+        (int(m.group(1)), p)
+        for p in (run_dir / "samples").iterdir()
+        if (m := _SAMPLE_RE.match(p.name))
+    ]
+    if not found:
+        return None, None
+    step, path = max(found)
+    return path, step
+
+
+def adapter_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The adapter.json of a finished run (None while training or when unreadable)."""
+    try:
+        return json.loads((run_dir / "adapter.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def adapter_rows(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per personalization run (finished or not) for the adapters table."""
+    rows = []
+    for r in runs:
+        path = Path(r["path"])
+        meta = adapter_meta(path) or {}
+        cfg = meta.get("config") or RunDir(path).read_config() or {}
+        st = r.get("status") or {}
+        loss = meta.get("final_loss", st.get("loss"))
+        sub = cfg.get("shots") and f"{cfg['shots']}-shot" or (
+            cfg.get("imbalance") and f"long-tail {cfg['imbalance']:g}"
+        ) or "full"  # fmt: skip
+        steps = st.get("step")
+        total = st.get("total") or cfg.get("steps")
+        rows.append(
+            [
+                r["name"],
+                r["state"],
+                f"{steps or 0}/{total}" if total else "",
+                "" if loss is None else f"{loss:.4f}",
+                _short_model(meta.get("base_model") or cfg.get("model") or ""),
+                f"{_short_spec(cfg.get('dataset', ''))} ({sub})" if cfg else "",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
+            ]
+        )
+    return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
+
+
+def adapter_choices(runs: list[dict[str, Any]]) -> list[str]:
+    """Names of the finished adapters (those with an adapter.json)."""
+    return [r["name"] for r in runs if adapter_meta(Path(r["path"])) is not None]
+
+
+def choose_adapter(name: str | None, *, owner: str | None, settings: Settings) -> dict[str, Any]:
+    """The adapter-state value for adapter run ``name`` (checked: visible and finished)."""
+    if not name:
+        raise ValueError("choose a finished adapter in the list first")
+    path = jobs_ui.open_run(STAGE, name, owner=owner, settings=settings)
+    meta = adapter_meta(path)
+    if meta is None:
+        raise ValueError(f"run {name!r} has no adapter yet (it has not finished)")
+    return {
+        "name": path.name,
+        "base_model": meta.get("base_model"),
+        "ti_only": bool(meta.get("ti_only")),
+        "classes": len(meta.get("class_tokens") or {}),
+        "dataset": (meta.get("dataset") or {}).get("spec"),
+        "fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
+    }
+
+
+def resolve_adapter(
+    state: dict[str, Any] | None, *, owner: str | None, settings: Settings
+) -> tuple[Path, dict[str, Any]] | None:
+    """The folder and adapter.json of the chosen adapter (None when none is chosen).
+
+    The name is checked again (a value from the browser or an API client is never a path).
+    """
+    if not state or not state.get("name"):
+        return None
+    path = jobs_ui.open_run(STAGE, str(state["name"]), owner=owner, settings=settings)
+    meta = adapter_meta(path)
+    if meta is None:
+        raise ValueError(f"adapter {path.name!r} is not finished (no adapter.json)")
+    return path, meta
+
+
+def adapter_line(state: dict[str, Any] | None) -> str:
+    """What the later pages will use."""
+    if not state or not state.get("name"):
+        return "No adapter chosen: later pages use the base model (real-* strategies)."
+    kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
+    return (
+        f"Adapter for later pages: `{state['name']}` ({kind}, {state.get('classes')} classes, "
+        f"base `{_short_model(str(state.get('base_model') or ''))}`)."
+    )
+
+
+def selection_line(selection: dict[str, Any] | None) -> str:
+    """One line naming the Dataset page's selection."""
+    if not selection:
+        return "No dataset loaded: choose one on the **Dataset** page first."
+    kind = selection.get("subset", "full")
+    label = {"few-shot": f"{selection.get('shots')}-shot",
+             "long-tail": f"long-tail {selection.get('imbalance')}"}.get(kind, "full")  # fmt: skip
+    return (
+        f"Dataset: `{selection.get('name') or selection.get('spec')}` ({selection.get('split')}), "
+        f"{label}, {selection.get('num_images')} images, seed {selection.get('seed')}."
+    )
+
+
+def _short_model(model: str) -> str:
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
+def _short_spec(spec: str) -> str:
+    return spec if spec.startswith(("demo", "hub:")) else Path(spec).name
+
+
+def _int(value: Any, name: str, *, default: int | None, minimum: int = 0) -> int | None:
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if number != int(number) or number < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def regrid(image: Image.Image, columns: int = 6) -> Image.Image:
+    """A one-row grid of square cells (the core's sample strip) re-tiled ``columns`` wide."""
+    side = image.height
+    n = image.width // side if side else 0
+    if n <= columns or image.width != n * side:
+        return image
+    rows = -(-n // columns)
+    out = Image.new("RGB", (columns * side, rows * side), (255, 255, 255))
+    for k in range(n):
+        cell = image.crop((k * side, 0, (k + 1) * side, side))
+        out.paste(cell, ((k % columns) * side, (k // columns) * side))
+    return out
+
+
+def _enlarge(image: Image.Image, side: int) -> Image.Image:
+    """Small sample grids enlarged (nearest neighbour) so their cells are visible."""
+    scale = max(1, side // max(1, min(image.size)))
+    return (
+        image
+        if scale == 1
+        else image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    )
+
+
+def _load_image(path: Path | None) -> Image.Image | None:
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _view(settings: Settings):
+    def view(path: Path | None, owner: str | None) -> list[Any]:
+        """Loss curve, newest sample grid, and (when the run is over) the adapter list."""
+        events = RunDir(path).events("progress") if path is not None else []
+        sample, step = latest_sample(path)
+        caption = f"Samples at step {step} (one per class)" if step else "No samples yet"
+        st = jobs_ui.run_state(path) if path is not None else {}
+        over = st.get("state") not in jobs_ui.ACTIVE_STATES
+        lists = _adapter_lists(owner, settings) if over else (gr.skip(), gr.skip())
+        image = _load_image(sample)
+        if image is not None:
+            image = _enlarge(regrid(image), 96)
+        return [loss_figure(events), gr.update(value=image, label=caption), *lists]
+
+    return view
+
+
+def _adapter_lists(owner: str | None, settings: Settings) -> tuple[Any, Any]:
+    runs = jobs_ui.list_runs(STAGE, owner=owner, settings=settings)
+    return adapter_rows(runs), gr.update(choices=adapter_choices(runs))
+
+
+def _build_args(settings: Settings):
+    def build(
+        owner: str | None,
+        selection: dict[str, Any] | None,
+        model: str | None,
+        steps: float | None,
+        rank: float | None,
+        lr: float | None,
+        seed: float | None,
+        sample_every: float | None,
+        batch_size: float | None,
+        ti_only: bool,
+    ) -> tuple[list[str], str]:
+        args = personalize_args(
+            selection, model=model, steps=steps, rank=rank, lr=lr, seed=seed,
+            sample_every=sample_every, batch_size=batch_size, ti_only=ti_only, settings=settings,
+        )  # fmt: skip
+        return args, "adapter"
+
+    return build
+
+
+def _use_action(settings: Settings):
+    def use_adapter(name: str | None, owner: str | None) -> tuple[Any, Any, Any]:
+        """Choose a finished adapter for the Translate and Generate pages."""
+        try:
+            state = choose_adapter(name, owner=owner, settings=settings)
+        except jobs_ui.USER_ERRORS as err:
+            return gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err))
+        return state, adapter_line(state), common.info_box(f"Using adapter {state['name']}.")
+
+    def clear_adapter() -> tuple[Any, Any, Any]:
+        """Use no adapter (base model only)."""
+        return None, adapter_line(None), common.info_box("No adapter: base model only.")
+
+    def adapters(owner: str | None) -> tuple[Any, Any]:
+        """The personalization runs this session may see, and the finished ones."""
+        return _adapter_lists(owner, settings)
+
+    return use_adapter, clear_adapter, adapters
+
+
+def _on_open(settings: Settings):
+    def on_open(
+        owner: str | None, selection: dict[str, Any] | None, adapter: dict[str, Any] | None
+    ) -> list[Any]:
+        seed = (selection or {}).get("seed")
+        table, choices = _adapter_lists(owner, settings)
+        return [
+            selection_line(selection),
+            gr.update(value=seed) if seed is not None else gr.skip(),
+            table,
+            choices,
+            adapter_line(adapter),
+        ]
+
+    return on_open
+
+
+def _defaults_for(model: str | None) -> tuple[Any, Any]:
+    """The model's default steps and learning rate when another base model is typed."""
+    name = (model or "").strip() or "nano"
+    d = model_defaults("nano" if name == "nano" else "sd")
+    return gr.update(value=d["steps"]), gr.update(value=d["lr"])
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build(settings: Settings | None = None) -> gr.Blocks:
+    """The Personalize page as a standalone ``gr.Blocks``."""
+    settings = settings or common.get_settings()
+    defaults = model_defaults(settings.model)
+    with common.page_blocks(TITLE) as page:
+        selection = common.selection_state()
+        adapter = common.adapter_state()
+        owner = common.owner_state()
+        gr.Markdown(
+            "## 2 · Personalize\nTeach the base model one token per class (textual inversion) "
+            "plus a LoRA on its UNet, on exactly the images selected on the Dataset page. "
+            "Training runs in the background: you can reload or leave the page."
+        )
+        current = gr.Markdown(selection_line(None), elem_id="pz-selection")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                model = gr.Textbox(
+                    settings.model, label="Base model", max_lines=1, elem_id="pz-model",
+                    info="nano (embedded), a Hub id or a diffusers folder (where allowed)",
+                )  # fmt: skip
+                with gr.Row():
+                    steps = gr.Number(
+                        defaults["steps"], label="Steps", precision=0, minimum=1,
+                        elem_id="pz-steps", info="1500 for nano, 5000 for SD by default",
+                    )  # fmt: skip
+                    rank = gr.Number(10, label="LoRA rank", precision=0, minimum=1,
+                                     elem_id="pz-rank")  # fmt: skip
+                with gr.Row():
+                    lr = gr.Number(defaults["lr"], label="LoRA learning rate", elem_id="pz-lr",
+                                   info="1e-3 for nano, 5e-5 for SD by default")  # fmt: skip
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pz-seed")
+                with gr.Accordion("More options", open=False):
+                    sample_every = gr.Number(
+                        50, label="Sample grid every N steps (0: never)", precision=0,
+                        minimum=0, elem_id="pz-sample-every",
+                    )  # fmt: skip
+                    batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1,
+                                           elem_id="pz-batch")  # fmt: skip
+                    ti_only = gr.Checkbox(False, label="Tokens only (no LoRA; for ti-* baselines)",
+                                          elem_id="pz-ti-only")  # fmt: skip
+                panel = jobs_ui.job_panel(
+                    STAGE, "pz", start_label="Start personalization",
+                    name_placeholder="adapter-<date>-<time>",
+                )  # fmt: skip
+            with gr.Column(scale=2):
+                loss = gr.Plot(label="Loss", elem_id="pz-loss")
+                sample = gr.Image(
+                    label="No samples yet", type="pil", interactive=False, height=260,
+                    elem_id="pz-sample",
+                )  # fmt: skip
+        gr.Markdown("### Adapters")
+        table = gr.Dataframe(
+            headers=ADAPTER_COLUMNS, interactive=False, elem_id="pz-adapters", wrap=True
+        )
+        with gr.Row(equal_height=True):
+            use_name = gr.Dropdown(
+                [],
+                allow_custom_value=True,
+                label="Finished adapter",
+                scale=3,
+                elem_id="pz-use-name",
+            )
+            use = gr.Button("Use for later pages", variant="primary", scale=1, elem_id="pz-use")
+            clear = gr.Button("Use none", scale=1, elem_id="pz-use-none")
+            relist = gr.Button("↻", scale=0, min_width=50, elem_id="pz-adapters-refresh")
+        chosen = gr.Markdown(adapter_line(None), elem_id="pz-adapter")
+        use_msg = gr.Markdown(elem_id="pz-use-message")
+
+        jobs_ui.wire(
+            panel,
+            page=page,
+            settings=settings,
+            owner=owner,
+            build_args=_build_args(settings),
+            start_inputs=[
+                selection,
+                model,
+                steps,
+                rank,
+                lr,
+                seed,
+                sample_every,
+                batch_size,
+                ti_only,
+            ],  # fmt: skip
+            view=_view(settings),
+            view_outputs=[loss, sample, table, use_name],
+            on_open=_on_open(settings),
+            open_inputs=[selection, adapter],
+            open_outputs=[current, seed, table, use_name, chosen],
+        )
+        use_fn, clear_fn, list_fn = _use_action(settings)
+        use.click(use_fn, [use_name, owner], [adapter, chosen, use_msg], api_name="use_adapter")
+        clear.click(clear_fn, None, [adapter, chosen, use_msg], api_name="clear_adapter")
+        relist.click(list_fn, owner, [table, use_name], api_name="list_adapters")
+        model.input(_defaults_for, model, [steps, lr], queue=False, api_visibility="private")
+    return page
+
+
+if __name__ == "__main__":
+    common.run(build, description=f"{common.APP_TITLE} · {TITLE} page")

@@ -1,0 +1,462 @@
+"""Train page: train a classifier on the selected real images (+ synthetic folders), compare runs.
+
+Widget values become ``diffmix train`` arguments (:func:`train_args`, checked with
+:class:`~diffmix.classify.TrainConfig`); the job writes ``<workspace>/runs/<name>`` with one
+``epoch`` event per epoch, then ``metrics.json`` and ``confusion.json``. The page draws the loss
+and accuracy curves live, the per-class accuracy, the confusion matrix at the end, and a table
+comparing finished runs -- grouped by their configuration minus the seed, with mean ± std over
+seeds (:func:`comparison_table`), e.g. baseline against Diff-Mix.
+
+Run alone with ``python pages/train.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
+
+from diffmix.runs import RunDir  # noqa: E402
+from diffmix.settings import Settings  # noqa: E402
+from pages import common, jobs_ui, personalize  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Train"
+PATH = "train"
+STAGE = "train"
+ARCHS = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
+MIXES = ("none", "mixup", "cutmix")
+LOSSES = ("ce", "balanced-softmax", "drw")
+#: Config keys that do not define *what* is compared (the seed varies inside a group).
+NOT_GROUPED = ("seed", "num_threads", "tensorboard", "cache", "eval_batch_size", "eval_every")
+COMPARE_COLUMNS = ["setup", "dataset", "arch", "epochs", "px", "seeds", "test accuracy (%)",
+                   "mean class acc. (%)", "head / medium / tail (%)", "runs"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def synthetic_folders(
+    names: Sequence[str] | None,
+    class_names: Sequence[str],
+    *,
+    owner: str | None,
+    settings: Settings,
+) -> list[Path]:
+    """The synthetic dataset folders named (checked: visible, finished, same classes)."""
+    out = []
+    for name in names or []:
+        path = jobs_ui.open_run("generate", name, owner=owner, settings=settings)
+        try:
+            record = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"synthetic dataset {name!r} has no readable config.json") from None
+        if not (path / "metadata.jsonl").is_file():
+            raise ValueError(f"synthetic dataset {name!r} has no images yet")
+        theirs = list(record.get("class_names") or [])
+        if theirs != list(class_names):
+            raise ValueError(
+                f"synthetic dataset {name!r} was made for other classes "
+                f"({len(theirs)} classes: {', '.join(theirs[:4])}…) than the selected dataset "
+                f"({len(class_names)}: {', '.join(list(class_names)[:4])}…)"
+            )
+        out.append(path)
+    return out
+
+
+def train_args(
+    selection: dict[str, Any] | None,
+    *,
+    synthetic: Sequence[str] | None = None,
+    p: float | None = None,
+    gamma: float | None = 0.5,
+    arch: str = "resnet18",
+    epochs: float | None = 30,
+    resolution: float | None = 64,
+    batch_size: float | None = 32,
+    lr: float | None = 0.05,
+    seed: float | None = 0,
+    threads: float | None = None,
+    mix: str = "none",
+    balanced_sampling: bool = False,
+    loss: str = "ce",
+    settings: Settings,
+    owner: str | None = None,
+) -> list[str]:
+    """``diffmix train`` arguments for the page's values (checked with its config).
+
+    The real images are the Dataset page's subset (its seed draws it: ``--subset-seed``);
+    ``seed`` is the training seed, so runs with several seeds share one subset.
+    """
+    from diffmix.classify import TrainConfig
+
+    sub = personalize.selection_subset(selection)
+    whole = personalize._int
+    folders = synthetic_folders(
+        synthetic, selection.get("class_names") or [], owner=owner, settings=settings
+    )
+    p_value = None if p in (None, "") else float(p)
+    if not folders:
+        p_value = None  # no synthetic data: p has nothing to replace with
+    cfg = TrainConfig(
+        dataset=sub["spec"], shots=sub["shots"], imbalance=sub["imbalance"],
+        subset_seed=sub["seed"], synthetic=[str(f) for f in folders], p=p_value,
+        gamma=float(gamma if gamma not in (None, "") else 0.5), arch=(arch or "").strip(),
+        epochs=whole(epochs, "epochs", default=30, minimum=1),
+        resolution=whole(resolution, "resolution", default=64, minimum=16),
+        batch_size=whole(batch_size, "batch size", default=32, minimum=1),
+        lr=float(lr if lr not in (None, "") else 0.05), seed=whole(seed, "seed", default=0),
+        num_threads=whole(threads, "threads", default=None, minimum=1) or None,
+        mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
+    )  # fmt: skip
+    args = [cfg.dataset, "--arch", cfg.arch, "--epochs", str(cfg.epochs),
+            "--resolution", str(cfg.resolution), "--batch-size", str(cfg.batch_size),
+            "--lr", f"{cfg.lr:g}", "--seed", str(cfg.seed), "--subset-seed", str(cfg.subset_seed)]  # fmt: skip
+    if cfg.shots is not None:
+        args += ["--shots", str(cfg.shots)]
+    if cfg.imbalance is not None:
+        args += ["--imbalance", f"{cfg.imbalance:g}"]
+    if cfg.synthetic:
+        args += ["--synthetic", ",".join(cfg.synthetic), "--gamma", f"{cfg.gamma:g}"]
+        if cfg.p is not None:
+            args += ["--p", f"{cfg.p:g}"]
+    if cfg.mix != "none":
+        args += ["--mix", cfg.mix]
+    if cfg.balanced_sampling:
+        args.append("--balanced-sampling")
+    if cfg.loss != "ce":
+        args += ["--loss", cfg.loss]
+    if cfg.num_threads:
+        args += ["--threads", str(cfg.num_threads)]
+    return args
+
+
+def run_prefix(arch: str, synthetic: Sequence[str] | None, mix: str) -> str:
+    """A default run-name prefix: ``resnet18-baseline``, ``smallcnn-diffmix``, ``…-mixup``."""
+    kind = "diffmix" if synthetic else (mix if mix and mix != "none" else "baseline")
+    return f"{(arch or 'model').strip()}-{kind}"
+
+
+def curves_figure(events: Sequence[dict[str, Any]]) -> go.Figure:
+    """Train loss (left axis) and test accuracy (right axis) against epoch."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    ep = [e for e in events if "epoch" in e]
+    fig.add_scatter(x=[e["epoch"] for e in ep], y=[e.get("train_loss") for e in ep],
+                    mode="lines+markers", name="train loss", line={"color": "#1e88e5"},
+                    secondary_y=False)  # fmt: skip
+    acc = [e for e in ep if e.get("test_accuracy") is not None]
+    fig.add_scatter(x=[e["epoch"] for e in acc], y=[100 * e["test_accuracy"] for e in acc],
+                    mode="lines+markers", name="test accuracy", line={"color": "#43a047"},
+                    secondary_y=True)  # fmt: skip
+    fig.update_layout(
+        title="Loss and accuracy", height=320, template="plotly_white",
+        margin={"l": 50, "r": 50, "t": 50, "b": 45},
+        legend={"orientation": "h", "y": 1.14, "x": 1, "xanchor": "right"},
+    )  # fmt: skip
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 12 else None)
+    fig.update_yaxes(title_text="train loss", secondary_y=False)
+    fig.update_yaxes(title_text="test accuracy (%)", range=[0, 100], secondary_y=True)
+    return fig
+
+
+def per_class_figure(class_names: Sequence[str], accuracy: Sequence[float] | None,
+                     *, title: str = "Per-class test accuracy") -> go.Figure:  # fmt: skip
+    """Per-class accuracy bars (percent)."""
+    fig = go.Figure()
+    if accuracy is not None:
+        fig.add_bar(x=list(class_names), y=[100 * a for a in accuracy], marker_color="#1e88e5")
+    fig.update_layout(title=title, height=300, template="plotly_white", yaxis_range=[0, 100],
+                      yaxis_title="accuracy (%)", margin={"l": 50, "r": 20, "t": 50, "b": 80})  # fmt: skip
+    fig.update_xaxes(tickangle=-35)
+    return fig
+
+
+def confusion_figure(confusion: dict[str, Any] | None) -> go.Figure:
+    """The final confusion matrix as a heatmap (rows: true class, columns: predicted)."""
+    fig = go.Figure()
+    if confusion:
+        names = list(confusion["class_names"])
+        fig.add_heatmap(z=confusion["matrix"], x=names, y=names, colorscale="Blues",
+                        hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>")  # fmt: skip
+        fig.update_yaxes(autorange="reversed", title_text="true class")
+        fig.update_xaxes(title_text="predicted class", tickangle=-35)
+    fig.update_layout(title="Confusion matrix (final epoch)", height=380, template="plotly_white",
+                      margin={"l": 90, "r": 20, "t": 50, "b": 90})  # fmt: skip
+    return fig
+
+
+def run_record(run_dir: Path) -> dict[str, Any] | None:
+    """Config and final metrics of a finished training run (None otherwise)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"name": run_dir.name, "config": config, "metrics": metrics}
+
+
+def group_key(config: dict[str, Any]) -> tuple:
+    """What a run compares by: its config minus the seed and run-only fields.
+
+    Synthetic folders count by their names (the same folder reached by two paths is one).
+    """
+    key = {k: v for k, v in config.items() if k not in NOT_GROUPED}
+    key["synthetic"] = sorted(Path(s).name for s in config.get("synthetic") or [])
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in key.items()))
+
+
+def setup_label(config: dict[str, Any]) -> str:
+    """``baseline``, ``diff-mix (syn-a) p=0.1 γ=0.5``, ``mixup``, plus long-tail options."""
+    syn = [Path(s).name for s in config.get("synthetic") or []]
+    if syn:
+        label = f"synthetic ({', '.join(syn)}) p={config.get('p')} γ={config.get('gamma')}"
+    elif config.get("mix", "none") != "none":
+        label = str(config["mix"])
+    else:
+        label = "baseline"
+    if config.get("balanced_sampling"):
+        label += " + balanced sampling"
+    if config.get("loss", "ce") != "ce":
+        label += f" + {config['loss']}"
+    return label
+
+
+def _mean_std(values: Sequence[float | None]) -> str:
+    xs = [100 * v for v in values if v is not None]
+    if not xs:
+        return ""
+    if len(xs) == 1:
+        return f"{xs[0]:.1f}"
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
+
+
+def comparison_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Finished runs grouped by config minus seed: mean ± std (sample std) over the seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(group_key(r["config"]), []).append(r)
+    rows = []
+    for runs in groups.values():
+        cfg = runs[0]["config"]
+        m = [r["metrics"] for r in runs]
+        sub = (f"{cfg['shots']}-shot" if cfg.get("shots") else
+               f"long-tail {cfg['imbalance']:g}" if cfg.get("imbalance") else "full")  # fmt: skip
+        hmt = ""
+        if cfg.get("imbalance"):
+            hmt = " / ".join(_mean_std([x.get(g) for x in m]) or "-"
+                             for g in ("head_accuracy", "medium_accuracy", "tail_accuracy"))  # fmt: skip
+        spec = str(cfg.get("dataset", ""))
+        spec = spec if spec.startswith(("demo", "hub:")) else Path(spec).name
+        rows.append([
+            setup_label(cfg), f"{spec} ({sub})", cfg.get("arch"), cfg.get("epochs"),
+            cfg.get("resolution"), ", ".join(str(r["config"].get("seed")) for r in runs),
+            _mean_std([x.get("test_accuracy") for x in m]),
+            _mean_std([x.get("mean_class_accuracy") for x in m]), hmt,
+            ", ".join(r["name"] for r in runs),
+        ])  # fmt: skip
+    df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    if len(df):
+        order = [float(str(v).split(" ")[0] or "nan") if v else float("nan")
+                 for v in df["test accuracy (%)"]]  # fmt: skip
+        df = df.assign(_o=order).sort_values(["dataset", "_o"], ascending=[True, False])
+        df = df.drop(columns="_o").reset_index(drop=True)
+    return df
+
+
+def finished_records(*, owner: str | None, settings: Settings) -> list[dict[str, Any]]:
+    """Config + metrics of every finished training run this session may see."""
+    out = []
+    for r in jobs_ui.list_runs(STAGE, owner=owner, settings=settings):
+        rec = run_record(Path(r["path"]))
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def synthetic_choices(*, owner: str | None, settings: Settings) -> list[str]:
+    """Names of the finished synthetic datasets this session may see."""
+    return [
+        r["name"]
+        for r in jobs_ui.list_runs("generate", owner=owner, settings=settings)
+        if r["state"] == "done" and (Path(r["path"]) / "metadata.jsonl").is_file()
+    ]
+
+
+def live_figures(run_dir: Path | None) -> tuple[go.Figure, go.Figure, go.Figure]:
+    """Curves (live), per-class accuracy (latest evaluation) and confusion (at the end)."""
+    if run_dir is None:
+        return curves_figure([]), per_class_figure([], None), confusion_figure(None)
+    events = RunDir(run_dir).events("epoch")
+    names: list[str] = []
+    conf = None
+    try:
+        conf = json.loads((run_dir / "confusion.json").read_text())
+        names = list(conf["class_names"])
+    except (OSError, ValueError, KeyError):
+        conf = None
+    per_class = None
+    title = "Per-class test accuracy"
+    evaluated = [e for e in events if e.get("per_class_accuracy") is not None]
+    if evaluated:
+        per_class = evaluated[-1]["per_class_accuracy"]
+        title += f" (epoch {evaluated[-1]['epoch']})"
+    if not names:
+        names = _class_names(run_dir, len(per_class or []))
+    return (
+        curves_figure(events),
+        per_class_figure(names, per_class, title=title),
+        confusion_figure(conf),
+    )
+
+
+def _class_names(run_dir: Path, n: int) -> list[str]:
+    """Class names of a run still in progress (from its dataset; indices if unavailable)."""
+    cfg = RunDir(run_dir).read_config() or {}
+    try:
+        ds = common.load_cached(str(cfg.get("dataset", "")), "train")
+        if ds.num_classes == n:
+            return list(ds.class_names)
+    except (ValueError, OSError):
+        pass
+    return [str(i) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _build_args(settings: Settings):
+    def build(
+        owner: str | None, selection: dict | None, synthetic: list[str] | None, p: float | None,
+        gamma: float | None, arch: str, epochs: float | None, resolution: float | None,
+        batch_size: float | None, lr: float | None, seed: float | None, threads: float | None,
+        mix: str, balanced: bool, loss: str,
+    ) -> tuple[list[str], str]:  # fmt: skip
+        args = train_args(
+            selection, synthetic=synthetic, p=p, gamma=gamma, arch=arch, epochs=epochs,
+            resolution=resolution, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+            mix=mix, balanced_sampling=balanced, loss=loss, settings=settings, owner=owner,
+        )  # fmt: skip
+        return args, f"{run_prefix(arch, synthetic, mix)}-s{int(seed or 0)}"
+
+    return build
+
+
+def _view(settings: Settings):
+    def view(path: Path | None, owner: str | None) -> list[Any]:
+        curves, per_class, conf = live_figures(path)
+        active = path is not None and jobs_ui.run_state(path).get("state") in jobs_ui.ACTIVE_STATES
+        table = (
+            gr.skip()
+            if active
+            else comparison_table(finished_records(owner=owner, settings=settings))
+        )
+        return [curves, per_class, conf, table]
+
+    return view
+
+
+def _on_open(settings: Settings):
+    def on_open(owner: str | None, selection: dict | None) -> list[Any]:
+        return [
+            personalize.selection_line(selection),
+            gr.update(choices=synthetic_choices(owner=owner, settings=settings)),
+        ]
+
+    return on_open
+
+
+def _compare_action(settings: Settings):
+    def train_compare(owner: str | None) -> tuple[pd.DataFrame, Any]:
+        """The comparison of finished runs, and the synthetic datasets to choose from."""
+        table = comparison_table(finished_records(owner=owner, settings=settings))
+        return table, gr.update(choices=synthetic_choices(owner=owner, settings=settings))
+
+    return train_compare
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build(settings: Settings | None = None) -> gr.Blocks:
+    """The Train page as a standalone ``gr.Blocks``."""
+    settings = settings or common.get_settings()
+    with common.page_blocks(TITLE) as page:
+        selection = common.selection_state()
+        owner = common.owner_state()
+        gr.Markdown(
+            "## 5 · Train\nTrain a classifier on the selected real images, optionally replacing "
+            "each with probability p by a synthetic image with its soft label, and compare "
+            "runs on the test split."
+        )
+        current = gr.Markdown(personalize.selection_line(None), elem_id="tn-selection")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                synthetic = gr.Dropdown([], allow_custom_value=True, multiselect=True, label="Synthetic datasets",
+                                        elem_id="tn-synthetic",
+                                        info="none = the real-data baseline")  # fmt: skip
+                with gr.Row():
+                    p = gr.Slider(0, 1, value=0.1, step=0.05, label="p (replace probability)",
+                                  elem_id="tn-p")  # fmt: skip
+                    gamma = gr.Number(0.5, label="γ (soft-label power)", minimum=0.01,
+                                      elem_id="tn-gamma")  # fmt: skip
+                arch = gr.Dropdown(list(ARCHS), value="resnet18", allow_custom_value=True,
+                                   label="Backbone (smallcnn or a timm name)", elem_id="tn-arch")  # fmt: skip
+                with gr.Row():
+                    epochs = gr.Number(30, label="Epochs", precision=0, minimum=1,
+                                       elem_id="tn-epochs")  # fmt: skip
+                    resolution = gr.Number(64, label="Resolution (px)", precision=0, minimum=16,
+                                           elem_id="tn-resolution")  # fmt: skip
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tn-seed")
+                with gr.Accordion("More options", open=False):
+                    with gr.Row():
+                        batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1,
+                                               elem_id="tn-batch")  # fmt: skip
+                        lr = gr.Number(0.05, label="Learning rate", elem_id="tn-lr")
+                        threads = gr.Number(None, label="CPU threads", precision=0, minimum=1,
+                                            elem_id="tn-threads")  # fmt: skip
+                    mix = gr.Radio(list(MIXES), value="none", label="Batch mixing baseline",
+                                   elem_id="tn-mix")  # fmt: skip
+                    balanced = gr.Checkbox(False, label="Class-balanced sampling (long tail)",
+                                           elem_id="tn-balanced")  # fmt: skip
+                    loss = gr.Radio(list(LOSSES), value="ce", label="Loss", elem_id="tn-loss")
+                panel = jobs_ui.job_panel(STAGE, "tn", start_label="Start training",
+                                          name_placeholder="<arch>-<kind>-s<seed>-<date>-<time>")  # fmt: skip
+            with gr.Column(scale=2):
+                curves = gr.Plot(label="Curves", elem_id="tn-curves")
+                with gr.Row(equal_height=False):
+                    per_class = gr.Plot(label="Per-class accuracy", elem_id="tn-per-class")
+                    conf = gr.Plot(label="Confusion", elem_id="tn-confusion")
+        with gr.Row(equal_height=True):
+            gr.Markdown("### Comparison of finished runs (mean ± std over seeds)")
+            compare_btn = gr.Button("↻ Refresh", scale=0, min_width=110, elem_id="tn-compare-btn")
+        table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
+                             elem_id="tn-compare")  # fmt: skip
+
+        jobs_ui.wire(
+            panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),
+            start_inputs=[selection, synthetic, p, gamma, arch, epochs, resolution,
+                          batch_size, lr, seed, threads, mix, balanced, loss],
+            view=_view(settings), view_outputs=[curves, per_class, conf, table],
+            on_open=_on_open(settings), open_inputs=[selection],
+            open_outputs=[current, synthetic],
+        )  # fmt: skip
+        compare_btn.click(_compare_action(settings), owner, [table, synthetic],
+                          api_name="train_compare")  # fmt: skip
+    return page
+
+
+if __name__ == "__main__":
+    common.run(build, description=f"{common.APP_TITLE} · {TITLE} page")
