@@ -279,12 +279,14 @@ def format_report(r: dict) -> str:
             f"  {float(s):8.1f}  {row['target_rate']:8.3f}  {row['source_rate']:7.3f}"
             f"  {row['foreground_change']:9.3f}  {row['background_change']:9.3f}"
         )
-    lines.append(
-        "  bars: judged B >= 0.70 at 0.9; still A >= 0.70 at 0.3; fg change > bg change at 0.5-0.7"
-    )
-    lines.append("per-class accuracy (attribute prompts):")
-    for n, v in r["t2i_attributes"]["per_class"].items():
-        lines.append(f"  {n:10s} {v:.2f}")
+    if "img2img" in r:
+        lines.append(
+            "  bars: judged B >= 0.70 at 0.9; still A >= 0.70 at 0.3; fg change > bg change at 0.5-0.7"
+        )
+    keys = [k for k in ("t2i_attributes", "t2i_class_name", "t2i_adapter_tokens") if k in r]
+    lines.append("per-class accuracy: " + "  ".join(k.removeprefix("t2i_") for k in keys))
+    for n in r["t2i_attributes"]["per_class"]:
+        lines.append(f"  {n:10s} " + "  ".join(f"{r[k]['per_class'][n]:10.2f}" for k in keys))
     return "\n".join(lines)
 
 
