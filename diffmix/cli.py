@@ -130,6 +130,23 @@ def _load_yaml_config(path: str | None) -> dict[str, Any]:
     return data
 
 
+def _overlay_flags(
+    fields: dict[str, Any],
+    args: argparse.Namespace,
+    config_cls: type,
+    skip: Sequence[str] = ("dataset",),
+) -> dict[str, Any]:
+    """Copy every flag the user gave (not None) onto ``fields`` for the keys of ``config_cls``.
+
+    Flags override the ``--config`` YAML; keys in ``skip`` are set by the caller.
+    """
+    for key in config_cls.model_fields:
+        value = getattr(args, key, None)
+        if value is not None and key not in skip:
+            fields[key] = value
+    return fields
+
+
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix personalize SPEC --out DIR``: textual inversion + LoRA on a base model."""
     p = subparsers.add_parser(
@@ -181,10 +198,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     fields = _load_yaml_config(args.config)
     if args.spec is not None:
         fields["dataset"] = args.spec
-    for key in PersonalizeConfig.model_fields:
-        value = getattr(args, key, None)
-        if value is not None and key != "dataset":
-            fields[key] = value
+    _overlay_flags(fields, args, PersonalizeConfig)
     cfg = PersonalizeConfig(**fields)
     try:
         out = personalize(cfg, args.out, resume=args.resume)
@@ -398,10 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     fields = _load_yaml_config(args.config)
     if args.spec is not None:
         fields["dataset"] = args.spec
-    for key in TrainConfig.model_fields:
-        value = getattr(args, key, None)
-        if value is not None and key != "dataset":
-            fields[key] = value
+    _overlay_flags(fields, args, TrainConfig)
     cfg = TrainConfig(**fields)
     try:
         result = train(cfg, args.out, resume=args.resume)
@@ -508,10 +519,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         fields["dataset"] = args.spec
     if args.strength is not None:
         fields["strengths"] = [args.strength]
-    for key in GenerateConfig.model_fields:
-        value = getattr(args, key, None)
-        if value is not None and key != "dataset":
-            fields[key] = value
+    _overlay_flags(fields, args, GenerateConfig)
     try:
         cfg = GenerateConfig(**fields)
     except ValidationError as e:  # one readable line per problem, not pydantic's layout
@@ -615,10 +623,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         fields["seeds"] = _int_list(args.seeds, "--seeds")
     if args.arms is not None:
         fields["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
-    for key in ExperimentConfig.model_fields:
-        value = getattr(args, key, None)
-        if value is not None and key not in ("kind", "seeds", "arms"):
-            fields[key] = value
+    _overlay_flags(fields, args, ExperimentConfig, skip=("kind", "seeds", "arms"))
     cfg = make_config(**fields)
     if args.dry_run:
         stages, _ = plan_experiment(cfg, args.out)
