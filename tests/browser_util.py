@@ -1,9 +1,9 @@
 """Helpers for browser tests: start ``app.py`` on a free port, drive Debian's chromium.
 
 No browser is downloaded: Playwright for Python launches ``/usr/bin/chromium`` (override with
-``DIFFMIX_CHROMIUM``). Browser test modules import the fixtures they need::
-
-    from browser_util import app_server, browser, page  # noqa: F401  (pytest fixtures)
+``DIFFMIX_CHROMIUM``). The fixtures (``app_server``, ``browser``, ``page``) are registered once,
+as a plugin, by ``conftest.py`` -- do not import them into test modules (each import would
+register another session-scoped Playwright). A browser test module starts with::
 
     pytestmark = [pytest.mark.browser, *browser_skips()]
 

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_util import (  # noqa: F401  (app_server, browser, page are pytest fixtures)
+from browser_util import (
     AppServer,
-    app_server,
-    browser,
     browser_skips,
     choose,
     dataframe_rows,
     open_app,
-    page,
     screenshot,
     set_number,
     start_app,

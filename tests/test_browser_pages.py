@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_util import (  # noqa: F401  (browser is a pytest fixture)
+from browser_util import (
     REPO,
     UI_TIMEOUT_MS,
     AppServer,
-    browser,
     browser_skips,
     choose,
     dataframe_rows,
