@@ -103,7 +103,9 @@ GRID_FILE = "grid.png"
 FORMAT = "diffmix-synthetic/1"
 _TMP_SUFFIX = ".tmp"
 #: Files a run directory may hold before its config is written (a run stopped very early).
-_RUN_FILES = frozenset({"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log"})
+_RUN_FILES = frozenset(
+    {"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log"}
+)
 #: Config fields that may change between runs into the same folder (they change no pixel).
 RERUN_FREE_FIELDS = frozenset({"filter_bottom"})
 #: Keys of every metadata row, in order.

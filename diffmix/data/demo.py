@@ -32,7 +32,13 @@ from PIL import Image, ImageDraw, ImageFilter
 logger = logging.getLogger(__name__)
 
 #: Bump when the renderer changes: cached demo folders are keyed by it.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
+# Stripe geometry in units of the 64-px bird canvas (the bird is then scaled to 50-85% of the
+# image width). Version 1 drew 2.2-wide stripes every 5 units: 2-3 image pixels apart, finer
+# than the 4x-downsampled latent grid of nano-SD can hold, so no model could draw them.
+# Version 2 draws 6-wide bands every 12 units (about 3 across the body).
+STRIPE_WIDTH = 6.0
+STRIPE_PERIOD = 12.0
 SUPERCLASS = "bird"
 
 #: Colour words and their RGB values (0-255). Used for bodies and heads.
@@ -236,8 +242,8 @@ def _bird_layer(attrs: BirdAttributes, rng: np.random.Generator) -> Image.Image:
             stripe = (20, 20, 20, 255)
             x = body_box[0] + rng.uniform(2, 4) * u
             while x < body_box[2]:
-                pd.rectangle([x, body_box[1], x + 2.2 * u, body_box[3]], fill=stripe)
-                x += 5.0 * u
+                pd.rectangle([x, body_box[1], x + STRIPE_WIDTH * u, body_box[3]], fill=stripe)
+                x += STRIPE_PERIOD * u
         else:
             spot = (250, 250, 250, 255)
             for _ in range(int(rng.integers(6, 9))):

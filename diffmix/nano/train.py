@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffmix.data.demo import DEMO_VERSION
 from diffmix.nano.build import NanoArchitecture, build_pipeline
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ def train_nano(cfg: NanoTrainConfig, out: Path, work: Path) -> dict:
     # 1. corpus
     images, masks, captions = render_corpus(
         cfg.corpus_size, seed=cfg.seed, size=arch.resolution,
-        workers=min(2, os.cpu_count() or 1), cache=work / f"corpus-{cfg.seed}-{cfg.corpus_size}.npz",
+        workers=min(2, os.cpu_count() or 1), cache=work / f"corpus-v{DEMO_VERSION}-{cfg.seed}-{cfg.corpus_size}.npz",
     )  # fmt: skip
     logger.info("corpus: %d images (%.0f s)", len(images), time.time() - t_start)
     pipe = build_pipeline(arch, seed=cfg.seed)
@@ -332,6 +333,7 @@ def train_nano(cfg: NanoTrainConfig, out: Path, work: Path) -> dict:
         "config": asdict(cfg),
         "final": {"vae_l1": vae_l1, "unet_eps_mse": unet_mse, "latent_std": latent_std},
         "wall_seconds": {"vae_and_corpus": round(t_vae), "total": round(time.time() - t_start)},
+        "demo_version": DEMO_VERSION,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = NanoTrainConfig(**overrides)
     from diffmix.workspace import subdir
 
-    work = args.work or subdir("nano-train", f"seed{cfg.seed}")
+    work = args.work or subdir("nano-train", f"demo-v{DEMO_VERSION}-seed{cfg.seed}")
     train_nano(cfg, args.out, work)
     return 0
 
