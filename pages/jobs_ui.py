@@ -39,7 +39,7 @@ import gradio as gr
 from diffmix import jobs, workspace
 from diffmix.runs import RunDir
 from diffmix.settings import Settings
-from pages import common
+from pages import common, zerogpu
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def start_run(stage: str, args: Sequence[str], name: str, *, owner: str | None) 
         raise ValueError(
             f"a {stage} run named {name!r} already exists; choose another name (or resume it)"
         )
+    zerogpu.check_job_hardware(stage, args)
     jobs.start_job(stage, list(args), path, owner=owner)
     return path
 

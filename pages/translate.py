@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, jobs_ui, personalize  # noqa: E402
+from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +192,16 @@ def build_request(
                    adapter_dir, steps_i, partner)  # fmt: skip
 
 
+def _preview_duration(request: Request, progress: ProgressFn | None = None) -> int:
+    return zerogpu.preview_seconds(len(request.strengths), request.steps or 25)
+
+
+@zerogpu.gpu_call(_preview_duration)
 def run_translation(request: Request, progress: ProgressFn | None = None) -> Preview:
-    """Translate the request's source at each of its strengths: one batched core call."""
+    """Translate the request's source at each of its strengths: one batched core call.
+
+    On a ZeroGPU Space this call holds a GPU slot for at most ``_preview_duration`` seconds.
+    """
     from diffmix.translate import TranslateConfig, TranslationItem, translate
 
     r = request
@@ -212,6 +220,7 @@ def run_translation(request: Request, progress: ProgressFn | None = None) -> Pre
     return Preview(r, results, time.perf_counter() - t0)
 
 
+@zerogpu.gpu_call(30)
 def score_translation(preview: Preview) -> Preview:
     """Fill in faithfulness and diversity (the reference classifier is fitted once per dataset)."""
     from diffmix import score
