@@ -164,3 +164,54 @@ def test_cli_train_bad_input_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "resnet5o" in err[0] and "timm.list_models" in err[0]
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, workspace_home):
+    """``kill -9`` during epoch 3 of 4; ``--resume`` restarts at the saved epoch and ends with
+    the same weights and test accuracy as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["demo", "--shots", "4", "--epochs", "4", "--arch", "smallcnn", "--resolution", "32",
+            "--batch-size", "16", "--threads", "1", "--seed", "3"]  # fmt: skip
+    env = {**os.environ, "DIFFMIX_HOME": str(workspace_home), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(repo)}  # fmt: skip
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "diffmix", "train", *args]
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = [e["epoch"] for e in RunDir(killed).events("epoch")] if killed.is_dir() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()
+
+    resumed = subprocess.run([*cmd, "--out", str(killed), "--resume", "--json"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full = subprocess.run([*cmd, "--out", str(tmp_path / "full"), "--json"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert full.returncode == 0, full.stderr[-2000:]
+    a, b = _weights(tmp_path / "full"), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res_k = json.loads(resumed.stdout.strip().splitlines()[-1])
+    res_f = json.loads(full.stdout.strip().splitlines()[-1])
+    assert res_k["test_accuracy"] == res_f["test_accuracy"]
+    resume_events = RunDir(killed).events("resume")
+    assert resume_events and resume_events[-1]["epoch"] >= 2  # restarted where it was saved
+    assert [e["epoch"] for e in RunDir(killed).events("epoch")] == [1, 2, 3, 4]

@@ -103,13 +103,19 @@ def evaluate_nano(
     out: Path | None = None,
     adapter: Path | None = None,
     skip_img2img: bool = False,
+    dtype: str = "fp32",
 ) -> dict:
     """Run the three measurements of the module docstring; returns a JSON-able report.
 
     With ``adapter`` (a personalization output folder) it also samples every class through
     the adapter's ``prompt_template`` and class token (LoRA + token embeddings loaded with
     plain ``load_lora_weights`` / ``load_textual_inversion`` calls): ``t2i_adapter_tokens``.
+    ``dtype`` (``fp32`` or ``bf16``) is the pipelines' weight dtype (``bf16`` measures the
+    reduced-precision CPU path; the judge always runs in fp32).
     """
+    from diffmix.pipeline import pick_dtype
+
+    weight_dtype = pick_dtype(torch.device("cpu"), dtype)
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     from diffmix.data.demo import SUPERCLASS, class_prompt, render_demo_image
@@ -117,13 +123,14 @@ def evaluate_nano(
 
     # 1. Plain diffusers calls: load the folder exactly as a user would.
     ref = resolve_model(model)
-    pipe = StableDiffusionPipeline.from_pretrained(ref.source, dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(ref.source, dtype=weight_dtype)
     pipe.set_progress_bar_config(disable=True)
     i2i = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     judge, names, judge_acc = load_demo_judge(seed=0, size=64)
     report: dict = {
         "model": model,
+        "dtype": str(weight_dtype).replace("torch.", ""),
         "steps": steps,
         "guidance_scale": guidance,
         "judge_test_accuracy": judge_acc,
@@ -152,7 +159,7 @@ def evaluate_nano(
 
     if adapter is not None:
         meta = json.loads((Path(adapter) / "adapter.json").read_text())
-        personal = StableDiffusionPipeline.from_pretrained(ref.source, dtype=torch.float32)
+        personal = StableDiffusionPipeline.from_pretrained(ref.source, dtype=weight_dtype)
         personal.set_progress_bar_config(disable=True)
         tokens = [meta["class_tokens"][n] for n in names]
         personal.load_textual_inversion(
@@ -309,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip-img2img", action="store_true", help="only the text-to-image measurements"
     )
+    p.add_argument("--dtype", default="fp32", help="pipeline weights: fp32 (default) or bf16")
     p.add_argument("--json", action="store_true", help="last stdout line: the report as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         adapter=args.adapter,
         skip_img2img=args.skip_img2img,
+        dtype=args.dtype,
     )
     sys.stdout.write(format_report(report) + "\n")
     if args.json:
