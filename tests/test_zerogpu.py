@@ -115,3 +115,14 @@ def test_translate_page_preview_calls_are_decorated_under_zerogpu(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last == "[('run_translation', 'dynamic'), ('score_translation', 30)]"
+
+
+def test_start_run_refuses_before_making_anything(monkeypatch, workspace_home):
+    from pages import jobs_ui
+
+    monkeypatch.setattr(zerogpu, "zero_gpu_active", lambda env=None: True)
+    with pytest.raises(ValueError, match="dedicated GPU hardware"):
+        jobs_ui.start_run(
+            "personalize", ["demo", "--model", "someone/sd"], "zg-refused", owner=None
+        )
+    assert not (jobs_ui.stage_root("personalize") / "zg-refused").exists()
