@@ -13,7 +13,13 @@ and the same model, steps and guidance:
 - ``generate`` is :func:`diffmix.generate.generate` end to end (plan, batches of
   ``--batch-size`` in one shared denoising loop, grouped by strength, atomic PNG writes,
   metadata rows; scores off, as the baseline computes none);
-- ``generate-order`` the same with batches in plain plan order (mixed strengths per batch).
+- ``generate-order`` the same with batches in plain plan order (mixed strengths per batch);
+- ``baseline-same`` (only when the generator's dtype differs from the baseline's): the
+  baseline loop in the generator's dtype, so the gain of batching alone is also printed.
+
+Dtypes: the baseline runs as the reference does by default (fp32 on CPU, fp16 on CUDA); the
+generator runs at ``--dtype`` (default ``auto``: what ``diffmix generate`` picks on this
+machine, see :func:`diffmix.pipeline.pick_dtype`).
 
 Also printed: the UNet (+VAE) FLOPs per image, counted with ``torch.utils.flop_counter`` on
 one forward pass, against this machine's measured fp32 matmul throughput, to say whether the
@@ -35,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SIDES = ("baseline", "generate", "generate-order")
+SIDES = ("baseline", "generate", "generate-order", "baseline-same")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,11 +57,26 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strengths", default="0.5,0.7,0.9", help="drawn uniformly per image")
     p.add_argument("--batch-size", type=int, default=16, help="generate's batch (16)")
     p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--dtype", default="auto", help="generator dtype: auto, fp32, bf16, fp16")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: one child
     return p.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, grouping: str = "strength"):
+def baseline_dtype(device) -> str:
+    """The reference implementation's dtype: fp16 on CUDA, diffusers' fp32 elsewhere."""
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def _dtypes(args: argparse.Namespace) -> tuple[str, str]:
+    """(baseline dtype, generator dtype) as names, resolved on this machine."""
+    from diffmix.pipeline import pick_device, pick_dtype
+
+    dev = pick_device(args.device)
+    names = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
+    return baseline_dtype(dev), names[str(pick_dtype(dev, args.dtype))]
+
+
+def _config(args: argparse.Namespace, grouping: str = "strength", dtype: str | None = None):
     from diffmix.data import load_dataset
     from diffmix.generate import GenerateConfig
 
@@ -67,6 +88,7 @@ def _config(args: argparse.Namespace, grouping: str = "strength"):
         strengths=[float(s) for s in args.strengths.split(",")],
         num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         batch_size=args.batch_size, grouping=grouping, score=False, device=args.device,
+        dtype=dtype or args.dtype,
     )  # fmt: skip
 
 
@@ -96,11 +118,14 @@ def run_side(args: argparse.Namespace) -> dict:
     from diffmix.personalize import read_adapter
     from diffmix.translate import _to_canvas, build_prompt
 
-    cfg = _config(args, "order" if args.side == "generate-order" else "strength").resolved()
+    base_dt, gen_dt = _dtypes(args)
+    dtype = {"baseline": base_dt, "baseline-same": gen_dt}.get(args.side, gen_dt)
+    grouping = "order" if args.side == "generate-order" else "strength"
+    cfg = _config(args, grouping, dtype).resolved()
     pipe = _pipeline(cfg)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     with tempfile.TemporaryDirectory() as tmp:
-        if args.side == "baseline":
+        if args.side in ("baseline", "baseline-same"):
             ds = load_dataset(cfg.dataset, split="train")
             plan = make_plan(cfg, ds, make_subset(ds))
             i2i = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
@@ -134,7 +159,7 @@ def run_side(args: argparse.Namespace) -> dict:
             _sync()
             seconds = time.perf_counter() - t0
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    out = {"side": args.side, "images": images, "seconds": round(seconds, 4),
+    out = {"side": args.side, "dtype": dtype, "images": images, "seconds": round(seconds, 4),
            "images_per_s": round(images / seconds, 4), "peak_rss_mib": round(peak_rss_mib, 1)}  # fmt: skip
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -146,7 +171,7 @@ def flops_per_image(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = _config(args).resolved()
+    cfg = _config(args, dtype=_dtypes(args)[1]).resolved()
     pipe = _pipeline(cfg)
     unet, vae = pipe.unet, pipe.vae
     dev, dt = unet.device, unet.dtype
@@ -170,7 +195,7 @@ def flops_per_image(args: argparse.Namespace) -> dict:
     )
     cfg_mult = 2 if cfg.guidance_scale > 1 else 1
     per_image = unet_f * cfg_mult * steps + vae_f
-    # measured matmul throughput (fp32 on CPU, the model dtype on GPU)
+    # measured matmul throughput in the generator's dtype
     n = 2048 if dev.type == "cuda" else 1024
     a = torch.randn(n, n, device=dev, dtype=dt)
     torch.matmul(a, a)
@@ -197,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     base = [sys.executable, os.path.abspath(__file__)] + (
         argv if argv is not None else sys.argv[1:]
     )
-    for side in SIDES:
+    base_dt, gen_dt = _dtypes(args)
+    sides = SIDES if base_dt != gen_dt else SIDES[:3]
+    for side in sides:
         proc = subprocess.run(base + ["--side", side], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-3000:])
@@ -206,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. What bounds the speed
     fl = flops_per_image(args)
-    b, g, o = (results[s] for s in SIDES)
+    b, g, o = (results[s] for s in SIDES[:3])
+    same = results.get("baseline-same", b)
     achieved = fl["gflop_per_image"] * g["images_per_s"]
     util = achieved / fl["matmul_gflops"]
     bound = (
@@ -218,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Report
     print(f"model {args.model}  n {args.n}  steps {args.steps}  strengths {args.strengths}  "
           f"batch {args.batch_size}")  # fmt: skip
-    for r in (b, g, o):
-        print(f"{r['side']:<16} {r['images_per_s']:9.3f} img/s  {r['seconds']:8.2f} s  "
+    for r in results.values():
+        print(f"{r['side']:<16} {r['dtype']:<5} {r['images_per_s']:9.3f} img/s  {r['seconds']:8.2f} s  "
               f"peak RSS {r['peak_rss_mib']:8.1f} MiB"
               + (f"  peak CUDA {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""))  # fmt: skip
     speedup = g["images_per_s"] / b["images_per_s"]
-    print(f"speedup generate/baseline: {speedup:.2f}x   "
-          f"(order-grouped batches: {o['images_per_s'] / b['images_per_s']:.2f}x)")  # fmt: skip
+    same_speedup = g["images_per_s"] / same["images_per_s"]
+    print(f"speedup generate ({g['dtype']}) / baseline ({b['dtype']}): {speedup:.2f}x   "
+          f"(order-grouped batches: {o['images_per_s'] / b['images_per_s']:.2f}x; "
+          f"batching alone, both {g['dtype']}: {same_speedup:.2f}x)")  # fmt: skip
     print(f"FLOPs/image: {fl['gflop_per_image']:.3f} GFLOP (UNet {fl['unet_gflop_per_call']:.4f} "
           f"GFLOP/call x {fl['mean_steps']:.1f} steps x CFG + VAE {fl['vae_gflop']:.3f}); "
           f"matmul {fl['matmul_gflops']:.1f} GFLOP/s; generate reaches {achieved:.2f} GFLOP/s "
@@ -234,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "baseline_images_per_s": b["images_per_s"], "generate_images_per_s": g["images_per_s"],
         "generate_order_images_per_s": o["images_per_s"],
-        "speedup": round(speedup, 3),
+        "baseline_dtype": b["dtype"], "generate_dtype": g["dtype"],
+        "speedup": round(speedup, 3), "speedup_same_dtype": round(same_speedup, 3),
         "speedup_order_grouping": round(o["images_per_s"] / b["images_per_s"], 3),
-        "peak_rss_mib": {r["side"]: r["peak_rss_mib"] for r in (b, g, o)},
+        "peak_rss_mib": {r["side"]: r["peak_rss_mib"] for r in results.values()},
         "gflop_per_image": round(fl["gflop_per_image"], 4),
         "matmul_gflops": round(fl["matmul_gflops"], 2), "compute_utilization": round(util, 4),
     }))  # fmt: skip

@@ -170,10 +170,10 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, worksp
     """``kill -9`` during epoch 3 of 4; ``--resume`` restarts at the saved epoch and ends with
     the same weights and test accuracy as a run that was never interrupted."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from killutil import sigkill_when
 
     repo = Path(__file__).resolve().parents[1]
     args = ["demo", "--shots", "4", "--epochs", "4", "--arch", "smallcnn", "--resolution", "32",
@@ -182,23 +182,12 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, worksp
            "PYTHONPATH": str(repo)}  # fmt: skip
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "diffmix", "train", *args]
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            done = [e["epoch"] for e in RunDir(killed).events("epoch")] if killed.is_dir() else []
-            if len(done) >= 2:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+
+    def two_epochs_logged() -> bool:
+        return killed.is_dir() and len(RunDir(killed).events("epoch")) >= 2
+
+    sigkill_when([*cmd, "--out", str(killed)], two_epochs_logged, env=env, cwd=tmp_path,
+                 timeout_s=240)  # fmt: skip
     assert not (killed / "model.safetensors").exists()
 
     resumed = subprocess.run([*cmd, "--out", str(killed), "--resume", "--json"], env=env,

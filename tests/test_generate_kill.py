@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from killutil import sigkill_when  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from diffmix.generate import GenerateConfig, generate, read_rows
@@ -42,23 +40,9 @@ def test_sigkill_mid_run_then_resume(colors, tiny_sd_dir, workspace_home, tmp_pa
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}  # fmt: skip
 
     # 1. Start the job, wait until some batches are on disk, kill -9 it
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
     meta = out / "metadata.jsonl"
-    deadline = time.time() + 45
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if meta.is_file() and meta.read_text().count("\n") >= 4:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"the job ended before it could be killed: {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(argv, lambda: meta.is_file() and meta.read_text().count("\n") >= 4,
+                 env=env, cwd=tmp_path, timeout_s=45)  # fmt: skip
     before = read_rows(meta)
     planned = 12 * 12
     assert 4 <= len(before) < planned

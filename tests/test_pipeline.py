@@ -75,8 +75,16 @@ def test_uncached_hub_model_says_the_network_is_needed(monkeypatch, tmp_path):
         load_pipeline("someone/not-cached-sd", device="cpu")
 
 
-def test_dtype_choice():
-    assert pick_dtype(torch.device("cpu")) == torch.float32
+def test_dtype_choice(monkeypatch):
+    from diffmix import pipeline
+
+    for flag, want in (("0", torch.float32), ("1", torch.bfloat16)):
+        monkeypatch.setenv(pipeline.ENV_CPU_BF16, flag)
+        pipeline.cpu_has_native_bf16.cache_clear()
+        assert pick_dtype(torch.device("cpu")) == want
+        assert pick_dtype(torch.device("cpu"), "auto") == want
+    pipeline.cpu_has_native_bf16.cache_clear()  # the monkeypatched env goes away after
+    assert pick_dtype(torch.device("cpu"), "fp32") == torch.float32
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="'fp8'"):
         pick_dtype(torch.device("cpu"), "fp8")

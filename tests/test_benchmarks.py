@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end (tiny model, a few images) and end with their JSON line.
+
+They measure nothing here (timings belong to the scripts, not to tests); these tests keep the
+scripts working as the code under them changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "shapes"
+    rng = np.random.default_rng(0)
+    for name, rgb in (("red", (220, 30, 30)), ("blue", (30, 40, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
+
+
+def _run(script: str, *args: str, home: Path) -> dict:
+    env = {**os.environ, "DIFFMIX_HOME": str(home), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}  # fmt: skip
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_generate_benchmark_runs_every_side(tiny_sd_dir, shapes, workspace_home):
+    res = _run("generate.py", "--model", str(tiny_sd_dir), "--dataset", str(shapes), "--n", "3",
+               "--steps", "2", "--batch-size", "2", "--dtype", "bf16", home=workspace_home)  # fmt: skip
+    assert res["generate_dtype"] == "bf16" and res["baseline_dtype"] == "fp32"
+    assert set(res["peak_rss_mib"]) == {"baseline", "generate", "generate-order", "baseline-same"}
+    for key in ("speedup", "speedup_same_dtype", "baseline_images_per_s", "gflop_per_image"):
+        assert res[key] > 0
+
+
+def test_translate_benchmark_runs(tiny_sd_dir, shapes, workspace_home):
+    res = _run("translate.py", "--model", str(tiny_sd_dir), "--dataset", str(shapes), "--steps",
+               "2", "--repeats", "1", home=workspace_home)  # fmt: skip
+    assert res["ratio"] > 0
