@@ -147,6 +147,21 @@ def _overlay_flags(
     return fields
 
 
+def _stage_fields(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """A stage's config fields: the ``--config`` YAML, the positional dataset spec, then every
+    flag the user gave."""
+    fields = _load_yaml_config(args.config)
+    if args.spec is not None:
+        fields["dataset"] = args.spec
+    return _overlay_flags(fields, args, config_cls)
+
+
+def _add_resume_json(p: argparse.ArgumentParser, resume_help: str) -> None:
+    """The ``--resume`` and ``--json`` flags every long stage has."""
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+
+
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix personalize SPEC --out DIR``: textual inversion + LoRA on a base model."""
     p = subparsers.add_parser(
@@ -184,10 +199,7 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-balanced", action="store_true", default=None, help="sample classes uniformly"
     )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
-    )
-    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    _add_resume_json(p, "continue from the newest checkpoint in --out")
     p.set_defaults(func=cmd_personalize)
 
 
@@ -195,10 +207,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from diffmix.personalize import PersonalizeConfig, personalize, read_adapter
     from diffmix.runs import Cancelled
 
-    fields = _load_yaml_config(args.config)
-    if args.spec is not None:
-        fields["dataset"] = args.spec
-    _overlay_flags(fields, args, PersonalizeConfig)
+    fields = _stage_fields(args, PersonalizeConfig)
     cfg = PersonalizeConfig(**fields)
     try:
         out = personalize(cfg, args.out, resume=args.resume)
@@ -398,10 +407,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
     p.add_argument("--threads", dest="num_threads", type=int, metavar="N",
                    help="torch CPU threads (1 is often fastest on a busy CPU)")  # fmt: skip
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
-    )
-    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    _add_resume_json(p, "continue from the newest checkpoint in --out")
     p.set_defaults(func=cmd_train)
 
 
@@ -409,10 +415,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from diffmix.classify import TrainConfig, train
     from diffmix.runs import Cancelled
 
-    fields = _load_yaml_config(args.config)
-    if args.spec is not None:
-        fields["dataset"] = args.spec
-    _overlay_flags(fields, args, TrainConfig)
+    fields = _stage_fields(args, TrainConfig)
     cfg = TrainConfig(**fields)
     try:
         result = train(cfg, args.out, resume=args.resume)
@@ -501,8 +504,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--superclass", metavar="WORD", help="word after class names in prompts")
     p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
-    p.add_argument("--resume", action="store_true", help="continue the generation in --out")
-    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    _add_resume_json(p, "continue the generation in --out")
     p.set_defaults(func=cmd_generate)
 
 
@@ -514,12 +516,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from diffmix.generate import GenerateConfig, generate
     from diffmix.runs import Cancelled
 
-    fields = _load_yaml_config(args.config)
-    if args.spec is not None:
-        fields["dataset"] = args.spec
+    fields = _stage_fields(args, GenerateConfig)
     if args.strength is not None:
         fields["strengths"] = [args.strength]
-    _overlay_flags(fields, args, GenerateConfig)
     try:
         cfg = GenerateConfig(**fields)
     except ValidationError as e:  # one readable line per problem, not pydantic's layout
@@ -591,8 +590,7 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default: torch's)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages and the time estimate, run nothing")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the experiment in --out")
-    p.add_argument("--json", action="store_true", help="end the output with one JSON line")
+    _add_resume_json(p, "continue the experiment in --out")
     p.set_defaults(func=cmd_experiment)
 
 
