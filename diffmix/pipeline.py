@@ -23,9 +23,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: The shipped nano-SD folder (see ``diffmix/nano``).
 #: ``0``/``1``: force the CPU bf16 choice of :func:`pick_dtype` off or on.
 ENV_CPU_BF16 = "DIFFMIX_CPU_BF16"
+#: The shipped nano-SD folder (see ``diffmix/nano``).
 NANO_DIR = Path(__file__).resolve().parent.parent / "assets" / "nano-sd"
 #: Pipeline classes whose folders this loader accepts (SD 1.x / 2.x layouts).
 SD_CLASSES = {
@@ -120,11 +120,14 @@ def cpu_has_native_bf16() -> bool:
 
     There a bf16 matmul runs several times faster than fp32 (measured on a Xeon core of this
     project's machines: 1.1 TFLOP/s bf16 vs 0.17 TFLOP/s fp32), and a Stable Diffusion UNet
-    about twice as fast end to end. ``DIFFMIX_CPU_BF16=0`` (or ``1``) overrides the detection.
+    about twice as fast end to end. ``DIFFMIX_CPU_BF16=0`` (or ``1``) overrides the detection;
+    any other non-empty value is a ``ValueError``.
     """
-    env = os.environ.get(ENV_CPU_BF16, "").strip().lower()
-    if env in ("0", "1", "false", "true", "no", "yes"):
-        return env in ("1", "true", "yes")
+    from diffmix.settings import env_flag
+
+    forced = env_flag(os.environ, ENV_CPU_BF16)
+    if forced is not None:
+        return forced
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

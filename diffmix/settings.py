@@ -81,12 +81,12 @@ class Settings:
         """Settings from ``env`` (default ``os.environ``); a ``ValueError`` names a bad variable."""
         env = os.environ if env is None else env
         # 1. Public or private: an explicit DIFFMIX_PUBLIC wins over the Spaces marker.
-        public = _flag(env, ENV_PUBLIC)
+        public = env_flag(env, ENV_PUBLIC)
         if public is None:
             public = bool(env.get(ENV_SPACE_ID, "").strip())
         # 2. What users may point at.
-        allow_local = _flag(env, ENV_ALLOW_LOCAL)
-        allow_hub = _flag(env, ENV_ALLOW_HUB)
+        allow_local = env_flag(env, ENV_ALLOW_LOCAL)
+        allow_hub = env_flag(env, ENV_ALLOW_HUB)
         roots = tuple(
             Path(p).expanduser().resolve()
             for p in env.get(ENV_ALLOWED_ROOTS, "").split(os.pathsep)
@@ -108,7 +108,7 @@ class Settings:
         )
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool | None:
+def env_flag(env: Mapping[str, str], name: str) -> bool | None:
     """A boolean variable: None when unset or empty; ``ValueError`` on anything unrecognised."""
     raw = env.get(name, "").strip()
     if not raw:

@@ -83,6 +83,10 @@ def test_dtype_choice(monkeypatch):
         pipeline.cpu_has_native_bf16.cache_clear()
         assert pick_dtype(torch.device("cpu")) == want
         assert pick_dtype(torch.device("cpu"), "auto") == want
+    monkeypatch.setenv(pipeline.ENV_CPU_BF16, "maybe")
+    pipeline.cpu_has_native_bf16.cache_clear()
+    with pytest.raises(ValueError, match="DIFFMIX_CPU_BF16='maybe'"):
+        pick_dtype(torch.device("cpu"))
     pipeline.cpu_has_native_bf16.cache_clear()  # the monkeypatched env goes away after
     assert pick_dtype(torch.device("cpu"), "fp32") == torch.float32
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
