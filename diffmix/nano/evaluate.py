@@ -113,13 +113,12 @@ def evaluate_nano(
     ``dtype`` (``fp32`` or ``bf16``) is the pipelines' weight dtype (``bf16`` measures the
     reduced-precision CPU path; the judge always runs in fp32).
     """
-    from diffmix.pipeline import pick_dtype
-
-    weight_dtype = pick_dtype(torch.device("cpu"), dtype)
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     from diffmix.data.demo import SUPERCLASS, class_prompt, render_demo_image
-    from diffmix.pipeline import resolve_model
+    from diffmix.pipeline import pick_dtype, resolve_model
+
+    weight_dtype = pick_dtype(torch.device("cpu"), dtype)
 
     # 1. Plain diffusers calls: load the folder exactly as a user would.
     ref = resolve_model(model)
