@@ -4,7 +4,7 @@ One loader for every stage, so nano-SD on a CPU and SD 1.5 / 2.1 on a GPU take t
 path. Pipelines are cached per (model, device, dtype), so the app does not reload on every
 click; the img2img pipeline is made with ``from_pipe`` and shares the text-to-image weights.
 
-    >>> pipe = load_pipeline("nano")                      # StableDiffusionPipeline, fp32 on CPU
+    >>> pipe = load_pipeline("nano")                      # StableDiffusionPipeline (bf16 or fp32 on CPU)
     >>> i2i = load_pipeline("nano", kind="img2img")       # same UNet/VAE/text encoder objects
 """
 
@@ -208,7 +208,8 @@ def load_pipeline(
         kind: ``"txt2img"`` (``StableDiffusionPipeline``) or ``"img2img"``
             (``StableDiffusionImg2ImgPipeline`` sharing the same weights).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (default: best available).
-        dtype: see :func:`pick_dtype` (default: fp32 on CPU, bf16/fp16 on GPU).
+        dtype: see :func:`pick_dtype` (default ``auto``: bf16 on CPUs with native bf16, else
+            fp32; bf16/fp16 on GPU).
 
     The two most recently used base models stay in memory.
     """
