@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from datautil import RGB, write_color_folder  # tests/ is on sys.path under pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,13 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench") / "shapes"
-    rng = np.random.default_rng(0)
-    for name, rgb in (("red", (220, 30, 30)), ("blue", (30, 40, 220))):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
+    return write_color_folder(
+        root, per_class=4, size=32, colors={k: RGB[k] for k in ("red", "blue")}
+    )
 
 
 def _run(script: str, *args: str, home: Path) -> dict:

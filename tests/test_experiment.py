@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from datautil import write_color_folder  # tests/ is on sys.path under pytest
 
 from diffmix import experiment as ex
 from diffmix.cli import main
@@ -22,13 +22,7 @@ SEEDS = [0, 1]
 def colors(tmp_path_factory) -> Path:
     """Three colour classes x 6 images of 24 px (a train/test split is held out per class)."""
     root = tmp_path_factory.mktemp("exp-colors") / "colors"
-    rng = np.random.default_rng(0)
-    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))):
-        (root / name).mkdir(parents=True)
-        for i in range(6):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
+    return write_color_folder(root, per_class=6)
 
 
 def _fields(colors: Path, tiny_sd_dir: Path, **kw) -> dict:

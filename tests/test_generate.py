@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from datautil import write_color_folder  # tests/ is on sys.path under pytest
 
 from diffmix.generate import (
     GenerateConfig,
@@ -32,16 +33,8 @@ def _plan(labels=LABELS, **kw):
 @pytest.fixture(scope="module")
 def tiny_colors(tmp_path_factory):
     """Three colour classes x 5 images of 24 px (12 train images after the test hold-out)."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("colors") / "colors"
-    rng = np.random.default_rng(0)
-    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))):
-        (root / name).mkdir(parents=True)
-        for i in range(5):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
+    return write_color_folder(root)
 
 
 # --------------------------------------------------------------------------- counts & rules

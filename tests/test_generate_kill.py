@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from datautil import write_color_folder  # tests/ is on sys.path under pytest
 from killutil import sigkill_when  # tests/ is on sys.path under pytest
 from PIL import Image
 
@@ -19,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     root = tmp_path_factory.mktemp("colors") / "colors"
-    rng = np.random.default_rng(1)
-    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 200, 40)), ("blue", (30, 40, 220))):
-        (root / name).mkdir(parents=True)
-        for i in range(5):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
+    return write_color_folder(root, seed=1)
 
 
 def test_sigkill_mid_run_then_resume(colors, tiny_sd_dir, workspace_home, tmp_path):

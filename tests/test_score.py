@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from datautil import write_color_folder  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from diffmix import score
@@ -21,13 +22,7 @@ COLORS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 def colors(tmp_path_factory):
     """Three colour classes x 6 noisy 20-px images (a classifier learns it in seconds)."""
     root = tmp_path_factory.mktemp("score-colors") / "colors"
-    rng = np.random.default_rng(1)
-    for name, rgb in COLORS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(6):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 15, (20, 20, 3)), 0, 255)
-            Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return write_color_folder(root, per_class=6, size=20, noise=15, seed=1, colors=COLORS)
 
 
 @pytest.fixture(scope="module")
