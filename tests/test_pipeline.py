@@ -105,3 +105,18 @@ def test_shipped_nano_is_small_and_loads_with_plain_diffusers(monkeypatch):
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     StableDiffusionImg2ImgPipeline.from_pretrained(NANO_DIR)
     assert resolve_model("nano").source == str(NANO_DIR)
+
+
+@pytest.mark.skipif(not (NANO_DIR / "model_index.json").is_file(), reason="nano-SD not built yet")
+def test_shipped_nano_scheduler_is_the_builders(tmp_path):
+    """`make nano` must reproduce the sampling grid the README's measurements were made with."""
+    import json
+
+    from diffmix.nano.build import build_scheduler
+
+    build_scheduler().save_config(tmp_path)
+    built = json.loads((tmp_path / "scheduler_config.json").read_text())
+    shipped = json.loads((NANO_DIR / "scheduler" / "scheduler_config.json").read_text())
+    built.pop("_diffusers_version"), shipped.pop("_diffusers_version")
+    assert built == shipped
+    assert shipped["use_karras_sigmas"] is True

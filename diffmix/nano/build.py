@@ -177,7 +177,15 @@ def build_unet(arch: NanoArchitecture):
 
 
 def build_scheduler():
-    """The scheduler saved with nano-SD: DPM-Solver++ multistep over SD's training schedule."""
+    """The scheduler saved with nano-SD: DPM-Solver++ multistep (2M) with Karras sigmas.
+
+    The UNet is trained on SD's own scaled-linear schedule (``alphas_cumprod``); only the
+    sampling grid differs. Karras spacing (rho 7) puts more of the 25 steps at low noise, so
+    img2img ``strength`` (a fraction of that grid) corrupts a 16x16 nano latent about as
+    gently as linear spacing corrupts SD's 64x64 latent: at ``strength`` 0.3 sampling starts
+    at sigma 0.25 (alpha_bar 0.94) instead of 0.78 (0.62), which at 64 px already recoloured
+    a third of the birds. At ``strength`` >= 0.7 the two grids start at nearly the same noise.
+    """
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler(
@@ -189,6 +197,7 @@ def build_scheduler():
         algorithm_type="dpmsolver++",
         solver_order=2,
         steps_offset=1,
+        use_karras_sigmas=True,
     )
 
 
