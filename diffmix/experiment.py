@@ -554,22 +554,48 @@ def summarize_arms(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str,
     return out
 
 
+def paired_delta(
+    base_runs: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]
+) -> tuple[float, float | None, int, int] | None:
+    """Per-seed accuracy gain of ``runs`` over ``base_runs`` on the seeds both have.
+
+    Each seed is one real subset shared by every arm, so the per-seed difference removes the
+    subset-to-subset spread that the arms' own stds carry. Returns ``(mean, std, wins, n)``
+    (accuracy points in [-1, 1]; ``std`` with ddof 1, ``None`` for one seed; ``wins`` = seeds
+    where ``runs`` scored strictly higher), or ``None`` when no seed is shared.
+    """
+    base = {r["seed"]: r["test_accuracy"] for r in base_runs}
+    diffs = [r["test_accuracy"] - base[r["seed"]] for r in runs if r["seed"] in base]
+    if not diffs:
+        return None
+    mean, std = mean_std(diffs)
+    return mean, (std if len(diffs) > 1 else None), sum(d > 0 for d in diffs), len(diffs)
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table: arm, mean ± std (%), Δ vs baseline, per-seed values."""
+    """The results as a Markdown table: arm, mean ± std (%), Δ vs baseline (of the means, and
+    paired per seed: mean ± std, seeds won), per-seed values."""
     arms = results["arms"]
     base = arms.get("baseline", {}).get("mean")
     lines = [
         f"Few-shot ({results['shots']}-shot) on `{results['dataset']}`, "
         f"seeds {results['seeds']}: final-epoch test accuracy, mean ± std over seeds",
         "",
-        "| arm | accuracy (%) | Δ vs baseline | per seed |",
-        "|---|---:|---:|---|",
+        "| arm | accuracy (%) | Δ vs baseline | paired Δ (seeds won) | per seed |",
+        "|---|---:|---:|---:|---|",
     ]
     for arm, a in arms.items():
         delta = "-" if base is None or arm == "baseline" else f"{100 * (a['mean'] - base):+.2f}"
+        paired = None if arm == "baseline" else paired_delta(arms.get("baseline", {}).get("runs", []), a["runs"])  # fmt: skip
+        if paired is None:
+            pair = "-"
+        else:
+            m, sd, wins, n = paired
+            pair = f"{100 * m:+.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+            pair += f" ({wins}/{n})"
         seeds = ", ".join(f"{r['seed']}: {100 * r['test_accuracy']:.1f}" for r in a["runs"])
         lines.append(
-            f"| {arm} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | {delta} | {seeds} |"
+            f"| {arm} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | {delta} | {pair} | {seeds} |"
         )
     if not results.get("complete", True):
         lines += ["", "_Incomplete: some runs have not finished yet._"]

@@ -70,7 +70,20 @@ def test_mean_std_and_table():
     assert list(arms) == ["baseline", "diff-mix"]  # no finished run: left out
     text = ex.format_table({"arms": arms, "shots": 5, "dataset": "demo", "seeds": [0, 1]})
     assert "| baseline | 60.00 ± 14.14 | - |" in text
-    assert "| diff-mix | 80.00 ± 0.00 | +20.00 |" in text
+    assert "| diff-mix | 80.00 ± 0.00 | +20.00 | +30.00 (1/1) |" in text  # paired on seed 0
+    assert "| baseline | 60.00 ± 14.14 | - | - |" in text
+
+
+def test_paired_delta_uses_only_shared_seeds():
+    base = [{"seed": 0, "test_accuracy": 0.5}, {"seed": 1, "test_accuracy": 0.7},
+            {"seed": 2, "test_accuracy": 0.6}]  # fmt: skip
+    arm = [{"seed": 0, "test_accuracy": 0.6}, {"seed": 1, "test_accuracy": 0.6},
+           {"seed": 3, "test_accuracy": 0.9}]  # fmt: skip
+    mean, std, wins, n = ex.paired_delta(base, arm)
+    assert (wins, n) == (1, 2)  # seed 3 has no baseline run
+    assert mean == pytest.approx(0.0) and std == pytest.approx(0.1414213562)
+    assert ex.paired_delta(base, [{"seed": 9, "test_accuracy": 1.0}]) is None
+    assert ex.paired_delta(base, arm[:1])[1] is None  # one seed: no spread
 
 
 def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path):
