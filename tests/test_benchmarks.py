@@ -48,3 +48,14 @@ def test_translate_benchmark_runs(tiny_sd_dir, shapes, workspace_home):
     res = _run("translate.py", "--model", str(tiny_sd_dir), "--dataset", str(shapes), "--steps",
                "2", "--repeats", "1", home=workspace_home)  # fmt: skip
     assert res["ratio"] > 0
+
+
+def test_preview_benchmark_times_the_app_and_plain_diffusers(tiny_sd_dir, workspace_home):
+    from diffmix.score import reference_classifier
+
+    reference_classifier("demo")  # fitted once per test session (the browser tests share it)
+    res = _run("preview.py", "--model", str(tiny_sd_dir), "--steps", "2", "--repeats", "1",
+               "--log", str(workspace_home / "preview-app.log"), home=workspace_home)  # fmt: skip
+    assert res["strategy"] == "real-mix" and res["steps"] == 2
+    assert res["app_scored_s"] >= res["app_image_s"] > 0 and res["plain_diffusers_s"] > 0
+    assert res["ratio"] == pytest.approx(res["app_image_s"] / res["plain_diffusers_s"], rel=1e-2)
