@@ -583,6 +583,8 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", dest="num_inference_steps", type=int, metavar="N",
                    help="sampling steps (25)")  # fmt: skip
     p.add_argument("--epochs", type=int, metavar="E", help="classifier epochs (50)")
+    p.add_argument("--train-repeats", type=int, metavar="N",
+                   help="classifier runs per arm and seed, averaged (3)")  # fmt: skip
     p.add_argument("--arch", metavar="NAME", help="classifier: smallcnn (default) or a timm model")
     p.add_argument("--resolution", type=int, metavar="PX", help="classifier image side (64)")
     p.add_argument("--batch-size", type=int, metavar="B", help="classifier batch size (16)")

@@ -104,7 +104,9 @@ _MIX = {"mixup": "mixup", "cutmix": "cutmix"}
 
 #: Config fields that may change between runs into the same folder (they change no result
 #: of a stage that already ran).
-RERUN_FREE_FIELDS = frozenset({"seeds", "arms", "num_threads", "budget_minutes"})
+RERUN_FREE_FIELDS = frozenset({"seeds", "arms", "train_repeats", "num_threads", "budget_minutes"})
+#: Training seed of repeat ``k`` of a seed's classifier: ``seed + TRAIN_SEED_STRIDE * k``.
+TRAIN_SEED_STRIDE = 1000
 
 #: Stage-config keys the experiment sets itself (the comparison is only fair when it does);
 #: the ``*_overrides`` dicts may not set them, nor the keys that have a field of their own.
@@ -119,8 +121,9 @@ _CONTROLLED = {
 }  # fmt: skip
 
 # -- rough costs behind the time estimate (2 CPU cores, nano-SD, 64 px) ----------------------
-#: Seconds per image of a personalization batch (≈ 0.3 s per step at batch 8).
-PERSONALIZE_S_PER_IMAGE = 0.3 / 8
+#: Seconds per image of a personalization batch (≈ 0.2 s per step at batch 8: 300 steps took
+#: 52-58 s on an idle 2-core machine).
+PERSONALIZE_S_PER_IMAGE = 0.2 / 8
 #: Seconds per image per denoising step actually run (≈ 8 images/s at 25 steps, s = 1).
 GENERATE_S_PER_IMAGE_STEP = 0.005
 #: Seconds per synthetic set on top of the images (pipeline + adapter load, scoring, card).
@@ -138,6 +141,10 @@ EVAL_IMAGES_PER_S = 300.0
 TRAIN_OVERHEAD_S = 8.0
 #: Seconds per epoch for the per-epoch checkpoint (ResNet-18 + momentum: ~90 MB).
 TRAIN_S_PER_EPOCH = 0.2
+#: The same four costs (train, eval images/s, s/epoch, overhead s) for the small CNN, measured
+#: on an idle 2-core machine (174 train images/s; 50 epochs of 60 shots + 5 evaluations of 360
+#: test images: 21-24 s a run).
+SMALLCNN_TRAIN_COSTS = (170.0, 1000.0, 0.05, 3.0)
 #: Images in the test split when the dataset is not loaded yet (the demo's).
 _DEFAULT_TEST_IMAGES = 360
 #: Seconds between two looks of the watcher at a running stage (cancel, progress).
@@ -179,6 +186,12 @@ class ExperimentConfig(BaseModel):
     epochs: int = Field(50, ge=1, description="passes over the real training subset")
     batch_size: int = Field(16, ge=1, description="classifier batch size")
     lr: float = Field(0.05, gt=0, description="peak SGD learning rate")
+    train_repeats: int = Field(
+        3, ge=1, le=20,
+        description="classifier runs per (arm, seed) on the seed's subset, with training seeds "
+        "seed + 1000·k; the seed's accuracy is their mean (a small net trained from scratch on "
+        "a few shots varies as much between training seeds as between subsets)",
+    )  # fmt: skip
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     # -- extra stage settings (any other key of the stage's config) -------------------------------
     personalize_overrides: dict[str, Any] = Field(
@@ -325,8 +338,9 @@ def _generate_config(cfg: ExperimentConfig, arm: str, seed: int, adapter: Path):
     ).resolved()
 
 
-def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path):
-    """The run of (arm, seed): ``subset_seed`` = seed, synthetic set and p for generative arms."""
+def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path, repeat: int = 0):
+    """Run ``repeat`` of (arm, seed): ``subset_seed`` = seed, training seed
+    ``seed + TRAIN_SEED_STRIDE * repeat``, synthetic set and p for generative arms."""
     from diffmix.classify import TrainConfig
 
     generative = arm in GENERATIVE_ARMS
@@ -335,7 +349,7 @@ def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path):
         **fields,
         dataset=cfg.dataset,
         shots=cfg.shots,
-        seed=seed,
+        seed=seed + TRAIN_SEED_STRIDE * repeat,
         subset_seed=seed,
         synthetic=[str(synthetic)] if generative else [],
         p=cfg.p if generative else 0.0,
@@ -372,6 +386,7 @@ class Stage:
         out: the stage's output / run directory.
         config: its PersonalizeConfig / GenerateConfig / TrainConfig (resolved).
         estimate_s: estimated seconds (:func:`estimate_seconds`).
+        repeat: which classifier run of (arm, seed) a train stage is (0, 1, ...).
     """
 
     kind: Literal["personalize", "generate", "train"]
@@ -380,12 +395,15 @@ class Stage:
     out: Path
     config: BaseModel
     estimate_s: float = 0.0
+    repeat: int = 0
 
     @property
     def name(self) -> str:
-        """``personalize seed 0``, ``generate diff-mix seed 1``, ``train baseline seed 2``."""
+        """``personalize seed 0``, ``generate diff-mix seed 1``, ``train baseline seed 2``,
+        ``train baseline seed 2 run 2`` (the second classifier of that arm and seed)."""
         arm = f" {self.arm}" if self.arm else ""
-        return f"{self.kind}{arm} seed {self.seed}"
+        run = f" run {self.repeat + 1}" if self.repeat else ""
+        return f"{self.kind}{arm} seed {self.seed}{run}"
 
     def finished(self) -> bool:
         """Whether the stage's output is complete (then a rerun skips it)."""
@@ -416,7 +434,8 @@ class Stage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "seed": self.seed, "arm": self.arm,
-                "out": str(self.out), "estimate_s": round(self.estimate_s, 1)}  # fmt: skip
+                "repeat": self.repeat, "out": str(self.out),
+                "estimate_s": round(self.estimate_s, 1)}  # fmt: skip
 
 
 def plan_stages(
@@ -425,7 +444,8 @@ def plan_stages(
     """Every stage of the experiment in execution order, with its estimated cost.
 
     Seed by seed; within a seed, arm by arm (table order): the seed's adapter right before the
-    first arm needing it, each synthetic set right before its run. ``test_images`` (the size of
+    first arm needing it, each synthetic set right before its ``train_repeats`` runs
+    (``runs/<arm>-seed<seed>``, then ``...-run2``, ...). ``test_images`` (the size of
     the test split; default: the demo's 360) only feeds the estimate.
     """
     out = Path(out).expanduser().resolve()
@@ -443,8 +463,10 @@ def plan_stages(
             if arm in GENERATIVE_ARMS:
                 gcfg = _generate_config(config, arm, seed, adapter)
                 stages.append(Stage("generate", seed, arm, synthetic, gcfg))
-            tcfg = _train_config(config, arm, seed, synthetic)
-            stages.append(Stage("train", seed, arm, out / "runs" / f"{arm}-seed{seed}", tcfg))
+            for k in range(config.train_repeats):
+                tcfg = _train_config(config, arm, seed, synthetic, repeat=k)
+                name = f"{arm}-seed{seed}" + (f"-run{k + 1}" if k else "")
+                stages.append(Stage("train", seed, arm, out / "runs" / name, tcfg, repeat=k))
     _estimate_all(stages, num_classes=None, test_images=test_images)
     return stages
 
@@ -482,7 +504,8 @@ def estimate_seconds(
     steps run (``int(steps·s)``) × :data:`GENERATE_S_PER_IMAGE_STEP` + overhead, with
     ``images = multiplier × shots × classes`` (12 classes when unknown). Training: epochs ×
     real images / :data:`TRAIN_IMAGES_PER_S` + evaluations / :data:`EVAL_IMAGES_PER_S`
-    (both scaled by (64 / resolution)^2) + overhead. Other base models or a GPU: unknown.
+    (both scaled by (64 / resolution)^2) + overhead (:data:`SMALLCNN_TRAIN_COSTS` for the
+    small CNN). Other base models or a GPU: unknown.
     """
     c = stage.config
     classes = num_classes or 12
@@ -496,10 +519,15 @@ def estimate_seconds(
     real = c.shots * classes
     evals = math.ceil(c.epochs / c.eval_every)
     tests = test_images or _DEFAULT_TEST_IMAGES
+    train_rate, eval_rate, per_epoch, overhead = (
+        SMALLCNN_TRAIN_COSTS
+        if c.arch == "smallcnn"
+        else (TRAIN_IMAGES_PER_S, EVAL_IMAGES_PER_S, TRAIN_S_PER_EPOCH, TRAIN_OVERHEAD_S)
+    )
     return (
-        c.epochs * (real * scale / TRAIN_IMAGES_PER_S + TRAIN_S_PER_EPOCH)
-        + evals * tests * scale / EVAL_IMAGES_PER_S
-        + TRAIN_OVERHEAD_S
+        c.epochs * (real * scale / train_rate + per_epoch)
+        + evals * tests * scale / eval_rate
+        + overhead
     )
 
 
@@ -541,14 +569,41 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+def per_seed(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Classifier runs -> one entry per seed (first-seen order): the runs' mean accuracies.
+
+    ``test_accuracy`` and ``mean_class_accuracy`` are the means over that seed's runs (its
+    training repeats); ``repeats`` lists each run's test accuracy; ``run`` is the first run's
+    folder and ``runs_dirs`` all of them.
+    """
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        by_seed.setdefault(r["seed"], []).append(r)
+    out = []
+    for seed, rs in by_seed.items():
+        mca = [r["mean_class_accuracy"] for r in rs if r.get("mean_class_accuracy") is not None]
+        out.append({
+            "seed": seed,
+            "test_accuracy": sum(r["test_accuracy"] for r in rs) / len(rs),
+            "mean_class_accuracy": sum(mca) / len(mca) if mca else None,
+            "synthetic_images": rs[0].get("synthetic_images"),
+            "run": rs[0].get("run"),
+            "repeats": [r["test_accuracy"] for r in rs],
+            "runs_dirs": [r.get("run") for r in rs],
+        })  # fmt: skip
+    return out
+
+
 def summarize_arms(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """``{arm: [run, ...]}`` -> ``{arm: {"mean", "std", "n", "runs"}}`` (test accuracy in [0, 1]).
 
-    Arms without any finished run are left out.
+    The runs of one seed (its training repeats) are averaged first (:func:`per_seed`); mean
+    and std are then over seeds, ``n`` = seeds. Arms without any finished run are left out.
     """
     out = {}
-    for arm, rs in runs.items():
-        if rs:
+    for arm, records in runs.items():
+        if records:
+            rs = per_seed(records)
             mean, std = mean_std([r["test_accuracy"] for r in rs])
             out[arm] = {"mean": mean, "std": std, "n": len(rs), "runs": rs}
     return out
@@ -579,7 +634,12 @@ def format_table(results: dict[str, Any]) -> str:
     base = arms.get("baseline", {}).get("mean")
     lines = [
         f"Few-shot ({results['shots']}-shot) on `{results['dataset']}`, "
-        f"seeds {results['seeds']}: final-epoch test accuracy, mean ± std over seeds",
+        f"seeds {results['seeds']}: final-epoch test accuracy, mean ± std over seeds"
+        + (
+            f" (each seed: the mean of {results['train_repeats']} classifier runs)"
+            if results.get("train_repeats", 1) > 1
+            else ""
+        ),
         "",
         "| arm | accuracy (%) | Δ vs baseline | paired Δ (seeds won) | per seed |",
         "|---|---:|---:|---:|---|",
@@ -943,6 +1003,7 @@ def _write_results(
         "dataset": cfg.dataset,
         "shots": cfg.shots,
         "seeds": list(cfg.seeds),
+        "train_repeats": cfg.train_repeats,
         "arms": summarize_arms(runs),
         "subsets": {str(k): v for k, v in subsets.items()},
         "complete": complete,

@@ -30,7 +30,7 @@ def _fields(colors: Path, tiny_sd_dir: Path, **kw) -> dict:
         dataset=str(colors), shots=2, seeds=SEEDS, arms=ARMS, model=str(tiny_sd_dir),
         personalize_steps=2, personalize_batch_size=2, rank=4, multiplier=1,
         num_inference_steps=2, generate_batch_size=8, strength=0.9, p=0.5, epochs=1,
-        batch_size=4, arch="smallcnn", resolution=32, num_threads=1,
+        batch_size=4, arch="smallcnn", resolution=32, num_threads=1, train_repeats=1,
         generate_overrides={"score": False}, train_overrides={"tensorboard": False},
     )  # fmt: skip
     return {**base, **kw}
@@ -74,6 +74,20 @@ def test_mean_std_and_table():
     assert "| baseline | 60.00 ± 14.14 | - | - |" in text
 
 
+def test_per_seed_averages_the_training_repeats():
+    records = [{"seed": 0, "test_accuracy": 0.5, "mean_class_accuracy": 0.4, "run": "a"},
+               {"seed": 1, "test_accuracy": 0.9, "mean_class_accuracy": None, "run": "c"},
+               {"seed": 0, "test_accuracy": 0.7, "mean_class_accuracy": 0.6, "run": "b"}]  # fmt: skip
+    rs = ex.per_seed(records)
+    assert [r["seed"] for r in rs] == [0, 1]
+    assert rs[0]["test_accuracy"] == pytest.approx(0.6) and rs[0]["repeats"] == [0.5, 0.7]
+    assert rs[0]["mean_class_accuracy"] == pytest.approx(0.5) and rs[0]["runs_dirs"] == ["a", "b"]
+    assert rs[1]["mean_class_accuracy"] is None and rs[1]["run"] == "c"
+    arms = ex.summarize_arms({"baseline": records})
+    assert arms["baseline"]["n"] == 2  # seeds, not runs
+    assert arms["baseline"]["mean"] == pytest.approx(0.75)
+
+
 def test_paired_delta_uses_only_shared_seeds():
     base = [{"seed": 0, "test_accuracy": 0.5}, {"seed": 1, "test_accuracy": 0.7},
             {"seed": 2, "test_accuracy": 0.6}]  # fmt: skip
@@ -89,9 +103,17 @@ def test_paired_delta_uses_only_shared_seeds():
 def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path):
     cfg = ex.make_config()
     assert (cfg.strength, cfg.gamma, cfg.p, cfg.shots, cfg.seeds) == (0.9, 0.5, 0.2, 5, [0, 1, 2])
+    assert cfg.train_repeats == 3
     stages = ex.plan_stages(cfg, tmp_path)
-    # per seed: one adapter, a synthetic set per generative arm, a run per arm
-    assert len(stages) == 3 * (1 + 3 + 6)
+    # per seed: one adapter, a synthetic set per generative arm, three runs per arm
+    assert len(stages) == 3 * (1 + 3 + 6 * 3)
+    train = [s for s in stages if s.kind == "train"]
+    assert {(s.seed, s.arm, s.repeat, s.config.seed) for s in train} == {
+        (seed, arm, k, seed + 1000 * k) for seed in cfg.seeds for arm in ex.ARMS for k in range(3)
+    }
+    assert len({s.out for s in train}) == len(train)  # one folder per run
+    assert [s.out.name for s in train[:3]] == ["baseline-seed0", "baseline-seed0-run2",
+                                               "baseline-seed0-run3"]  # fmt: skip
     for seed in cfg.seeds:
         mine = [s for s in stages if s.seed == seed]
         subset_seeds = {s.config.seed for s in mine if s.kind == "personalize"}
@@ -253,7 +275,7 @@ def test_cli_json_on_a_finished_experiment(finished, colors, tiny_sd_dir, capsys
             "--model", f["model"], "--shots", "2", "--seeds", "0,1", "--arms", ",".join(ARMS),
             "--personalize-steps", "2", "--steps", "2", "--multiplier", "1", "--strength", "0.9",
             "--p", "0.5", "--epochs", "1", "--batch-size", "4", "--arch", "smallcnn",
-            "--resolution", "32", "--threads", "1", "--json"]  # fmt: skip
+            "--resolution", "32", "--threads", "1", "--train-repeats", "1", "--json"]  # fmt: skip
     cfg_file = out.parent / "exp.yaml"
     cfg_file.write_text(
         "personalize_batch_size: 2\nrank: 4\ngenerate_batch_size: 8\n"
@@ -286,6 +308,28 @@ def test_adding_an_arm_runs_only_that_arm(finished, colors, tiny_sd_dir):
     assert "cutmix" in results["arms"] and len(started) == 16
     sub = json.loads((out / "runs" / "cutmix-seed1" / "subset.json").read_text())
     assert sub["indices"] == results["subsets"]["1"]["indices"]
+
+
+def test_training_repeats_are_averaged_and_added_on_a_rerun(colors, tiny_sd_dir, tmp_path):
+    out = tmp_path / "exp"
+    one = ex.run_experiment(ex.make_config(**_fields(colors, tiny_sd_dir, arms=["baseline"],
+                                                     seeds=[0], epochs=2)), out)  # fmt: skip
+    cfg = ex.make_config(**_fields(colors, tiny_sd_dir, arms=["baseline"], seeds=[0], epochs=2,
+                                   train_repeats=2))  # fmt: skip
+    two = ex.run_experiment(cfg, out)  # the first run is reused, the second one added
+    started = [e["stage"] for e in RunDir(out).events("stage_start")]
+    assert started == ["train baseline seed 0", "train baseline seed 0 run 2"]
+    first = json.loads((out / "runs" / "baseline-seed0" / "metrics.json").read_text())
+    second = json.loads((out / "runs" / "baseline-seed0-run2" / "metrics.json").read_text())
+    assert json.loads((out / "runs" / "baseline-seed0-run2" / "config.json").read_text())[
+        "seed"] == 1000  # fmt: skip
+    run = two["arms"]["baseline"]["runs"][0]
+    assert run["repeats"] == [first["test_accuracy"], second["test_accuracy"]]
+    assert run["test_accuracy"] == pytest.approx(
+        (first["test_accuracy"] + second["test_accuracy"]) / 2
+    )
+    assert one["arms"]["baseline"]["runs"][0]["test_accuracy"] == first["test_accuracy"]
+    assert two["train_repeats"] == 2 and "mean of 2 classifier runs" in ex.format_table(two)
 
 
 def test_cancel_is_forwarded_to_the_running_stage_then_resumed(

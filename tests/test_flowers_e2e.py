@@ -21,7 +21,7 @@ def test_flowers17_personalize_generate_train_with_nano(flowers17, tmp_path):
         dataset=str(flowers17), shots=2, seeds=[0], arms=["baseline", "diff-mix"], model="nano",
         personalize_steps=4, personalize_batch_size=4, multiplier=1, num_inference_steps=4,
         generate_batch_size=12, strength=0.7, p=0.5, epochs=1, batch_size=8, arch="smallcnn",
-        resolution=32, num_threads=2, generate_overrides={"score": False},
+        resolution=32, num_threads=2, train_repeats=1, generate_overrides={"score": False},
         train_overrides={"tensorboard": False},
     )  # fmt: skip
     out = tmp_path / "exp"
