@@ -640,7 +640,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 130
     _write(format_table(results) + f"results: {results['out']}/results.json\n")
     if args.json:
-        keys = ("arms", "kind", "dataset", "shots", "seeds", "complete", "seconds", "out")
+        keys = ("arms", "kind", "dataset", "shots", "seeds", "train_repeats", "complete",
+                "seconds", "out")  # fmt: skip
         _write(json.dumps({k: results[k] for k in keys}) + "\n")
     return 0
 

@@ -862,10 +862,11 @@ def run_experiment(
     ``start``, ``skip``, ``done`` (in-process progress).
 
     Returns:
-        ``{"format", "kind", "dataset", "shots", "seeds", "arms": {arm: {"mean", "std", "n",
-        "runs": [{"seed", "test_accuracy", "mean_class_accuracy", "synthetic_images",
-        "run"}]}}, "subsets": {seed: {"indices", "fingerprint", "shots", "checked"}},
-        "complete", "seconds", "out"}`` (accuracies in [0, 1]; also ``results.json``).
+        ``{"format", "kind", "dataset", "shots", "seeds", "train_repeats", "arms": {arm:
+        {"mean", "std", "n", "runs": [{"seed", "test_accuracy", "mean_class_accuracy",
+        "synthetic_images", "run", "repeats", "runs_dirs"}]}}, "subsets": {seed: {"indices",
+        "fingerprint", "shots", "checked"}}, "complete", "seconds", "out"}`` (accuracies in
+        [0, 1], a seed's the mean of its ``repeats``; also ``results.json``).
 
     Raises:
         ValueError: bad settings, a folder holding other work, a stage that used another subset.
