@@ -154,10 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25, help="denoising steps at s = 1 (default 25)")
     p.add_argument("--strength", type=float, default=0.5, help="slider position (default 0.5)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per side (median)")
-    p.add_argument("--log", type=Path, default=Path("preview-benchmark-app.log"),
-                   help="where the app server's output goes")  # fmt: skip
+    p.add_argument("--log", type=Path, default=None,
+                   help="where the app server's output goes (default: "
+                   "$DIFFMIX_HOME/benchmarks/preview-app.log)")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.log is None:
+        from diffmix.workspace import subdir
+
+        args.log = subdir("benchmarks") / "preview-app.log"
 
     # 1. The app over HTTP, then 2. plain diffusers (never both at once: they share the CPU)
     first, last, what = _time_app(args, args.log)
