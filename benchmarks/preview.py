@@ -113,7 +113,9 @@ def _time_plain_diffusers(args: argparse.Namespace, what: dict) -> tuple[list[fl
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from diffmix.data import load_dataset
+    from diffmix.personalize import attach_adapter
     from diffmix.pipeline import pick_dtype, resolve_model
+    from diffmix.translate import build_prompt
     from diffmix.workspace import home
 
     dtype = pick_dtype(torch.device("cpu"), None)
@@ -125,16 +127,10 @@ def _time_plain_diffusers(args: argparse.Namespace, what: dict) -> tuple[list[fl
     ds = load_dataset("demo", split="train")
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     image = ds.image(what["source_index"]).resize((size, size))
-    prompt = f"a photo of a {what['target']} {ds.superclass}"
-    if args.adapter:
-        adapter = home() / "adapters" / args.adapter
-        meta = json.loads((adapter / "adapter.json").read_text())
-        token = meta["class_tokens"][what["target"]]
-        emb = adapter / "embeddings" / f"{token.strip('<>')}.safetensors"
-        pipe.load_textual_inversion(str(emb))
-        if (adapter / "pytorch_lora_weights.safetensors").is_file():
-            pipe.load_lora_weights(str(adapter))
-        prompt = meta["prompt_template"].format(token=token)
+    # the adapter as the app loads it (plain load_textual_inversion + load_lora_weights calls)
+    meta = attach_adapter(pipe, home() / "adapters" / args.adapter) if args.adapter else None
+    prompt = build_prompt(what["strategy"], what["target"], adapter_meta=meta,
+                          superclass=ds.superclass)  # fmt: skip
     times = []
     for k in range(args.repeats + 1):
         t0 = time.perf_counter()
