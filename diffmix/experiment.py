@@ -632,6 +632,7 @@ def format_table(results: dict[str, Any]) -> str:
     paired per seed: mean ± std, seeds won), per-seed values."""
     arms = results["arms"]
     base = arms.get("baseline", {}).get("mean")
+    base_runs = arms.get("baseline", {}).get("runs", [])
     lines = [
         f"Few-shot ({results['shots']}-shot) on `{results['dataset']}`, "
         f"seeds {results['seeds']}: final-epoch test accuracy, mean ± std over seeds"
@@ -646,7 +647,7 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for arm, a in arms.items():
         delta = "-" if base is None or arm == "baseline" else f"{100 * (a['mean'] - base):+.2f}"
-        paired = None if arm == "baseline" else paired_delta(arms.get("baseline", {}).get("runs", []), a["runs"])  # fmt: skip
+        paired = None if arm == "baseline" else paired_delta(base_runs, a["runs"])
         if paired is None:
             pair = "-"
         else:
