@@ -147,13 +147,38 @@ def _overlay_flags(
     return fields
 
 
-def _stage_fields(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
-    """A stage's config fields: the ``--config`` YAML, the positional dataset spec, then every
-    flag the user gave."""
+def _stage_fields(
+    args: argparse.Namespace,
+    config_cls: type,
+    stage: str,
+    extra: dict[str, Any] | None = None,
+    skip: Sequence[str] = ("dataset",),
+) -> dict[str, Any]:
+    """A stage's config fields: the ``--config`` YAML, the positional dataset spec, every flag
+    the user gave and ``extra``; then the recipe (``--recipe``, else the YAML's ``recipe:``,
+    :mod:`diffmix.recipes`) fills the fields none of those set."""
+    from diffmix.recipes import apply_recipe
+
     fields = _load_yaml_config(args.config)
-    if args.spec is not None:
+    recipe = fields.pop("recipe", None)
+    if getattr(args, "recipe", None):
+        recipe = args.recipe
+    if getattr(args, "spec", None) is not None:
         fields["dataset"] = args.spec
-    return _overlay_flags(fields, args, config_cls)
+    fields = _overlay_flags(fields, args, config_cls, skip=skip)
+    fields.update(extra or {})
+    return apply_recipe(recipe, stage, fields)
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """The ``--recipe`` flag: the authors' settings by name (explicit flags and YAML keys win)."""
+    from diffmix.recipes import recipe_names
+
+    p.add_argument(
+        "--recipe", choices=recipe_names(),
+        help="the Diff-Mix authors' settings (strength, gamma, p, multiplier, subset, balanced "
+        "sampling; see docs/fidelity.md); flags and YAML keys you give override its values",
+    )  # fmt: skip
 
 
 def _add_resume_json(p: argparse.ArgumentParser, resume_help: str) -> None:
@@ -175,7 +200,10 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> None:
         "spec", metavar="SPEC", nargs="?", default=None, help="dataset spec (default: demo)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="adapter / run folder to write")
-    p.add_argument("--config", metavar="YAML", help="settings file (PersonalizeConfig keys)")
+    p.add_argument(
+        "--config", metavar="YAML", help="settings file (PersonalizeConfig keys; may set recipe:)"
+    )
+    _add_recipe(p)
     p.add_argument("--model", help="nano (default), a diffusers folder or a hub id")
     p.add_argument("--steps", type=int, metavar="N")
     p.add_argument("--rank", type=int, metavar="R", help="LoRA rank (default 10)")
@@ -197,7 +225,14 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ti-only", action="store_true", default=None, help="train tokens only (no LoRA)"
     )
     p.add_argument(
-        "--class-balanced", action="store_true", default=None, help="sample classes uniformly"
+        "--no-class-balanced", dest="class_balanced", action="store_false", default=None,
+        help="sample images uniformly even on a long-tail subset",
+    )  # fmt: skip
+    p.add_argument(
+        "--class-balanced",
+        action="store_true",
+        default=None,
+        help="sample classes uniformly (default: on for a long-tail subset, as the authors)",
     )
     _add_resume_json(p, "continue from the newest checkpoint in --out")
     p.set_defaults(func=cmd_personalize)
@@ -207,7 +242,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from diffmix.personalize import PersonalizeConfig, personalize, read_adapter
     from diffmix.runs import Cancelled
 
-    fields = _stage_fields(args, PersonalizeConfig)
+    fields = _stage_fields(args, PersonalizeConfig, "personalize")
     cfg = PersonalizeConfig(**fields)
     try:
         out = personalize(cfg, args.out, resume=args.resume)
@@ -376,7 +411,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "spec", metavar="SPEC", nargs="?", default=None, help="dataset spec (default: demo)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    p.add_argument("--config", metavar="YAML", help="settings file (TrainConfig keys)")
+    p.add_argument(
+        "--config", metavar="YAML", help="settings file (TrainConfig keys; may set recipe:)"
+    )
+    _add_recipe(p)
     p.add_argument("--shots", type=int, metavar="K", help="few-shot: K real images per class")
     p.add_argument("--imbalance", type=float, metavar="F", help="long-tail factor F in (0, 1]")
     p.add_argument("--synthetic", metavar="DIR[,DIR...]", help="synthetic dataset folder(s)")
@@ -387,6 +425,24 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="draw replacements from the whole pool (default) or the same source")  # fmt: skip
     p.add_argument("--mix", choices=("none", "mixup", "cutmix"), help="batch mixing baseline")
     p.add_argument("--mix-alpha", type=float, metavar="A", help="Beta(A, A) of mixup/cutmix")
+    p.add_argument(
+        "--mix-prob",
+        type=float,
+        metavar="P",
+        help="probability a batch is mixed (default 0.5, the authors')",
+    )
+    p.add_argument(
+        "--synthetic-label-scale",
+        type=float,
+        metavar="X",
+        help="factor on synthetic soft labels (default 1; the authors' CUB: 0.9)",
+    )
+    p.add_argument(
+        "--synthetic-label-smoothing",
+        action="store_true",
+        default=None,
+        help="smooth synthetic labels too, as the authors' loss does",
+    )
     p.add_argument("--arch", metavar="NAME", help="smallcnn or a timm model (default resnet18)")
     p.add_argument("--pretrained", metavar="PATH_OR_HUBID",
                    help="local checkpoint, 'timm' or a Hub id (downloads); default: from scratch")  # fmt: skip
@@ -415,7 +471,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from diffmix.classify import TrainConfig, train
     from diffmix.runs import Cancelled
 
-    fields = _stage_fields(args, TrainConfig)
+    fields = _stage_fields(args, TrainConfig, "train")
     cfg = TrainConfig(**fields)
     try:
         result = train(cfg, args.out, resume=args.resume)
@@ -472,7 +528,10 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
         "spec", metavar="SPEC", nargs="?", default=None, help="dataset spec (default: demo)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="synthetic dataset / run folder")
-    p.add_argument("--config", metavar="YAML", help="settings file (GenerateConfig keys)")
+    p.add_argument(
+        "--config", metavar="YAML", help="settings file (GenerateConfig keys; may set recipe:)"
+    )
+    _add_recipe(p)
     p.add_argument("--model", help="nano (default), a diffusers folder or a hub id")
     p.add_argument("--adapter", metavar="DIR", help="adapter folder (diff-* and ti-* strategies)")
     p.add_argument("--strategy", metavar="NAME",
@@ -516,9 +575,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from diffmix.generate import GenerateConfig, generate
     from diffmix.runs import Cancelled
 
-    fields = _stage_fields(args, GenerateConfig)
-    if args.strength is not None:
-        fields["strengths"] = [args.strength]
+    extra = {"strengths": [args.strength]} if args.strength is not None else None
+    fields = _stage_fields(args, GenerateConfig, "generate", extra)
     try:
         cfg = GenerateConfig(**fields)
     except ValidationError as e:  # one readable line per problem, not pydantic's layout
@@ -568,16 +626,29 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", choices=("fewshot",), help="which table (fewshot)")
     p.add_argument("--out", required=True, metavar="DIR", help="experiment folder to write")
-    p.add_argument("--config", metavar="YAML", help="settings file (ExperimentConfig keys)")
+    p.add_argument(
+        "--config", metavar="YAML", help="settings file (ExperimentConfig keys; may set recipe:)"
+    )
+    _add_recipe(p)
     p.add_argument("--dataset", metavar="SPEC", help="dataset spec (default: demo)")
     p.add_argument("--shots", type=int, metavar="K", help="real images per class (default 5)")
     p.add_argument("--seeds", metavar="S1,S2,...", help="seeds (default 0,1,2)")
     p.add_argument("--arms", metavar="A1,A2,...",
                    help="arms (default: baseline,mixup,cutmix,real-mix,diff-aug,diff-mix)")  # fmt: skip
     p.add_argument("--model", help="base model: nano (default), a diffusers folder or a hub id")
-    p.add_argument("--strength", type=float, metavar="S", help="img2img strength (default 0.9)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="img2img strength (default 0.7, few-shot recipe)",
+    )
     p.add_argument("--gamma", type=float, metavar="G", help="soft-label exponent (default 0.5)")
-    p.add_argument("--p", type=float, metavar="P", help="replacement probability (default 0.2)")
+    p.add_argument(
+        "--p",
+        type=float,
+        metavar="P",
+        help="replacement probability (default 0.3, few-shot recipe)",
+    )
     p.add_argument("--multiplier", type=int, metavar="M", help="synthetic per real image (5)")
     p.add_argument("--personalize-steps", type=int, metavar="N", help="adapter steps (300)")
     p.add_argument("--steps", dest="num_inference_steps", type=int, metavar="N",
@@ -617,13 +688,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     from diffmix.runs import Cancelled
 
-    fields = _load_yaml_config(args.config)
-    fields["kind"] = args.kind
+    extra: dict[str, Any] = {"kind": args.kind}
     if args.seeds is not None:
-        fields["seeds"] = _int_list(args.seeds, "--seeds")
+        extra["seeds"] = _int_list(args.seeds, "--seeds")
     if args.arms is not None:
-        fields["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
-    _overlay_flags(fields, args, ExperimentConfig, skip=("kind", "seeds", "arms"))
+        extra["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
+    fields = _stage_fields(
+        args, ExperimentConfig, "experiment", extra, skip=("kind", "seeds", "arms")
+    )
     cfg = make_config(**fields)
     if args.dry_run:
         stages, _ = plan_experiment(cfg, args.out)

@@ -51,11 +51,11 @@ so far went); ``events.jsonl`` has ``plan``, ``stage_start``, ``stage_skip``, ``
 ``RunDir(DIR).request_cancel()`` is forwarded to the running stage, which stops at its next step
 with a checkpoint; rerun to continue.
 
-**Defaults** (sized for the demo with nano-SD on 2 CPU cores: ~35 min estimated, see
-:func:`estimate_seconds`): the paper's 5-shot CUB setting ``s = 0.9``, ``γ = 0.5``, with
-``p = 0.2`` (low end of the authors' 0.2-0.3: the small nano model's images are less faithful
-than SD's), multiplier 5, 25 sampling steps; 300 personalization steps (the 5-shot subset has
-only 60 images: ~40 passes at batch 8); the ``smallcnn`` classifier from scratch at 64 px, 50
+**Defaults** (sized for the demo with nano-SD on 2 CPU cores, see :func:`estimate_seconds`):
+the authors' 5-shot recipe (:data:`diffmix.recipes.RECIPES` ``"fewshot"``, from their paper-time
+run.sh: ``s = 0.7``, ``γ = 0.5``, ``p = 0.3``, multiplier 5, 5 shots; mixup/cutmix arms mix a
+batch with probability 0.5 as their trainer does), 25 sampling steps; 300 personalization
+steps (the 5-shot subset has only 60 images: ~40 passes at batch 8); the ``smallcnn`` classifier from scratch at 64 px, 50
 epochs at batch 16 (demo, 5-shot, seed 0, real images only: smallcnn 80% test accuracy in 49 s,
 ResNet-18 34% in 64 s -- from scratch on 60 images the small network generalizes far better).
 
@@ -79,6 +79,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from diffmix.recipes import RECIPES
 from diffmix.runs import Cancelled, RunDir
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ FORMAT = "diffmix-experiment/1"
 _RUN_FILES = frozenset(
     {"status.json", "events.jsonl", "log.txt", "CANCEL", "config.json", "job.json", "stdout.log"}
 )
+
+#: The few-shot recipe: the experiment's defaults for s, γ, p, the multiplier and the shots.
+_FEWSHOT = RECIPES["fewshot"]
 
 #: Every arm, in table order.
 ARMS = ("baseline", "mixup", "cutmix", "real-mix", "diff-aug", "diff-mix")
@@ -161,7 +165,11 @@ class ExperimentConfig(BaseModel):
 
     kind: Literal["fewshot"] = Field("fewshot", description="which table: few-shot")
     dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")
-    shots: int = Field(5, ge=1, description="real training images per class")
+    shots: int = Field(
+        _FEWSHOT["shots"].value,
+        ge=1,
+        description=f"real training images per class; default {_FEWSHOT['shots'].source}",
+    )
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2],
         description="one subset + adapter + run per arm for each seed; mean ± std over them",
@@ -173,14 +181,32 @@ class ExperimentConfig(BaseModel):
     personalize_batch_size: int = Field(8, ge=1, description="images per personalization step")
     rank: int = Field(10, ge=1, description="LoRA rank")
     # -- generation (one synthetic set per generative arm and seed) ------------------------------
-    strength: float = Field(0.9, gt=0, le=1, description="img2img strength s (paper 5-shot: 0.9)")
-    gamma: float = Field(0.5, gt=0, description="soft-label exponent γ (paper: 0.5)")
-    multiplier: int = Field(5, ge=1, description="synthetic images per real image")
+    strength: float = Field(
+        _FEWSHOT["strength"].value,
+        gt=0,
+        le=1,
+        description=f"img2img strength s; default {_FEWSHOT['strength'].source}",
+    )
+    gamma: float = Field(
+        _FEWSHOT["gamma"].value,
+        gt=0,
+        description=f"soft-label exponent γ; default {_FEWSHOT['gamma'].source}",
+    )
+    multiplier: int = Field(
+        _FEWSHOT["multiplier"].value,
+        ge=1,
+        description=f"synthetic images per real image; default {_FEWSHOT['multiplier'].source}",
+    )
     num_inference_steps: int = Field(25, ge=1, description="sampling steps (≈ steps·s run)")
     guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance")
     generate_batch_size: int = Field(16, ge=1, description="images per shared denoising loop")
     # -- classifier (one run per arm and seed) -------------------------------------------------
-    p: float = Field(0.2, ge=0, le=1, description="probability of replacing a real sample")
+    p: float = Field(
+        _FEWSHOT["p"].value,
+        ge=0,
+        le=1,
+        description=f"probability of replacing a real sample; default {_FEWSHOT['p'].source}",
+    )
     arch: str = Field("smallcnn", description="'smallcnn' or a timm model (from scratch)")
     resolution: int = Field(64, ge=16, le=1024, description="classifier image side in px")
     epochs: int = Field(50, ge=1, description="passes over the real training subset")

@@ -31,7 +31,8 @@ Output folder ``out`` (also the job's run directory, :mod:`diffmix.runs`)::
     <target class>/<task:07d>.png   the images (each at its source's size)
     metadata.jsonl     one JSON row per image (see :data:`ROW_FIELDS`): file_name, task,
                        batch, source_index, source_id, source_class, target_class, strength,
-                       seed, strategy, prompt, soft_label {class: weight}, faithfulness,
+                       seed, strategy, prompt, soft_label {class: weight}, label_rule
+                       (how training reads the label: diffmix.labels), faithfulness,
                        diversity, kept, model + adapter and their fingerprints, steps, ...
     config.json        the resolved GenerateConfig + class_names, dataset, subset, fingerprints
     plan.jsonl         the plan, one task per line
@@ -111,7 +112,8 @@ RERUN_FREE_FIELDS = frozenset({"filter_bottom"})
 #: Keys of every metadata row, in order.
 ROW_FIELDS = (
     "file_name", "task", "batch", "source_index", "source_id", "source_class", "target_class",
-    "strength", "seed", "strategy", "prompt", "soft_label", "faithfulness", "diversity", "kept",
+    "strength", "seed", "strategy", "prompt", "soft_label", "label_rule", "faithfulness",
+    "diversity", "kept",
     "partner_index", "partner_id", "steps_run", "num_inference_steps", "guidance_scale", "gamma",
     "model", "model_fingerprint", "adapter", "adapter_fingerprint", "dataset_fingerprint",
     "width", "height",
@@ -1061,6 +1063,7 @@ def _row(t: PlannedTask, r, rel: str, st, common: dict, faith, div) -> dict[str,
         "target_class": t.target_class, "strength": t.strength, "seed": t.seed,
         "strategy": common["strategy"], "prompt": r.prompt,
         "soft_label": {k: float(v) for k, v in r.soft_label.items()},
+        "label_rule": r.label_rule,
         "faithfulness": faith, "diversity": div, "kept": True,
         "partner_index": t.partner_index, "partner_id": t.partner_id,
         "steps_run": r.steps_run, "num_inference_steps": common["num_inference_steps"],

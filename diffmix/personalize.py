@@ -75,7 +75,11 @@ class PersonalizeConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="images per step per process")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     ti_only: bool = Field(False, description="train the class tokens alone (no LoRA)")
-    class_balanced: bool = Field(False, description="sample classes uniformly (long-tail data)")
+    class_balanced: bool | None = Field(
+        None,
+        description="draw each class equally often; default: on for a long-tail subset "
+        "(imbalance set), as the authors always do (a81337b:train_lora.py:825-826), else off",
+    )
     superclass: str | None = Field(
         None, description="word after the token (default: dataset's, else 'object')"
     )
@@ -102,6 +106,11 @@ class PersonalizeConfig(BaseModel):
                 "steps": self.steps or (1500 if nano else 5000),
                 "lr": self.lr or (1e-3 if nano else 5e-5),
                 "ti_lr": self.ti_lr or (5e-3 if nano else 5e-5),
+                "class_balanced": (
+                    self.imbalance is not None
+                    if self.class_balanced is None
+                    else self.class_balanced
+                ),
             }
         )
 

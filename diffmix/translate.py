@@ -41,8 +41,9 @@ the model resolution is used as is.
 
 Public API: :class:`Strategy`, :data:`STRATEGIES`, :func:`get_strategy`, :class:`TranslateConfig`,
 :class:`TranslationItem`, :class:`Translation`, :func:`translate`, :func:`denoise_batch`,
-:func:`soft_label`, :func:`img2img_start`, :func:`build_prompt`, :func:`mixup_images`,
-:func:`cutmix_box`, :func:`load_adapted_pipeline`.
+:func:`img2img_start`, :func:`build_prompt`, :func:`load_adapted_pipeline`. The soft label is
+:func:`diffmix.labels.soft_label` (re-exported here as :func:`soft_label`); mixup/cutmix are
+:mod:`diffmix.mixing`. Each :class:`Translation` names its ``label_rule``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from diffmix.labels import label_rule_for, soft_label
+from diffmix.mixing import cutmix_box, mixup_pixels
 from diffmix.personalize import ADAPTER_FILE, AdapterError, check_adapter, read_adapter
 
 logger = logging.getLogger(__name__)
@@ -147,36 +150,6 @@ def get_strategy(name: str | Strategy) -> Strategy:
 # --------------------------------------------------------------------------- pure math
 
 
-def soft_label(
-    source: int, target: int, strength: float, gamma: float = 0.5, *, num_classes: int
-) -> np.ndarray:
-    """Diff-Mix soft label (paper Eq. 5): ``(1 - s^γ)·onehot(source) + s^γ·onehot(target)``.
-
-    Args:
-        source, target: class indices in ``[0, num_classes)``; equal indices get weight 1.
-        strength: ``s`` in [0, 1] (the img2img strength; the target's pixel share for mixup).
-        gamma: ``γ > 0``; 0.5 is the paper's default, 1 the linear (mixup) label.
-        num_classes: length of the label.
-
-    Returns:
-        float64 vector of length ``num_classes``, non-negative, summing to 1.
-    """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    for name, idx in (("source", source), ("target", target)):
-        if not 0 <= int(idx) < num_classes:
-            raise ValueError(f"{name} class index {idx} outside [0, {num_classes})")
-    if not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
-        raise ValueError(f"strength must be in [0, 1], got {strength!r}")
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
-    w = float(strength) ** float(gamma)
-    label = np.zeros(num_classes, dtype=np.float64)
-    label[int(source)] += 1.0 - w
-    label[int(target)] += w
-    return label
-
-
 def img2img_start(num_inference_steps: int, strength: float) -> tuple[int, int]:
     """``(t_start, steps_run)`` of diffusers' img2img ``get_timesteps`` for one strength.
 
@@ -187,26 +160,6 @@ def img2img_start(num_inference_steps: int, strength: float) -> tuple[int, int]:
     init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
     t_start = max(num_inference_steps - init_timestep, 0)
     return t_start, num_inference_steps - t_start
-
-
-def cutmix_box(
-    width: int, height: int, lam: float, generator: torch.Generator
-) -> tuple[int, int, int, int]:
-    """A CutMix box ``(left, top, right, bottom)`` of area ≈ ``lam`` of the image.
-
-    Side ratio ``sqrt(lam)`` in both directions, placed uniformly *inside* the image (never
-    clipped, so the pasted share is the box area; the label uses the exact area).
-    """
-    r = math.sqrt(max(0.0, min(1.0, lam)))
-    bw, bh = round(width * r), round(height * r)
-    x0 = int(torch.randint(0, width - bw + 1, (1,), generator=generator))
-    y0 = int(torch.randint(0, height - bh + 1, (1,), generator=generator))
-    return x0, y0, x0 + bw, y0 + bh
-
-
-def mixup_images(source: np.ndarray, partner: np.ndarray, lam: float) -> np.ndarray:
-    """Mixup of two float images in [0, 1]: ``(1 - lam)·source + lam·partner``."""
-    return (1.0 - lam) * source + lam * partner
 
 
 def build_prompt(
@@ -293,7 +246,8 @@ class Translation:
         image: RGB result at the source's size (model resolution for ``*-gen`` sources).
         pixels: the float result in [0, 1], shape (H, W, 3), as produced before resizing back
             (model resolution for generative strategies, source size for mixup/cutmix).
-        soft_label: class name -> weight (non-zero weights only, summing to 1).
+        soft_label: class name -> weight (non-zero weights only, summing to 1); for
+            mixup/cutmix the exact pixel share of the target (:attr:`label_rule` "pixel-share").
         label_vector: the same label over all classes (float64, length = number of classes).
         steps_run: denoising steps actually run (``int(num_inference_steps * s)``; 0 for
             mixup/cutmix). A strength too small for one step returns the VAE reconstruction.
@@ -311,6 +265,12 @@ class Translation:
     label_vector: np.ndarray = field(repr=False)
     steps_run: int = 0
 
+    @property
+    def label_rule(self) -> str:
+        """How training reads this label (:mod:`diffmix.labels`): ``diffmix-gamma``
+        (recomputed with the run's γ), ``pixel-share`` (used as stored) or ``hard``."""
+        return label_rule_for(self.strategy)
+
     def record(self) -> dict[str, Any]:
         """A JSON-ready provenance row (no pixels)."""
         return {
@@ -321,6 +281,7 @@ class Translation:
             "seed": self.seed,
             "prompt": self.prompt,
             "soft_label": dict(self.soft_label),
+            "label_rule": self.label_rule,
             "steps_run": self.steps_run,
         }
 
@@ -791,14 +752,15 @@ def _mix_one(
     b = _to_float(_fit(it.partner, src.size))
     lam = float(it.strength)
     if st.name == "mixup":
-        out = mixup_images(a, b, lam)
+        out = mixup_pixels(a, b, lam)
         share = lam
     else:
-        gen = torch.Generator().manual_seed(int(it.seed))
-        x0, y0, x1, y1 = cutmix_box(src.width, src.height, lam, gen)
+        box = cutmix_box(src.height, src.width, lam, torch.Generator().manual_seed(int(it.seed)))
         out = a.copy()
-        out[y0:y1, x0:x1] = b[y0:y1, x0:x1]
-        share = (x1 - x0) * (y1 - y0) / (src.width * src.height)
+        out[box.top : box.bottom, box.left : box.right] = b[
+            box.top : box.bottom, box.left : box.right
+        ]
+        share = box.share(src.height, src.width)
     label, vec = _label(it, share, 1.0, class_names)
     return Translation(
         image=_to_pil(out),

@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,13 +19,8 @@ from diffmix.classify.data import augment_batch
 from diffmix.classify.losses import (
     balanced_softmax_logits,
     class_balanced_weights,
-    cutmix,
-    cutmix_box,
-    diffmix_soft_label,
     drw_start_epoch,
     lr_factor,
-    mix_batch,
-    mixup,
     smooth_one_hot,
     soft_cross_entropy,
 )
@@ -35,6 +31,8 @@ from diffmix.classify.metrics import (
     group_accuracies,
     per_class_accuracy,
 )
+from diffmix.labels import soft_label
+from diffmix.mixing import cutmix_batch, cutmix_box, mix_batch, mixup_batch
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 
@@ -99,14 +97,14 @@ def test_soft_cross_entropy_equals_standard_ce_for_one_hot_and_smoothing():
 
 
 def test_diffmix_soft_label_and_gamma():
-    y = diffmix_soft_label(0, 2, 0.81, 0.5, 4)  # 0.81 ** 0.5 = 0.9
-    assert torch.allclose(y, torch.tensor([0.1, 0.0, 0.9, 0.0]))
-    assert torch.allclose(diffmix_soft_label(1, 1, 0.3, 0.5, 3), torch.tensor([0.0, 1.0, 0.0]))
-    assert diffmix_soft_label(0, 1, 0.0, 1.0, 2).tolist() == [1.0, 0.0]
+    y = soft_label(0, 2, 0.81, 0.5, num_classes=4)  # 0.81 ** 0.5 = 0.9
+    assert np.allclose(y, [0.1, 0.0, 0.9, 0.0])
+    assert np.allclose(soft_label(1, 1, 0.3, 0.5, num_classes=3), [0.0, 1.0, 0.0])
+    assert soft_label(0, 1, 0.0, 1.0, num_classes=2).tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="1.5"):
-        diffmix_soft_label(0, 1, 1.5, 0.5, 2)
+        soft_label(0, 1, 1.5, 0.5, num_classes=2)
     with pytest.raises(ValueError, match="gamma"):
-        diffmix_soft_label(0, 1, 0.5, 0.0, 2)
+        soft_label(0, 1, 0.5, 0.0, num_classes=2)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -173,13 +171,14 @@ def test_mixup_and_cutmix_mix_labels_by_the_mixed_share():
     x = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
     y = torch.eye(2)
     perm = torch.tensor([1, 0])
-    xm, ym = mixup(x, y, 0.7, perm)
+    # one convention (diffmix.mixing): lam is the partner's share
+    xm, ym = mixup_batch(x, y, 0.3, perm)
     assert torch.allclose(xm[0], torch.full((3, 8, 8), 0.3))
     assert torch.allclose(ym[0], torch.tensor([0.7, 0.3]))
-    box = cutmix_box(8, 8, 0.75, 0.5, 0.5)  # 4x4 box in the middle
-    assert box == (2, 6, 2, 6)
-    xc, yc, lam = cutmix(x, y, box, perm)
-    assert lam == pytest.approx(0.75)
+    box = cutmix_box(8, 8, 0.25, torch.Generator().manual_seed(0))  # a 4x4 box inside
+    assert (box.bottom - box.top, box.right - box.left) == (4, 4)
+    xc, yc, share = cutmix_batch(x, y, box, perm)
+    assert share == pytest.approx(0.25)
     assert xc[0].mean().item() == pytest.approx(0.25)  # 16 of 64 pixels pasted from image 1
     assert torch.allclose(yc[0], torch.tensor([0.75, 0.25]))
     # The batch-level call: labels still distributions, same generator -> same batch.

@@ -102,7 +102,9 @@ def test_paired_delta_uses_only_shared_seeds():
 
 def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path):
     cfg = ex.make_config()
-    assert (cfg.strength, cfg.gamma, cfg.p, cfg.shots, cfg.seeds) == (0.9, 0.5, 0.2, 5, [0, 1, 2])
+    # the authors' 5-shot recipe (run.sh): s = 0.7, γ = 0.5, p = 0.3, 5 shots, multiplier 5
+    assert (cfg.strength, cfg.gamma, cfg.p, cfg.shots, cfg.seeds) == (0.7, 0.5, 0.3, 5, [0, 1, 2])
+    assert cfg.multiplier == 5
     assert cfg.train_repeats == 3
     stages = ex.plan_stages(cfg, tmp_path)
     # per seed: one adapter, a synthetic set per generative arm, three runs per arm
@@ -124,14 +126,15 @@ def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path):
         assert adapter == [tmp_path.resolve() / "adapters" / f"seed{seed}"]
         for s in mine:
             if s.kind == "generate":
-                assert s.config.strategy == s.arm and s.config.strengths == [0.9]
+                assert s.config.strategy == s.arm and s.config.strengths == [0.7]
                 assert s.config.adapter == (str(adapter[0]) if s.arm != "real-mix" else None)
             if s.kind == "train":
                 syn = s.arm in ex.GENERATIVE_ARMS
                 assert s.config.synthetic == ([str(tmp_path.resolve() / "synthetic" /
                                                   f"{s.arm}-seed{seed}")] if syn else [])  # fmt: skip
-                assert s.config.p == (0.2 if syn else 0.0)
+                assert s.config.p == (0.3 if syn else 0.0)
                 assert s.config.mix == {"mixup": "mixup", "cutmix": "cutmix"}.get(s.arm, "none")
+                assert s.config.mix_prob == 0.5  # the authors' --mixup_probability
     total_min = sum(s.estimate_s for s in stages) / 60
     assert 5 < total_min <= 45, total_min
 

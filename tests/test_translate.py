@@ -13,6 +13,7 @@ from datautil import write_color_folder  # tests/ is on sys.path under pytest
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
+from diffmix.mixing import cutmix_box
 from diffmix.personalize import AdapterError, PersonalizeConfig, personalize
 from diffmix.translate import (
     STRATEGIES,
@@ -20,7 +21,6 @@ from diffmix.translate import (
     TranslateConfig,
     TranslationItem,
     build_prompt,
-    cutmix_box,
     denoise_batch,
     get_strategy,
     img2img_start,
@@ -144,7 +144,7 @@ def test_mixup_and_cutmix_images_and_labels(demo_names):
         assert r.label_vector.sum() == pytest.approx(1.0)
     again = translate(items, strategy="cutmix", class_names=names)
     assert np.array_equal(np.asarray(again[0].image), np.asarray(cut[0].image))  # seeded box
-    boxes = {cutmix_box(40, 20, 0.25, torch.Generator().manual_seed(s)) for s in range(20)}
+    boxes = {cutmix_box(20, 40, 0.25, torch.Generator().manual_seed(s)) for s in range(20)}
     assert len(boxes) > 1  # the box position depends on the seed
 
 

@@ -9,13 +9,14 @@ Softmax, DRW.
 
 Modules: :mod:`~diffmix.classify.config` (:class:`TrainConfig`), :mod:`~diffmix.classify.data`
 (tensor caches, synthetic folders, p-mixing, augmentation), :mod:`~diffmix.classify.losses`
-(soft labels and losses as pure functions), :mod:`~diffmix.classify.metrics`,
+(losses as pure functions; the soft label is :mod:`diffmix.labels`, mixup/cutmix
+:mod:`diffmix.mixing`), :mod:`~diffmix.classify.metrics`,
 :mod:`~diffmix.classify.models` (backbones and weights), :mod:`~diffmix.classify.train`.
 """
 
 from diffmix.classify.config import TrainConfig
 from diffmix.classify.data import EpochPlan, SyntheticSet, plan_epoch, read_synthetic
-from diffmix.classify.losses import diffmix_soft_label, soft_cross_entropy
+from diffmix.classify.losses import soft_cross_entropy
 from diffmix.classify.models import check_arch, create_classifier
 from diffmix.classify.train import train
 
@@ -25,7 +26,6 @@ __all__ = [
     "TrainConfig",
     "check_arch",
     "create_classifier",
-    "diffmix_soft_label",
     "plan_epoch",
     "read_synthetic",
     "soft_cross_entropy",

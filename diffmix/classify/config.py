@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 #: Fields that do not change what a run computes; a resume may change them.
 RUN_ONLY_FIELDS = ("num_threads", "tensorboard", "cache")
 
-#: p used when synthetic folders are given and ``p`` is left unset (the authors' default).
+#: p used when synthetic folders are given and ``p`` is left unset: the authors' conventional
+#: setting (4aa0ec8:run.sh:25, synthetic_prob=0.1); the recipes (:mod:`diffmix.recipes`) set
+#: 0.3 for few-shot and long-tail.
 DEFAULT_P = 0.1
 
 
@@ -51,14 +53,40 @@ class TrainConfig(BaseModel):
         description=f"probability that a real sample is replaced by a synthetic one "
         f"(default {DEFAULT_P} with synthetic folders, else 0)",
     )
-    gamma: float = Field(0.5, gt=0, description="soft-label power γ: target weight s^γ")
+    gamma: float = Field(
+        0.5,
+        gt=0,
+        description="soft-label power γ: target weight s^γ, for Diff-Mix rows (label_rule "
+        "diffmix-gamma); 0.5 = the authors' run.sh (4aa0ec8:run.sh:23/45/63)",
+    )
+    synthetic_label_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="factor on synthetic soft labels; the authors use 0.9 on CUB "
+        "(a81337b:dataset/instance/cub.py:39); 1 = the labels as written",
+    )
+    synthetic_label_smoothing: bool = Field(
+        False,
+        description="also smooth synthetic labels by label_smoothing, as the authors' loss does "
+        "for every target (a81337b:downstream_tasks/losses.py:105-123); off = as written",
+    )
     synthetic_pick: Literal["uniform", "same_source"] = Field(
         "uniform",
         description="replacement drawn from the whole pool, or from the same source image",
     )
     # -- batch mixing baselines ----------------------------------------------------------------
     mix: Literal["none", "mixup", "cutmix"] = Field("none", description="batch mixing baseline")
-    mix_alpha: float = Field(1.0, gt=0, description="Beta(α, α) of mixup / cutmix")
+    mix_alpha: float = Field(
+        1.0, gt=0, description="Beta(α, α) of mixup / cutmix (authors: 1.0, train_hub.py:412)"
+    )
+    mix_prob: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="probability that a batch is mixed (mixup / cutmix); 0.5 = the authors' "
+        "--mixup_probability default (a81337b:downstream_tasks/train_hub.py:117-120)",
+    )
     # -- model -----------------------------------------------------------------------------
     arch: str = Field("resnet18", description="'smallcnn' or any timm model name")
     pretrained: str | None = Field(
@@ -74,7 +102,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length in epochs")
     label_smoothing: float = Field(
-        0.1, ge=0, lt=1, description="smoothing of hard labels (soft labels used as given)"
+        0.1,
+        ge=0,
+        lt=1,
+        description="smoothing of real (hard) labels; the authors smooth by 0.1 "
+        "(train_hub.py:329); synthetic labels too with synthetic_label_smoothing",
     )
     augment: Literal["resized_crop", "crop", "flip"] = Field(
         "resized_crop", description="train augmentation (all with horizontal flip)"

@@ -12,7 +12,9 @@ opened and no image decoded after the first epoch. Memory: ``3·R²`` bytes per 
 **Synthetic folders** (generate-stage output, DESIGN.md §3): images under
 ``DIR/<target class>/<file>.png``, one row per image in ``DIR/metadata.jsonl`` and the job's
 ``DIR/config.json`` (with ``class_names``). :func:`read_synthetic` reads one or more such
-folders; their labels are recomputed from each row's strength with the training run's γ.
+folders; each row's label follows the rule the row names (``label_rule``, see
+:mod:`diffmix.labels`): Diff-Mix rows are recomputed from the strength with the training run's
+γ, mixup/cutmix rows keep their stored pixel share, ``*-aug``/``*-gen`` rows are one-hot.
 
 **p-mixing** (:func:`plan_epoch`): each position of an epoch holds a real image, replaced
 with probability p by a synthetic one that carries its soft label. The synthetic image is
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from diffmix.classify.losses import diffmix_soft_label
+from diffmix.labels import row_label, row_rule
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +124,10 @@ def cached_images(
 class SyntheticSet:
     """The usable rows of one or more synthetic folders, with labels for one training run.
 
-    ``targets`` (m, C) are the soft labels recomputed with the run's γ; ``source_ids`` are the
-    real items the images were translated from (``None`` when a row does not say).
+    ``targets`` (m, C) are the labels by each row's rule (:mod:`diffmix.labels`): Diff-Mix
+    rows recomputed with the run's γ, mixup/cutmix rows their stored pixel share, the rest
+    one-hot; ``source_ids`` are the real items the images were translated from (``None`` when
+    a row does not say).
     """
 
     paths: list[str]
@@ -133,6 +137,7 @@ class SyntheticSet:
     strengths: torch.Tensor  # (m,) float32
     targets: torch.Tensor  # (m, C) float32
     dirs: list[str]
+    label_rules: list[str] | None = None  # per row: diffmix-gamma, pixel-share or hard
     excluded: int = 0  # rows with kept == false
     missing: int = 0  # rows whose image file is absent or unusable
 
@@ -156,6 +161,8 @@ def read_synthetic(
     names = list(class_names)
     label_of = {n: i for i, n in enumerate(names)}
     paths, sources, src_labels, tgt_labels, strengths, targets = [], [], [], [], [], []
+    rules: list[str] = []
+    inferred_dirs: list[Path] = []
     excluded = missing = 0
     for d in dirs:
         root = Path(d).expanduser()
@@ -182,25 +189,27 @@ def read_synthetic(
                 missing += 1
                 continue
             src, tgt = row.get("source_class"), row.get("target_class")
-            for role, c in (("source_class", src), ("target_class", tgt)):
-                if c not in label_of:
-                    raise ValueError(
-                        f"{where}: {role} {c!r} is not a class of the training dataset "
-                        f"({', '.join(names)})"
-                    )
-            # 4. The label: recomputed from the strength with this run's gamma.
-            s = row.get("strength")
-            if s is None:
-                raise ValueError(f"{where}: row has no 'strength'; cannot build its soft label")
-            s = float(s)
-            if not 0.0 <= s <= 1.0:
-                raise ValueError(f"{where}: strength {s!r} is outside [0, 1]")
+            # 4. The label, by the row's rule (diffmix.labels): diff-mix rows recomputed
+            #    with this run's gamma, pixel-share rows (mixup/cutmix) as stored, hard rows
+            #    one-hot. Rows older than the label_rule field: the rule of their strategy.
+            try:
+                rule, inferred = row_rule(row)
+                vec = row_label(row, label_of, gamma)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e} (classes: {', '.join(names)})") from None
+            if inferred and root not in inferred_dirs:
+                inferred_dirs.append(root)
+                logger.info(
+                    "%s: rows carry no label_rule (written before it existed); inferred from "
+                    "each row's strategy (first: %s -> %s)", root, row.get("strategy"), rule
+                )  # fmt: skip
             paths.append(str(path))
             sources.append(None if row.get("source_id") is None else str(row["source_id"]))
             src_labels.append(label_of[src])
             tgt_labels.append(label_of[tgt])
-            strengths.append(s)
-            targets.append(diffmix_soft_label(label_of[src], label_of[tgt], s, gamma, len(names)))
+            strengths.append(float(row["strength"]) if row.get("strength") is not None else 1.0)
+            rules.append(rule)
+            targets.append(torch.from_numpy(vec).float())
     if missing:
         logger.warning("synthetic data: %d row(s) skipped (missing or unreadable files)", missing)
     logger.info(
@@ -219,6 +228,7 @@ def read_synthetic(
         if targets
         else torch.zeros(0, len(names), dtype=torch.float32),
         dirs=[str(Path(d)) for d in dirs],
+        label_rules=rules,
         excluded=excluded,
         missing=missing,
     )

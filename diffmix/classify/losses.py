@@ -2,6 +2,7 @@
 
 Every target here is a *dense* label distribution of shape ``(n, C)`` (rows sum to 1), so
 hard labels (smoothed), Diff-Mix soft labels and mixup/cutmix mixtures go through one loss.
+The soft label itself lives in :mod:`diffmix.labels`, mixup/cutmix in :mod:`diffmix.mixing`.
 """
 
 from __future__ import annotations
@@ -10,29 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-
-def diffmix_soft_label(
-    source: int, target: int, strength: float, gamma: float, num_classes: int
-) -> torch.Tensor:
-    """Diff-Mix soft label (Wang et al. 2024, Eq. 4): ``(1 - s^γ)·onehot(A) + s^γ·onehot(B)``.
-
-    ``source`` A and ``target`` B are class indices in ``[0, num_classes)``, ``strength`` s is
-    the img2img strength in [0, 1], ``gamma`` γ > 0. When A == B the two weights add up to a
-    one-hot label. Returns a float32 vector of length ``num_classes`` summing to 1.
-    """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength!r}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
-    for name, c in (("source", source), ("target", target)):
-        if not 0 <= c < num_classes:
-            raise ValueError(f"{name} class index {c!r} is outside [0, {num_classes})")
-    w = float(strength) ** float(gamma)
-    y = torch.zeros(num_classes, dtype=torch.float32)
-    y[source] += 1.0 - w
-    y[target] += w
-    return y
 
 
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -44,6 +22,27 @@ def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing!r}")
     y = F.one_hot(labels.long(), num_classes).float()
     return y * (1.0 - smoothing) + smoothing / num_classes
+
+
+def synthetic_targets(
+    targets: torch.Tensor, scale: float = 1.0, smoothing: float = 0.0
+) -> torch.Tensor:
+    """Synthetic rows' training targets (m, C): ``(1 - ε)·scale·y + ε / C``.
+
+    ``scale`` in (0, 1] shrinks the soft label (the authors multiply it by 0.9 on CUB and the
+    other fine-grained sets: Zhicaiwww/Diff-Mix a81337b:dataset/instance/cub.py:39, used in
+    dataset/base.py:232-235; the rows then sum to less than 1). ``smoothing`` ε in [0, 1) is
+    the real rows' label smoothing, applied to synthetic rows too as the authors' loss does
+    (downstream_tasks/losses.py:105-123 smooths every target). ``scale=1, smoothing=0``: the
+    labels as given.
+    """
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"synthetic label scale must be in (0, 1], got {scale!r}")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got {smoothing!r}")
+    if scale == 1.0 and smoothing == 0.0:
+        return targets
+    return (1.0 - smoothing) * scale * targets + smoothing / targets.shape[-1]
 
 
 def soft_cross_entropy(
@@ -102,84 +101,3 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     decay = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / decay)
     return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-# --------------------------------------------------------------------------- batch mixing
-
-
-def mixup(
-    x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup (Zhang et al. 2018): ``lam·x + (1-lam)·x[perm]``, labels mixed the same way."""
-    return lam * x + (1.0 - lam) * x[perm], lam * y + (1.0 - lam) * y[perm]
-
-
-def cutmix_box(
-    height: int, width: int, lam: float, cy: float, cx: float
-) -> tuple[int, int, int, int]:
-    """The CutMix box (Yun et al. 2019) covering ``1 - lam`` of the image, centred at
-    (``cy``, ``cx``) given as fractions in [0, 1]; returns ``(y0, y1, x0, x1)`` clipped."""
-    cut = math.sqrt(1.0 - lam)
-    ch, cw = int(height * cut), int(width * cut)
-    y, x = int(cy * height), int(cx * width)
-    y0, y1 = max(0, y - ch // 2), min(height, y + ch // 2)
-    x0, x1 = max(0, x - cw // 2), min(width, x + cw // 2)
-    return y0, y1, x0, x1
-
-
-def cutmix(
-    x: torch.Tensor, y: torch.Tensor, box: tuple[int, int, int, int], perm: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CutMix: paste ``box`` of ``x[perm]`` into ``x``; labels mixed by the pasted area.
-
-    Returns the mixed images, the mixed labels and the actual ``lam`` (kept-area fraction).
-    """
-    y0, y1, x0, x1 = box
-    h, w = x.shape[-2:]
-    out = x.clone()
-    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
-    lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
-    return out, lam * y + (1.0 - lam) * y[perm], lam
-
-
-def mix_batch(
-    x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply ``kind`` ("none", "mixup" or "cutmix") to a batch with ``lam ~ Beta(alpha, alpha)``.
-
-    All randomness comes from ``gen`` (a CPU generator), so a batch mixes the same way for the
-    same generator state.
-    """
-    if kind == "none" or len(x) < 2:
-        return x, y
-    if kind not in ("mixup", "cutmix"):
-        raise ValueError(f"unknown mix {kind!r}; one of none, mixup, cutmix")
-    g1 = _standard_gamma(alpha, gen)
-    g2 = _standard_gamma(alpha, gen)
-    lam = g1 / (g1 + g2)
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
-    if kind == "mixup":
-        return mixup(x, y, lam, perm)
-    cy, cx = torch.rand(2, generator=gen).tolist()
-    out, target, _ = cutmix(x, y, cutmix_box(x.shape[-2], x.shape[-1], lam, cy, cx), perm)
-    return out, target
-
-
-def _standard_gamma(alpha: float, gen: torch.Generator) -> float:
-    """One Gamma(alpha, 1) draw from ``gen`` (Marsaglia-Tsang; alpha < 1 by boosting)."""
-    if alpha <= 0:
-        raise ValueError(f"mix alpha must be > 0, got {alpha!r}")
-    boost = 1.0
-    if alpha < 1.0:
-        boost = float(torch.rand(1, generator=gen)) ** (1.0 / alpha)
-        alpha += 1.0
-    d = alpha - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    while True:  # accepts with probability > 0.95 per try
-        z = float(torch.randn(1, generator=gen))
-        v = (1.0 + c * z) ** 3
-        if v <= 0:
-            continue
-        u = float(torch.rand(1, generator=gen))
-        if math.log(max(u, 1e-300)) < 0.5 * z * z + d - d * v + d * math.log(v):
-            return d * v * boost

@@ -52,9 +52,9 @@ from diffmix.classify.losses import (
     class_balanced_weights,
     drw_start_epoch,
     lr_factor,
-    mix_batch,
     smooth_one_hot,
     soft_cross_entropy,
+    synthetic_targets,
 )
 from diffmix.classify.metrics import (
     accuracy,
@@ -65,6 +65,7 @@ from diffmix.classify.metrics import (
     per_class_accuracy,
 )
 from diffmix.classify.models import create_classifier, normalization
+from diffmix.mixing import mix_batch
 from diffmix.runs import Cancelled, RunDir
 
 logger = logging.getLogger(__name__)
@@ -151,14 +152,17 @@ def train(
         train_x = cached_images(train_ds, indices, cfg.resolution, cache_dir)
         test_x = cached_images(test_ds, range(len(test_ds)), cfg.resolution, cache_dir)
 
-        # 2. Synthetic data: labels recomputed with this run's gamma; sources checked.
+        # 2. Synthetic data: labels by each row's rule (diffmix.labels); sources checked.
         syn = read_synthetic(cfg.synthetic, class_names, cfg.gamma) if cfg.synthetic else None
         if syn is not None and len(syn) == 0:
             raise ValueError(f"the synthetic folders {cfg.synthetic} hold no usable (kept) image")
         if syn is not None:
             syn_sources = _synthetic_sources(syn.source_ids, train_ds, test_ds, indices)
             syn_x = decode_paths(syn.paths, cfg.resolution)
-            syn_targets = syn.targets
+            syn_targets = synthetic_targets(
+                syn.targets, cfg.synthetic_label_scale,
+                cfg.label_smoothing if cfg.synthetic_label_smoothing else 0.0,
+            )  # fmt: skip
         else:
             syn_sources = torch.zeros(0, dtype=torch.long)
             syn_x = torch.zeros(0, 3, cfg.resolution, cfg.resolution, dtype=torch.uint8)
@@ -295,7 +299,7 @@ def train(
                     normalize(xb.to(device), mean, std), cfg.augment, gen,
                     scale_min=cfg.crop_scale_min,
                 )  # fmt: skip
-                x, yb = mix_batch(x, yb.to(device), cfg.mix, cfg.mix_alpha, gen)
+                x, yb = mix_batch(x, yb.to(device), cfg.mix, cfg.mix_alpha, gen, cfg.mix_prob)
                 # 5c. Forward, loss, update (dropout & co. draw from a per-step seed).
                 torch.manual_seed(derive_seed("torch", cfg.seed, epoch, step, accel.process_index))
                 with accel.autocast():
