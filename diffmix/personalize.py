@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -181,7 +182,12 @@ def check_adapter(
 
 
 def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
-    """Load an adapter into ``pipe`` in place (tokens, then LoRA); returns its adapter.json."""
+    """Load an adapter into ``pipe`` in place (tokens, then LoRA); returns its adapter.json.
+
+    Raises :class:`AdapterError` when the adapter claims a LoRA (its file exists) but loading
+    it attaches fewer LoRA layers than the file holds: diffusers only *warns* about keys it
+    does not recognise, which would silently turn a "diff-mix" adapter into a token-only one.
+    """
     adapter_dir = Path(adapter_dir)
     meta = read_adapter(adapter_dir)
     tokens = list(meta["class_tokens"].values())
@@ -190,9 +196,132 @@ def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
     if missing:
         raise AdapterError(f"adapter {adapter_dir} lacks token embedding files: {missing[:3]}")
     pipe.load_textual_inversion(files)
-    if (adapter_dir / LORA_FILE).is_file():
+    lora = adapter_dir / LORA_FILE
+    if lora.is_file():
+        expected = len(lora_layers(_read_lora_file(lora)))
+        before = _attached_lora_layers(pipe.unet)
         pipe.load_lora_weights(str(adapter_dir))
+        attached = _attached_lora_layers(pipe.unet) - before
+        if expected == 0 or attached != expected:
+            raise AdapterError(
+                f"adapter {adapter_dir} claims a LoRA ({LORA_FILE}, {expected} layer(s)) but "
+                f"loading it attached {attached}: its keys are not in the diffusers layout; "
+                "re-import it with diffmix.personalize.import_authors_checkpoint, or remove the "
+                "file to use the adapter as token-only"
+            )
+    elif not meta.get("ti_only", False):
+        raise AdapterError(
+            f"adapter {adapter_dir} is not token-only (ti_only false) but has no {LORA_FILE}"
+        )
     return meta
+
+
+def _attached_lora_layers(unet) -> int:
+    """How many (module, adapter) LoRA pairs peft has attached to ``unet``."""
+    n = 0
+    for module in unet.modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict):
+            n += len(lora_a)
+    return n
+
+
+# --------------------------------------------------------------------------- LoRA layouts
+
+#: The authors' (diffusers' old ``LoRAAttnProcessor`` / ``save_attn_procs``) key:
+#: ``<block path>.processor.to_{q,k,v,out}_lora.{down,up}.weight``, optionally ``unet.``-prefixed.
+_AUTHORS_KEY = re.compile(
+    r"^(?:unet\.)?(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\."
+    r"(?P<part>down|up)\.weight$"
+)
+#: The diffusers layout our adapters use (``save_lora_weights`` of a peft state dict), and the
+#: peft one (``lora_A``/``lora_B``): ``unet.<module path>.lora.{down,up}.weight``.
+_DIFFUSERS_KEY = re.compile(r"^unet\.(?P<module>.+)\.lora\.(?P<part>down|up)\.weight$")
+_PEFT_KEY = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
+
+
+def convert_lora_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A UNet LoRA state dict in the diffusers layout (``unet.<module>.lora.{down,up}.weight``).
+
+    Accepts the authors' layout (old ``LoRAAttnProcessor`` keys, e.g.
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight``
+    -> ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight``;
+    ``to_out_lora`` -> ``to_out.0``), the diffusers layout (kept) and peft's ``lora_A/lora_B``.
+    Raises :class:`AdapterError` naming the keys it cannot map (any at all: a partly loaded
+    LoRA is not the one trained), or a layer whose down/up pair is incomplete or mis-shaped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, value in state.items():
+        m = _AUTHORS_KEY.match(key)
+        if m:
+            proj = "to_out.0" if m["proj"] == "to_out" else m["proj"]
+            new = f"unet.{m['block']}.{proj}.lora.{m['part']}.weight"
+        elif _DIFFUSERS_KEY.match(key):
+            new = key
+        elif (m := _PEFT_KEY.match(key)) is not None:
+            new = f"unet.{m['module']}.lora.{'down' if m['part'] == 'A' else 'up'}.weight"
+        else:
+            unmapped.append(key)
+            continue
+        if new in out:
+            raise AdapterError(f"LoRA key {key!r} maps onto {new!r} twice")
+        out[new] = value
+    if unmapped:
+        raise AdapterError(
+            f"{len(unmapped)} LoRA key(s) in no known layout (the authors' "
+            f"'...processor.to_q_lora.down.weight', diffusers' '...to_q.lora.down.weight'): "
+            f"{unmapped[:5]}"
+        )
+    lora_layers(out)  # checks pairs and shapes
+    return out
+
+
+def lora_layers(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{module path: (down, up)}`` of a diffusers-layout UNet LoRA; ``{}`` for another layout.
+
+    Raises :class:`AdapterError` for a module with only one of down/up, or shapes that do not
+    chain (``down`` (r, in), ``up`` (out, r)).
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = _DIFFUSERS_KEY.match(key)
+        if m:
+            parts.setdefault(m["module"], {})[m["part"]] = value
+    layers = {}
+    for module, p in parts.items():
+        if set(p) != {"down", "up"}:
+            raise AdapterError(
+                f"LoRA layer {module!r} lacks its {'up' if 'down' in p else 'down'} matrix"
+            )
+        down, up = p["down"], p["up"]
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            raise AdapterError(
+                f"LoRA layer {module!r}: down {tuple(down.shape)} and up {tuple(up.shape)} do "
+                "not chain (expected (r, in) and (out, r))"
+            )
+        layers[module] = (down, up)
+    return layers
+
+
+def _read_lora_file(path: Path) -> dict[str, torch.Tensor]:
+    """A LoRA state dict from safetensors, or a plain tensor ``.bin`` (no code unpickled)."""
+    try:
+        if path.suffix == ".bin":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+    except FileNotFoundError:
+        raise AdapterError(f"LoRA file not found: {path}") from None
+    except Exception as e:
+        raise AdapterError(
+            f"{path} is not a readable LoRA file ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AdapterError(f"{path} does not hold a plain dict of tensors")
+    return state
 
 
 def _token_file(token: str) -> str:
@@ -612,12 +741,13 @@ def import_authors_checkpoint(
     ``learned_embeds_dict`` {placeholder: vector} and ``name2placeholder`` {class: placeholder});
     it is read with ``torch.load(weights_only=True)``, which refuses arbitrary objects, so a
     tampered file cannot run code. ``lora_path`` is their ``pytorch_lora_weights.safetensors``
-    (or its folder). ``class_names`` (the dataset's, in label order) reorders and checks the
+    (or ``.bin``, or its folder), saved by ``unet.save_attn_procs`` with the old
+    ``LoRAAttnProcessor`` keys (a81337b:train_lora.py:675-697, 1188): converted to the diffusers
+    layout by :func:`convert_lora_layout`, which fails on any key it cannot map (diffusers
+    would drop them with a warning and run the adapter as token-only). ``class_names`` (the dataset's, in label order) reorders and checks the
     classes; by default the checkpoint's order is kept. Class names are normalised as the
     authors do ('/' and '_' become spaces) when matching.
     """
-    from safetensors import safe_open
-
     out = Path(out)
     try:
         ckpt = torch.load(embed_path, map_location="cpu", weights_only=True)
@@ -659,20 +789,24 @@ def import_authors_checkpoint(
     _save_embeddings(out, tokens, vectors)
     has_lora = False
     if lora_path is not None:
+        from safetensors.torch import save_file
+
         src = Path(lora_path)
         if src.is_dir():
-            src = src / LORA_FILE
-        try:
-            with safe_open(str(src), framework="pt") as f:
-                n_keys = len(list(f.keys()))
-        except Exception as e:
-            raise AdapterError(f"{src} is not a readable safetensors LoRA file: {e}") from None
-        if n_keys == 0:
+            found = [src / LORA_FILE, src / "pytorch_lora_weights.bin"]
+            src = next((f for f in found if f.is_file()), found[0])
+        state = _read_lora_file(src)
+        if not state:
             raise AdapterError(f"{src} holds no tensors")
-        if src.resolve() != (out / LORA_FILE).resolve():
-            import shutil
-
-            shutil.copyfile(src, out / LORA_FILE)
+        converted = convert_lora_layout(state)
+        logger.info(
+            "LoRA %s: %d layer(s) in the diffusers layout", src, len(lora_layers(converted))
+        )
+        tmp = out / f".{LORA_FILE}.tmp"
+        save_file(
+            {k: v.contiguous() for k, v in converted.items()}, str(tmp), metadata={"format": "pt"}
+        )
+        os.replace(tmp, out / LORA_FILE)
         has_lora = True
     meta = {
         "format": "diffmix-adapter/1",

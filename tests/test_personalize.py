@@ -232,3 +232,92 @@ def test_cli_personalize_json_and_errors(tiny_sd_dir, tmp_path, workspace_home):
     assert bad.returncode == 2
     err = bad.stderr.strip().splitlines()[-1]
     assert err.startswith("error:") and "rank" in err
+
+
+def _authors_lora(unet, rank: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA in the authors' layout (old LoRAAttnProcessor keys, as unet.save_attn_procs
+    wrote them) on every attention projection of ``unet``, with non-zero up matrices."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for proc in unet.attn_processors:  # "<block path>.processor"
+        attn = unet.get_submodule(proc.removesuffix(".processor"))
+        for name, lin in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v),
+                          ("to_out", attn.to_out[0])):  # fmt: skip
+            state[f"{proc}.{name}_lora.down.weight"] = (
+                torch.randn(rank, lin.in_features, generator=g) * 0.3
+            )
+            state[f"{proc}.{name}_lora.up.weight"] = (
+                torch.randn(lin.out_features, rank, generator=g) * 0.3
+            )
+    return state
+
+
+def test_import_converts_the_authors_lora_layout_exactly(tiny_sd_dir, tmp_path):
+    """An imported authors' LoRA changes the UNet exactly as W + up @ down on every projection
+    (the authors' processors add ``up(down(x))`` at scale 1)."""
+    from safetensors.torch import save_file
+
+    from diffmix.personalize import import_authors_checkpoint
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    state = _authors_lora(base.unet)
+    (tmp_path / "theirs").mkdir()
+    save_file(state, tmp_path / "theirs" / "pytorch_lora_weights.safetensors")
+    torch.save({"learned_embeds_dict": {"<a>": torch.randn(32), "<b>": torch.randn(32)},
+                "name2placeholder": {"a": "<a>", "b": "<b>"}}, tmp_path / "emb.bin")  # fmt: skip
+    dst = import_authors_checkpoint(tmp_path / "emb.bin", tmp_path / "imported",
+                                    base_model=str(tiny_sd_dir), lora_path=tmp_path / "theirs")  # fmt: skip
+    assert read_adapter(dst)["ti_only"] is False
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    attach_adapter(pipe, dst)
+    # the reference: the base UNet with each projection's weight moved by up @ down
+    ref = base.unet
+    with torch.no_grad():
+        for key, down in state.items():
+            if ".down." not in key:
+                continue
+            up = state[key.replace(".down.", ".up.")]
+            block, proj = key.split(".processor.")
+            proj = proj.split("_lora")[0]
+            attn = ref.get_submodule(block)
+            lin = attn.to_out[0] if proj == "to_out" else getattr(attn, proj)
+            lin.weight += up @ down
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, ref.config.in_channels, 4, 4, generator=g)
+    enc = torch.randn(2, 77, ref.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        got = pipe.unet(x, 10, encoder_hidden_states=enc).sample
+        want = ref(x, 10, encoder_hidden_states=enc).sample
+        plain = (
+            StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+            .unet(x, 10, encoder_hidden_states=enc)
+            .sample
+        )
+    assert (want - plain).abs().max() > 1e-2  # the LoRA really moves the output
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_lora_diffusers_cannot_read_is_an_error(tiny_sd_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from diffmix.personalize import import_authors_checkpoint
+
+    unet = StableDiffusionPipeline.from_pretrained(tiny_sd_dir).unet
+    state = _authors_lora(unet)
+    torch.save({"learned_embeds_dict": {"<a>": torch.randn(32)}, "name2placeholder": {"a": "<a>"}},
+               tmp_path / "emb.bin")  # fmt: skip
+    # a key in no known layout: the import names it instead of dropping it
+    save_file(
+        {**state, "mid_block.mystery.weight": torch.zeros(2, 2)}, tmp_path / "bad.safetensors"
+    )
+    with pytest.raises(AdapterError, match="mid_block.mystery.weight"):
+        import_authors_checkpoint(tmp_path / "emb.bin", tmp_path / "x", base_model=str(tiny_sd_dir),
+                                  lora_path=tmp_path / "bad.safetensors")  # fmt: skip
+    # an adapter folder holding the raw authors' file (what the old importer copied): attaching
+    # it must fail, not run as token-only
+    dst = import_authors_checkpoint(
+        tmp_path / "emb.bin", tmp_path / "y", base_model=str(tiny_sd_dir)
+    )
+    save_file(state, dst / "pytorch_lora_weights.safetensors")
+    with pytest.raises(AdapterError, match="claims a LoRA"):
+        attach_adapter(StableDiffusionPipeline.from_pretrained(tiny_sd_dir), dst)
