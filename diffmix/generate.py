@@ -11,7 +11,8 @@ from a list. The job is split in two:
    draws come from ``numpy.random.default_rng([seed, t])`` and its image seed is
    :func:`task_seed` ``(seed, t)``: the plan is a pure function of the config and the dataset,
    written to ``plan.jsonl`` before any image is made (a rerun recomputes and compares it).
-   Target rules (``targets``): ``uniform`` (the paper), ``confusion`` (targets drawn in
+   Target rules (``targets``): ``uniform`` (among the other classes; the authors draw over all
+   classes, docs/fidelity.md), ``confusion`` (targets drawn in
    proportion to a classifier's confusion with the source class; rows without confusion fall
    back to uniform) and ``tail`` (weight ``∝ 1 / count_c`` of the subset: head-class sources
    carry their backgrounds into tail classes).

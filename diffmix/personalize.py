@@ -4,7 +4,10 @@ The paper's first operation: adapt a text-to-image model to a dataset's fine-gra
 so that ``"a photo of a <class_3> bird"`` draws class 3 faithfully. One new token per class is
 added to the CLIP tokenizer, initialised from a word embedding (the super-class word, or the
 class name), and trained jointly with a LoRA on the UNet attention projections (rank 10 by
-default, as the paper). ``ti_only`` trains the tokens alone (the DA-Fusion-style baseline).
+default, as the authors' scripts: 4aa0ec8:scripts/finetune.sh ``--rank=10``). On a long-tail
+subset classes are drawn uniformly (``class_balanced``), as the authors' released trainer does.
+Differences from the authors' training (steps, resolution, token initialisation, captions):
+docs/fidelity.md. ``ti_only`` trains the tokens alone (the DA-Fusion-style baseline).
 
 Output (the *adapter directory* of DESIGN.md §3)::
 

@@ -1,4 +1,4 @@
-"""Scores of translated images: faithfulness, diversity, and the paper's filter.
+"""Scores of translated images: faithfulness, diversity, and a filter.
 
 All scores lie in [0, 1]:
 
@@ -18,8 +18,9 @@ All scores lie in [0, 1]:
   absolute RGB difference in [0, 1]) is reported beside it.
 - **spread** -- diversity of a *set* of results (e.g. one class): mean pairwise feature
   distance, in [0, 1].
-- **filter** -- :func:`filter_least_faithful` drops the least faithful fraction (the paper's
-  CLIP filter drops the bottom 10%).
+- **filter** -- :func:`filter_least_faithful` drops the least faithful fraction. (The authors'
+  ``scripts/filter_syn_data.py`` cuts at the 10th percentile of a CLIP confidence, but their
+  training never reads its output: docs/fidelity.md.)
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def target_probability(probs: np.ndarray, targets: Sequence[int]) -> np.ndarray:
 
 
 def filter_least_faithful(scores: Sequence[float], fraction: float = 0.1) -> np.ndarray:
-    """Keep-mask dropping the ``floor(fraction * n)`` lowest scores (the paper drops 10%).
+    """Keep-mask dropping the ``floor(fraction * n)`` lowest scores.
 
     Ties are broken by position (the earlier item is dropped first). ``fraction`` in [0, 1).
     Returns a boolean array, True = keep.

@@ -439,7 +439,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     )  # fmt: skip
                 targets = gr.Radio(list(TARGET_RULES), value="uniform", label="Target classes",
                                    elem_id="gen-targets",
-                                   info="uniform (paper) · tail: favour rare classes · confusion: "
+                                   info="uniform (other classes) · tail: favour rare classes · confusion: "
                                         "classes a trained classifier confuses")  # fmt: skip
                 confusion_run = gr.Dropdown([], allow_custom_value=True, label="Training run (its confusion matrix)",
                                             visible=False, elem_id="gen-confusion")  # fmt: skip

@@ -1,12 +1,14 @@
 """The one config object of a classifier training run (CLI, YAML and UI build it the same way).
 
-Defaults are a CPU-friendly version of the paper's recipe, sized for the demo dataset
+Defaults are a CPU-friendly version of the authors' recipe, sized for the demo dataset
 (12 classes × 60 images at 64 px: 30 epochs of ResNet-18 at 64 px take a few minutes on two
 cores): SGD with momentum 0.9 and weight decay 5e-4, one epoch of linear warmup then a cosine
 schedule to 0, label smoothing 0.1 on real (hard) labels, random resized crop + horizontal
-flip. For the paper's fine-grained runs on a GPU use e.g. ``arch="resnet50"``,
-``pretrained="timm/resnet50.a1_in1k"``, ``resolution=224`` (or 448), ``epochs=128``,
-``batch_size=64``.
+flip. The authors' runs train an ImageNet-pretrained ResNet-50 at 448 px for 120 epochs
+(4aa0ec8:run.sh:22/35): on a GPU use e.g. ``arch="resnet50"``, ``pretrained=...``,
+``resolution=448``, ``epochs=120``. Where training still differs from theirs (0.9 label scaler,
+smoothing of synthetic labels, best vs final epoch, ...) and the options that reproduce it:
+docs/fidelity.md.
 """
 
 from __future__ import annotations
