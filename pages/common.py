@@ -44,6 +44,27 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
+#: The recipe menu's "no recipe" entry (the page's own defaults).
+NO_RECIPE = "(none)"
+
+
+def recipe_choices() -> list[str]:
+    """The recipe menu: no recipe, then the authors' recipes (:mod:`diffmix.recipes`)."""
+    from diffmix.recipes import recipe_names
+
+    return [NO_RECIPE, *recipe_names()]
+
+
+def recipe_values(name: str | None, stage: str) -> tuple[dict[str, Any], str]:
+    """``(fields, markdown)`` of recipe ``name`` for ``stage``: the config fields it sets and a
+    list of its values with their sources; ``({}, "")`` for no recipe."""
+    from diffmix.recipes import describe, recipe_fields
+
+    if not name or name == NO_RECIPE:
+        return {}, ""
+    return recipe_fields(name, stage), f"**Recipe {name}** (the authors' run.sh):\n{describe(name)}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The operator settings of this process (read from the environment once)."""

@@ -403,6 +403,15 @@ def _on_open(settings: Settings):
     return on_open
 
 
+def _recipe_action(name: str | None) -> tuple[Any, Any, str]:
+    """The recipe menu: fill the multiplier and the strength (no recipe: leave them)."""
+    fields, text = common.recipe_values(name, "generate")
+    if not fields:
+        return gr.update(), gr.update(), ""
+    strengths = ", ".join(f"{s:g}" for s in fields["strengths"])
+    return gr.update(value=fields["multiplier"]), gr.update(value=strengths), text
+
+
 def _targets_visibility(rule: str) -> Any:
     return gr.update(visible=rule == "confusion")
 
@@ -430,6 +439,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=320):
                 strategy = gr.Dropdown(translate.strategy_names(), value="real-mix",
                                        label="Strategy", elem_id="gen-strategy")  # fmt: skip
+                recipe = gr.Dropdown(common.recipe_choices(), value=common.NO_RECIPE,
+                                     label="Recipe (the authors' settings)", elem_id="gen-recipe",
+                                     info="fills the multiplier and the strength")  # fmt: skip
+                recipe_note = gr.Markdown(elem_id="gen-recipe-note")
                 with gr.Row():
                     multiplier = gr.Number(5, label="Multiplier (images per source)",
                                            precision=0, minimum=1, elem_id="gen-multiplier")  # fmt: skip
@@ -477,6 +490,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
         targets.change(_targets_visibility, targets, confusion_run, queue=False,
                        api_visibility="private")  # fmt: skip
+        recipe.change(_recipe_action, recipe, [multiplier, strengths, recipe_note], queue=False,
+                      api_visibility="private")  # fmt: skip
         estimate_fn = _estimate_action(settings)
         est_btn.click(estimate_fn, [probe_state, owner, *plan], est, api_name="generate_estimate")
         page.load(estimate_fn, [probe_state, owner, *plan], est, api_visibility="private")

@@ -109,6 +109,7 @@ def personalize_args(
     sample_every: float | None,
     batch_size: float | None = None,
     ti_only: bool = False,
+    class_balanced: str | bool | None = None,
     settings: Settings,
 ) -> list[str]:
     """``diffmix personalize`` arguments for the page's values (checked with its config).
@@ -138,6 +139,7 @@ def personalize_args(
         "lr": None if lr in (None, "", 0) else float(lr),
         "sample_every": _int(sample_every, "sample every", default=0, minimum=0),
         "ti_only": bool(ti_only),
+        "class_balanced": _balanced(class_balanced),
     }
     if batch_size not in (None, ""):
         fields["batch_size"] = _int(batch_size, "batch size", default=8, minimum=1)
@@ -158,7 +160,24 @@ def personalize_args(
         args += ["--batch-size", str(cfg.batch_size)]
     if cfg.ti_only:
         args.append("--ti-only")
+    if cfg.class_balanced is not None:
+        args.append("--class-balanced" if cfg.class_balanced else "--no-class-balanced")
     return args
+
+
+#: Choices of the class-balanced sampling menu -> PersonalizeConfig.class_balanced.
+BALANCED_CHOICES = {"auto (on for long-tail)": None, "on": True, "off": False}
+
+
+def _balanced(value: str | bool | None) -> bool | None:
+    """The menu's choice (or a bool) as ``class_balanced``; ``ValueError`` for another value."""
+    if value is None or isinstance(value, bool):
+        return value
+    if value not in BALANCED_CHOICES:
+        raise ValueError(
+            f"class-balanced sampling {value!r}: choose one of {', '.join(BALANCED_CHOICES)}"
+        )
+    return BALANCED_CHOICES[value]
 
 
 def loss_figure(events: list[dict[str, Any]], *, title: str = "Training loss") -> go.Figure:
@@ -392,10 +411,12 @@ def _build_args(settings: Settings):
         sample_every: float | None,
         batch_size: float | None,
         ti_only: bool,
+        class_balanced: str | None = None,
     ) -> tuple[list[str], str]:
         args = personalize_args(
             selection, model=model, steps=steps, rank=rank, lr=lr, seed=seed,
-            sample_every=sample_every, batch_size=batch_size, ti_only=ti_only, settings=settings,
+            sample_every=sample_every, batch_size=batch_size, ti_only=ti_only,
+            class_balanced=class_balanced, settings=settings,
         )  # fmt: skip
         return args, "adapter"
 
@@ -489,6 +510,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                            elem_id="pz-batch")  # fmt: skip
                     ti_only = gr.Checkbox(False, label="Tokens only (no LoRA; for ti-* baselines)",
                                           elem_id="pz-ti-only")  # fmt: skip
+                    class_balanced = gr.Dropdown(
+                        list(BALANCED_CHOICES), value=next(iter(BALANCED_CHOICES)),
+                        label="Class-balanced sampling", elem_id="pz-balanced",
+                        info="draw each class equally often; the authors always do on long-tail data",
+                    )  # fmt: skip
                 panel = jobs_ui.job_panel(
                     STAGE, "pz", start_label="Start personalization",
                     name_placeholder="adapter-<date>-<time>",
@@ -533,6 +559,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 sample_every,
                 batch_size,
                 ti_only,
+                class_balanced,
             ],  # fmt: skip
             view=_view(settings),
             view_outputs=[loss, sample, table, use_name],

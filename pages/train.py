@@ -337,6 +337,14 @@ def _class_names(run_dir: Path, n: int) -> list[str]:
 # --------------------------------------------------------------------------- callbacks
 
 
+def _recipe_action(name: str | None) -> tuple[Any, Any, str]:
+    """The recipe menu: fill p and γ with the recipe's values (no recipe: leave them)."""
+    fields, text = common.recipe_values(name, "train")
+    if not fields:
+        return gr.update(), gr.update(), ""
+    return gr.update(value=fields["p"]), gr.update(value=fields["gamma"]), text
+
+
 def _build_args(settings: Settings):
     def build(
         owner: str | None, selection: dict | None, synthetic: list[str] | None, p: float | None,
@@ -407,6 +415,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 synthetic = gr.Dropdown([], allow_custom_value=True, multiselect=True, label="Synthetic datasets",
                                         elem_id="tn-synthetic",
                                         info="none = the real-data baseline")  # fmt: skip
+                recipe = gr.Dropdown(common.recipe_choices(), value=common.NO_RECIPE,
+                                     label="Recipe (the authors' settings)", elem_id="tn-recipe",
+                                     info="fills p and γ; the subset comes from the Dataset page")  # fmt: skip
+                recipe_note = gr.Markdown(elem_id="tn-recipe-note")
                 with gr.Row():
                     p = gr.Slider(0, 1, value=0.1, step=0.05, label="p (replace probability)",
                                   elem_id="tn-p")  # fmt: skip
@@ -455,6 +467,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
         compare_btn.click(_compare_action(settings), owner, [table, synthetic],
                           api_name="train_compare")  # fmt: skip
+        recipe.change(_recipe_action, recipe, [p, gamma, recipe_note], queue=False,
+                      api_visibility="private")  # fmt: skip
     return page
 
 

@@ -665,3 +665,20 @@ def test_app_has_every_page_and_its_api(private: Settings) -> None:
     assert not [b for b in demo.blocks.values() if type(b) is gr.State]
     for page in (personalize, translate, generate, train, inspect):
         assert isinstance(page.build(private), gr.Blocks)
+
+
+def test_personalize_page_class_balanced_menu(private: Settings) -> None:
+    lt = dataset.load_selection("demo", subset="long-tail", imbalance=0.1, seed=0).selection
+    kw = dict(model=None, steps=2, rank=4, lr=None, seed=0, sample_every=0, settings=private)
+    assert "--no-class-balanced" in personalize.personalize_args(lt, class_balanced="off", **kw)
+    assert "--class-balanced" in personalize.personalize_args(lt, class_balanced="on", **kw)
+    auto = personalize.personalize_args(lt, class_balanced="auto (on for long-tail)", **kw)
+    assert not any("class-balanced" in a for a in auto)  # the config's default: on for long-tail
+    from diffmix import cli
+    from diffmix.personalize import PersonalizeConfig
+
+    ns = cli.build_parser().parse_args(["personalize", *auto, "--out", "x"])
+    cfg = PersonalizeConfig(**cli._stage_fields(ns, PersonalizeConfig, "personalize"))
+    assert cfg.resolved().class_balanced is True
+    with pytest.raises(ValueError, match="class-balanced sampling 'sometimes'"):
+        personalize.personalize_args(lt, class_balanced="sometimes", **kw)
