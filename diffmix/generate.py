@@ -136,11 +136,15 @@ class GenerateConfig(BaseModel):
     strategy: str = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")
     adapter: str | None = Field(None, description="adapter folder (diff-* / ti-* strategies)")
-    multiplier: int = Field(5, ge=1, description="translations per real training image (M)")
+    multiplier: int = Field(
+        5, ge=1,
+        description="translations per real training image (M); 5 = the authors' "
+        "(4aa0ec8:scripts/sample.sh:16)",
+    )  # fmt: skip
     strengths: list[float] | None = Field(
         None,
         description="strength(s) in (0, 1]: one value = fixed, several = drawn uniformly per "
-        "task (default: 1 for *-gen, else 0.7)",
+        "task (default: 1 for *-gen, else 0.7, the authors' run.sh: 4aa0ec8:run.sh:24/46/64)",
     )
     targets: Literal["uniform", "confusion", "tail"] = Field(
         "uniform", description="how target classes are drawn (mix strategies)"
@@ -157,9 +161,21 @@ class GenerateConfig(BaseModel):
     grouping: Literal["strength", "order"] = Field(
         "strength", description="batch tasks of equal strength together, or in plain task order"
     )
-    num_inference_steps: int = Field(25, ge=1, description="timestep grid size (steps at s = 1)")
-    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance (<= 1: off)")
-    gamma: float = Field(0.5, gt=0, description="soft-label exponent γ")
+    num_inference_steps: int = Field(
+        25, ge=1,
+        description="timestep grid size (steps at s = 1); 25 = the authors' "
+        "(a81337b:augmentation/diff_mix.py:159)",
+    )  # fmt: skip
+    guidance_scale: float = Field(
+        7.5, ge=0,
+        description="classifier-free guidance (<= 1: off); 7.5 = the authors' "
+        "(a81337b:augmentation/diff_mix.py:86)",
+    )  # fmt: skip
+    gamma: float = Field(
+        0.5, gt=0,
+        description="soft-label exponent γ written into diff-mix rows (training recomputes "
+        "them with its own γ); 0.5 = the authors' run.sh (4aa0ec8:run.sh:23/45/63)",
+    )  # fmt: skip
     seed: int = Field(0, ge=0, description="plan seed: target/strength draws and image seeds")
     superclass: str | None = Field(
         None, description="word after class names in base-model prompts (default: dataset's)"

@@ -70,7 +70,11 @@ class PersonalizeConfig(BaseModel):
     steps: int | None = Field(
         None, ge=1, description="optimiser steps (default: 1500 nano, 5000 SD)"
     )
-    rank: int = Field(10, ge=1, description="LoRA rank")
+    rank: int = Field(
+        10,
+        ge=1,
+        description="LoRA rank; 10 = the authors' scripts (4aa0ec8:scripts/finetune.sh:35)",
+    )
     lr: float | None = Field(None, gt=0, description="LoRA lr (default: 1e-3 nano, 5e-5 SD)")
     ti_lr: float | None = Field(None, gt=0, description="token lr (default: 5e-3 nano, 5e-5 SD)")
     resolution: int | None = Field(

@@ -205,7 +205,9 @@ class TranslateConfig(BaseModel):
     adapter: str | None = Field(None, description="adapter folder (diff-* / ti-* strategies)")
     num_inference_steps: int = Field(25, ge=1, description="timestep grid size (steps at s = 1)")
     guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance (<= 1: off)")
-    gamma: float = Field(0.5, gt=0, description="soft-label exponent γ")
+    gamma: float = Field(
+        0.5, gt=0, description="soft-label exponent γ; 0.5 = the authors' (4aa0ec8:run.sh:23)"
+    )
     batch_size: int = Field(16, ge=1, description="items per shared denoising loop")
     device: str | None = Field(None, description="cpu, cuda, ... (default: best available)")
     dtype: str | None = Field(None, description="auto, fp32, fp16, bf16 (default: auto)")
