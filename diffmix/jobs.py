@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from diffmix.runs import JOB_ENV, RunDir
+from diffmix.runs import JOB_ENV, RunDir, pid_alive, process_start_ticks
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class Job:
     owner: str | None
     argv: list[str]
     created: float
+    #: the process's start time (clock ticks since boot), to tell it from a later one that
+    #: got the same pid; None where /proc is missing (and in job.json files of older versions)
+    pid_start: int | None = None
 
     @property
     def run(self) -> RunDir:
@@ -73,10 +76,11 @@ def start_job(
         )  # fmt: skip
     finally:
         log.close()
-    job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time())
+    pid_start = process_start_ticks(proc.pid)
+    job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time(), pid_start)
     (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
     if run.status().get("state") in (None, "queued"):
-        run.set_status("queued", pid=proc.pid, message="starting")
+        run.set_status("queued", pid=proc.pid, pid_start=pid_start, message="starting")
     logger.info("started %s job pid %d in %s", stage, proc.pid, run_dir)
     _CHILDREN[proc.pid] = proc
     return job
@@ -94,43 +98,55 @@ def read_job(run_dir: str | os.PathLike) -> Job | None:
 
 
 def is_alive(job: Job) -> bool:
-    """True while the job's process exists (reaping it when it is our child)."""
+    """True while the job's process exists (reaping it when it is our child).
+
+    A pid now held by another process (the job ended and the pid was reused) counts as gone:
+    the process start time recorded in job.json is compared where there is one.
+    """
     child = _CHILDREN.get(job.pid)
     if child is not None:
         if child.poll() is None:
             return True
         _CHILDREN.pop(job.pid, None)
         return False
-    try:
-        os.kill(job.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(job.pid, job.pid_start)
 
 
 def job_state(run_dir: str | os.PathLike) -> dict:
-    """The run's status, with ``state`` "crashed" when it claims to run but its process is gone."""
+    """The run's status as the app and ``diffmix status`` show it.
+
+    A run that claims to be queued or running but whose process is gone (``kill -9``, the
+    OOM killer, a job that died before it could report) is ``failed`` with the message
+    "process N ended without a final status" followed by the last line of its output, and
+    ``crashed`` True. A run folder without job.json (started from the CLI) is judged by the
+    pid its status.json records (:meth:`RunDir.live_status`). Nothing is written.
+    """
     run = RunDir(run_dir)
-    st = run.status()
     job = read_job(run_dir)
-    if job is not None and st.get("state") in ("queued", "running") and not is_alive(job):
+    if job is None:
+        return run.live_status()
+    st = run.status()
+    if st.get("state") in ("queued", "running") and not is_alive(job):
+        st = run.status()  # it may have written its final status just before it ended
+    if st.get("state") in ("queued", "running") and not is_alive(job):
         tail = _log_tail(Path(run_dir) / "stdout.log")
-        st = {
-            **st,
-            "state": "crashed",
-            "message": tail or f"process {job.pid} ended without a final status",
-        }
+        message = f"process {job.pid} ended without a final status"
+        st = {**st, "state": "failed", "crashed": True,
+              "message": f"{message}: {tail}" if tail else message}  # fmt: skip
     return st
 
 
-def _log_tail(path: Path, lines: int = 3) -> str:
+def _log_tail(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a job's output (at most ``limit`` characters)."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text[-lines:])
+    lines = [" ".join(line.split()) for line in text.replace("\r", "\n").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1][-limit:] if lines else ""
 
 
 def check_owner(job: Job, owner: str | None) -> None:

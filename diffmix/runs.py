@@ -11,30 +11,262 @@ Layout of a run directory::
 
 The UI and the CLI read only these files, so a reload or a second browser tab shows the same
 live state and a crashed job leaves a readable record behind.
+
+Honest endings. A stage runs its body inside :meth:`RunDir.lifecycle`, so whatever stops it --
+a cancel, Ctrl-C, SIGTERM, a full disk, a bad value, a bug -- leaves ``status.json`` at
+``cancelled`` or ``failed`` with a one-line reason (:func:`describe_error`); the status write
+itself falls back to an in-place rewrite when the disk is too full for a temp file. A process
+that dies without a word (``kill -9``, the OOM killer) cannot write anything: readers use
+:meth:`RunDir.live_status`, which reports ``failed`` ("process N ended without a final status")
+once the recorded pid is gone, comparing the process start time so a reused pid is not taken
+for the job. Checkpoints are written by :func:`save_checkpoint` (temp file, fsync, read back,
+rename) and read by :func:`load_newest_checkpoint`, which falls back to the newest one that
+loads and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 #: Set in the environment of a stage launched by :mod:`diffmix.jobs`.
 JOB_ENV = "DIFFMIX_JOB"
 
 
+#: errno values that mean "the disk (or the user's quota) is full".
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 class Cancelled(Exception):
     """Raised inside a job when its run directory asks it to stop."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
+class Terminated(KeyboardInterrupt):
+    """Raised in a stage's main thread by SIGTERM while it runs in :meth:`RunDir.lifecycle`."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying why a stage stopped, with what to do for the common causes.
+
+    A full disk names the file being written and says that finished work is kept and how to
+    continue; other OS errors name the file and the cause; anything else is its message
+    (prefixed by its type when that is not a ValueError, which carries its own words).
+    """
+    custom = (
+        isinstance(err, OSError) and err.strerror and err.strerror != os.strerror(err.errno or 0)
+    )
+    if isinstance(err, OSError) and err.errno in DISK_FULL and not custom:
+        where = f" while writing {err.filename}" if err.filename else ""
+        return (
+            f"no space left on device{where}: free some space (or choose another --out) and "
+            "run the same command with --resume; the work already saved is kept"
+        )
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
+    elif isinstance(err, (ValueError, Cancelled, KeyboardInterrupt)):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort; not every platform can open a dir)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str, *, in_place_fallback: bool = False) -> None:
+    """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never half a file).
+
+    The temp file is removed when the write fails. With ``in_place_fallback`` a full disk is
+    met by overwriting the existing file in place when the new text fits in the blocks it
+    already holds (used for status.json, so a run can still say that it failed).
+    """
+    data = text.encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(e, OSError) or not (
+            in_place_fallback and e.errno in DISK_FULL and _fits_in_place(path, data)
+        ):
+            raise
+        with open(path, "r+b") as f:  # no new blocks needed: the file already holds them
+            f.write(data)
+            f.truncate(len(data))
+
+
+def _fits_in_place(path: Path, data: bytes) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    allocated = getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return 0 < len(data) <= allocated
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat``
+    field 22), or None where there is no /proc or no such process. Two processes that had the
+    same pid one after the other have different values."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start ticks) of a process from /proc, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None, start_ticks: int | None = None) -> bool:
+    """Whether process ``pid`` still runs (and is the same process: same ``start_ticks``).
+
+    A zombie (ended, not yet reaped) counts as gone. Without /proc only existence is checked.
+    """
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        # no /proc here (not Linux): existence is all we can check; with /proc, it just ended
+        return not Path("/proc/self/stat").exists()
+    state, ticks = stat
+    if state in ("Z", "X"):
+        return False
+    return start_ticks is None or ticks == start_ticks
+
+
+def _main_process() -> bool:
+    """False in the non-main processes of ``accelerate launch`` / torchrun (RANK > 0)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep: int = 0) -> Path:
+    """Write a torch checkpoint so that ``path`` is either absent or complete and loadable.
+
+    ``torch.save`` into a temp file beside ``path``, fsync, read it back (structure and
+    every record's header, memory-mapped: cheap), then rename it into place and fsync the
+    folder. On any failure (e.g. a full disk) the temp file is removed, earlier checkpoints
+    are untouched, and the error propagates. ``keep > 0`` then deletes all but the ``keep``
+    newest checkpoints with the same name prefix (``step-*.pt`` for ``step-000100.pt``).
+    """
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise OSError(
+                errno.EIO, f"checkpoint did not read back after writing ({describe_error(e)})",
+                str(path),
+            ) from e  # fmt: skip
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    if keep > 0:
+        prefix = path.name.split("-", 1)[0]
+        for old in sorted(path.parent.glob(f"{prefix}-*{path.suffix}"))[:-keep]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return path
+
+
+def load_newest_checkpoint(
+    paths: Sequence[Path], *, check: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest checkpoint of ``paths`` (given oldest first) that loads.
+
+    Each one that does not load (truncated, corrupt, or rejected by ``check``, which raises)
+    is renamed to ``<name>.corrupt`` (kept for inspection, never tried again) with a warning,
+    and the next older one is tried; the warning names the one resumed from. Returns None
+    when ``paths`` is empty; raises ValueError (one line) when none of them loads.
+    """
+    import torch
+
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(list(paths)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a checkpoint dict")
+            if check is not None:
+                check(state)
+        except Exception as e:
+            reason = describe_error(e)
+            logger.warning("checkpoint %s does not load (%s); trying an older one", path, reason)
+            bad.append((path, reason))
+            continue
+        if bad:
+            logger.warning(
+                "resuming from %s, the newest checkpoint that loads (%d newer one(s) unreadable, "
+                "renamed *.corrupt)", path.name, len(bad),
+            )  # fmt: skip
+            for p, _ in bad:
+                with contextlib.suppress(OSError):
+                    p.rename(p.with_name(p.name + ".corrupt"))
+        return path, state
+    if not bad:
+        return None
+    newest, reason = bad[0]
+    raise ValueError(
+        f"cannot resume: none of the {len(bad)} checkpoint(s) in {newest.parent} loads "
+        f"(newest {newest.name}: {reason}); delete that folder to start over, or use another --out"
+    )
 
 
 class RunDir:
@@ -54,7 +286,9 @@ class RunDir:
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The current status (``{"state": "queued"}`` when none was written yet)."""
+        """The status as last written (``{"state": "queued"}`` when none was written yet).
+
+        Readers that show a run use :meth:`live_status` (it knows about dead processes)."""
         p = self.path / "status.json"
         try:
             return json.loads(p.read_text())
@@ -76,8 +310,81 @@ class RunDir:
             st["state"] = state
         st.update(fields)
         st["updated"] = now
-        _atomic_write(self.path / "status.json", json.dumps(st, default=str) + "\n")
+        _atomic_write(
+            self.path / "status.json", json.dumps(st, default=str) + "\n", in_place_fallback=True
+        )
         return st
+
+    def live_status(self) -> dict[str, Any]:
+        """:meth:`status`, but ``failed`` when it says queued/running and its process is gone.
+
+        The pid (and its start time, ``pid_start``) recorded in status.json are checked; the
+        message then reads "process N ended without a final status" (``kill -9``, the OOM
+        killer, a power cut) and ``crashed`` is True. Nothing is written.
+        """
+        st = self.status()
+        pid = st.get("pid")
+        active = st.get("state") in ("queued", "running") and isinstance(pid, int)
+        if active and not pid_alive(pid, st.get("pid_start")):
+            st = self.status()  # it may have written its final status just before it ended
+            if st.get("state") in ("queued", "running") and st.get("pid") == pid:
+                return {**st, "state": "failed", "crashed": True,
+                        "message": f"process {pid} ended without a final status"}  # fmt: skip
+        return st
+
+    @contextlib.contextmanager
+    def lifecycle(
+        self, stage: str, *, report: bool | None = None, **fields: Any
+    ) -> Iterator[RunDir]:
+        """Run a stage's body so that however it stops, its status ends honest.
+
+        On entry the status becomes ``running`` with this process's pid, its start time and
+        ``fields``. On the way out: :class:`Cancelled` and Ctrl-C leave ``cancelled``;
+        SIGTERM (turned into :class:`Terminated` while inside, main thread only) leaves
+        ``cancelled`` when a cancel was requested, else ``failed``; any other exception leaves
+        ``failed`` with :func:`describe_error`'s one line (and a ``failed`` event). The
+        exception propagates. Success must set ``done`` itself (it knows its final figures).
+        ``report`` (default: not a non-main process of ``accelerate launch``) False makes
+        this a no-op for the status, so only one process writes it.
+        """
+        report = _main_process() if report is None else report
+        if report:
+            self.set_status("running", pid=os.getpid(), pid_start=process_start_ticks(os.getpid()),
+                            started=time.time(), stage=stage, finished=None, error=None,
+                            **fields)  # fmt: skip
+        restore = _catch_sigterm()
+        try:
+            yield self
+        except Cancelled:
+            if report:
+                self._final("cancelled", "cancelled; resume to continue")
+            raise
+        except Terminated as e:
+            if report:
+                if self.cancel_requested():
+                    self._final("cancelled", "cancelled (SIGTERM); resume to continue")
+                else:
+                    self._final("failed", f"{e}; resume to continue")
+            raise
+        except KeyboardInterrupt:
+            if report:
+                self._final("cancelled", "interrupted (Ctrl-C); resume to continue")
+            raise
+        except BaseException as e:
+            if report:
+                self._final("failed", describe_error(e), error=type(e).__name__)
+            raise
+        finally:
+            restore()
+
+    def _final(self, state: str, message: str, **fields: Any) -> None:
+        """The last status write of a stopped stage; never masks the error that stopped it."""
+        try:
+            self.set_status(state, message=message, **fields)
+        except OSError as e:
+            logger.warning("could not record %s status in %s: %s", state, self.path, e)
+        with contextlib.suppress(OSError):
+            self.event(state, message=message)
 
     # -- events ---------------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
@@ -128,9 +435,41 @@ class RunDir:
 
     # -- log ------------------------------------------------------------------------------
     def log_to_file(self, level: int = logging.INFO) -> logging.Handler:
-        """Attach a handler writing the ``diffmix`` loggers to log.txt; returns it (to remove)."""
-        handler = logging.FileHandler(self.path / "log.txt")
+        """Attach a handler writing the ``diffmix`` loggers to log.txt; returns it (to remove).
+
+        A record that cannot be written (a full disk) is dropped silently rather than printing
+        a logging traceback: the stage's own error says what happened."""
+        handler = _QuietFileHandler(self.path / "log.txt")
         handler.setLevel(level)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("diffmix").addHandler(handler)
         return handler
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A FileHandler that drops a record it cannot write instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 -- logging's name
+        pass
+
+
+def _catch_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread (where the default action
+    would kill the process with no word); returns the function that restores the handler.
+
+    Leaves an embedding application's own handler alone, and does nothing off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, AttributeError):
+        return lambda: None
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None
+
+    def on_term(signum, frame):
+        raise Terminated("stopped by SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
