@@ -3,8 +3,9 @@
 Each subcommand is a pair of functions: ``add_<name>_parser(subparsers)`` declares its
 arguments and sets ``func``; ``cmd_<name>(args) -> int`` runs it. A stage adds its pair to
 :data:`SUBCOMMANDS`. Diagnostics go to the log (stderr); results go to stdout. User
-errors (bad spec, bad value, missing file) exit with status 2 and a single line
-``error: ...`` on stderr.
+errors (bad spec, bad value, missing file) and system errors the user can fix (a full disk,
+an unwritable folder) exit with status 2 and a single line ``error: ...`` on stderr; Ctrl-C
+and SIGTERM exit with 130 / 143. The run directory's status.json says the same.
 """
 
 from __future__ import annotations
@@ -592,11 +593,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except Cancelled:
         sys.stderr.write(f"cancelled; continue with the same command (--out {args.out})\n")
         return 130
-    except OSError as e:  # unwritable output folder: the message says what to do
-        if isinstance(e, FileNotFoundError):
-            raise
-        sys.stderr.write(f"error: {' '.join(str(e.strerror or e).split())}\n")
-        return EXIT_USER_ERROR
     if int(os.environ.get("RANK", "0")) != 0:  # other processes of `accelerate launch`
         return 0
     _write(
@@ -718,6 +714,48 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- diffmix status
+
+
+def add_status_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``diffmix status DIR``: the state of a run folder, as the app shows it."""
+    p = subparsers.add_parser(
+        "status",
+        help="show the state of a run folder (personalize, generate, train, experiment)",
+        description="Print the state, progress and message of a run folder. A run whose "
+        "process ended without writing a final status (kill -9, the OOM killer) shows as "
+        "failed. Exit status: 0 done, 1 failed or cancelled, 3 queued or running.",
+    )
+    p.add_argument("run", metavar="DIR", help="a run folder (--out of a stage)")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON line")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffmix.jobs import job_state
+
+    path = Path(args.run)
+    if not (path / "status.json").is_file() and not (path / "job.json").is_file():
+        raise ValueError(f"{args.run} is not a run folder (no status.json); check the path")
+    st = job_state(path)
+    if args.json:
+        _write(json.dumps(st, default=str) + "\n")
+    else:
+        state = st.get("state", "unknown")
+        lines = [f"state:    {state}"]
+        if st.get("total"):
+            lines.append(f"progress: {st.get('step', 0)} / {st['total']} "
+                         f"({100 * float(st.get('progress') or 0):.0f}%)")  # fmt: skip
+        if st.get("message"):
+            lines.append(f"message:  {st['message']}")
+        if st.get("pid"):
+            lines.append(f"pid:      {st['pid']}")
+        _write("\n".join(lines) + "\n")
+    return {"done": 0, "failed": 1, "cancelled": 1}.get(st.get("state"), 3)
+
+
 # --------------------------------------------------------------------------- main
 
 #: Parser builders, one per subcommand; later stages append theirs.
@@ -728,6 +766,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_parser,
     add_generate_parser,
     add_experiment_parser,
+    add_status_parser,
 ]
 
 
@@ -764,6 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     setup_logging(args.verbose)
+    from diffmix.runs import Terminated, describe_error
+
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
@@ -771,6 +812,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"error: {message}\n")
         return EXIT_USER_ERROR
+    except OSError as e:  # a full disk, an unwritable folder: the message says what to do
+        logger.debug("system error", exc_info=True)
+        sys.stderr.write(f"error: {describe_error(e)}\n")
+        return EXIT_USER_ERROR
+    except Terminated:
+        sys.stderr.write("error: stopped by SIGTERM; continue with the same command and --resume\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130

@@ -81,6 +81,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import time
 from collections import Counter
@@ -92,7 +93,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from diffmix.runs import Cancelled, RunDir
+from diffmix.runs import DISK_FULL, Cancelled, RunDir
 from diffmix.translate import STRATEGIES, get_strategy
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ CARD_FILE = "README.md"
 GRID_FILE = "grid.png"
 FORMAT = "diffmix-synthetic/1"
 _TMP_SUFFIX = ".tmp"
+#: File name of a task's image (``<class>/<task:07d>.png``).
+_TASK_PNG = re.compile(r"^\d{7,}\.png$")
 #: Files a run directory may hold before its config is written (a run stopped very early).
 _RUN_FILES = frozenset(
     {"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log"}
@@ -582,13 +585,22 @@ def _plan_text(plan: Sequence[PlannedTask]) -> str:
 
 
 def _io_error(path: Path, e: OSError, finished: int | None = None) -> OSError:
-    """An OSError whose message names the path, the cause and what to do."""
+    """An OSError whose message names the path, the cause and what to do.
+
+    ``finished``: the images finished in the folder (rows whose image is on disk).
+    """
     kept = (
         f" The {finished} image(s) already finished there are kept; rerun to continue."
         if finished
         else ""
     )
     where = e.filename or path
+    if e.errno in DISK_FULL:
+        return OSError(
+            e.errno,
+            f"no space left on device while writing {str(where)!r}: free some space (or choose "
+            f"another --out) and rerun the same command.{kept}",
+        )
     return OSError(
         e.errno or errno.EACCES,
         f"cannot write to {str(where)!r} ({e.strerror or e}): make the output folder writable "
@@ -802,8 +814,7 @@ def generate(
     if dist.is_main:
         _check_rerun(out, record, plan, resume)
     run = RunDir(out)
-    handler = run.log_to_file() if dist.is_main else None
-    try:
+    with run.lifecycle("generate", report=dist.is_main, progress=0.0, message="preparing"):
         if dist.is_main:
             try:
                 run.write_config(record)
@@ -875,19 +886,25 @@ def generate(
                 faith = score.faithfulness(clf, images, [tasks[k].target_class for k in pending])
                 if st.generative != "txt2img":
                     div = score.diversity_from_source(clf, images, [sources[k] for k in pending])
-            rows = []
+            rows, written = [], []
             try:
                 for j, k in enumerate(pending):
                     t, r = tasks[k], results[k]
                     rel = f"{_class_dir(t.target_class)}/{t.task:07d}.png"
                     (out / rel).parent.mkdir(exist_ok=True)
                     _save_png(r.image, out / rel)
+                    written.append(out / rel)
                     rows.append(_row(t, r, rel, st, common,
                                      None if faith is None else float(faith[j]),
                                      None if div is None else float(div[j])))  # fmt: skip
                 _append_rows(rows_path, rows)
             except OSError as e:
-                raise _io_error(out, e, len(done) + made) from e
+                # the batch in flight is not finished: its images (no row, or a torn one) go,
+                # so the count and the folder agree; the finished rows are counted on disk
+                for f in written:
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                raise _io_error(out, e, _count_done(out)) from e
             for row in rows:
                 done.add(row["task"])
             made += len(rows)
@@ -924,21 +941,6 @@ def generate(
             run.event("done", images=summary["images"], kept=summary["kept"],
                       generated=generated, seconds=round(seconds, 3))  # fmt: skip
         return summary
-    except Cancelled:
-        logger.info("generation cancelled; rerun the same command to continue")
-        if dist.is_main:
-            with contextlib.suppress(OSError):
-                run.set_status("cancelled", message="cancelled; rerun to continue")
-        raise
-    except Exception as e:
-        if dist.is_main:
-            with contextlib.suppress(OSError):
-                run.set_status("failed", message=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        if handler is not None:
-            logging.getLogger("diffmix").removeHandler(handler)
-            handler.close()
 
 
 def _prepare_out(out: Path, dist: _Dist) -> None:
@@ -1001,11 +1003,22 @@ def _check_rerun(out: Path, record: dict, plan: Sequence[PlannedTask], resume: b
 
 def _repair(out: Path, planned: set[int]) -> None:
     """Start-of-run cleanup: temp files removed; metadata rows merged, torn lines and rows
-    without an image dropped, duplicates removed (one ``metadata.jsonl``, atomically)."""
+    without an image dropped, duplicates removed (one ``metadata.jsonl``, atomically); task
+    images without a row (the batch in flight of a killed run) removed -- they are made again."""
     for tmp in [*out.glob(f".*{_TMP_SUFFIX}"), *out.glob(f"*/.*{_TMP_SUFFIX}")]:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    _merge_rows(out, planned)
+    rows = _merge_rows(out, planned)
+    listed = {str(r.get("file_name")) for r in rows}
+    orphans = [
+        p for p in out.glob("*/*.png")
+        if _TASK_PNG.match(p.name) and p.relative_to(out).as_posix() not in listed
+    ]  # fmt: skip
+    for p in orphans:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    if orphans:
+        logger.info("removed %d image(s) without a metadata row (a batch in flight)", len(orphans))
 
 
 def _merge_rows(out: Path, planned: set[int] | None = None) -> list[dict]:

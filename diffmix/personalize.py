@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from diffmix.runs import Cancelled, RunDir
+from diffmix.runs import Cancelled, RunDir, load_newest_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ TEMPLATES = (
     "a photo of the {token} {superclass}",
 )
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: Fields that do not change the trained weights: a resume may change them.
+RUN_ONLY_FIELDS = ("checkpoint_every", "checkpoint_minutes")
+#: Default checkpoint spacing: about ten checkpoints per run, never more than this many steps
+#: apart (the former fixed interval). Our choice, so a kill loses at most ~a tenth of a run.
+MAX_CHECKPOINT_EVERY = 250
 
 
 class AdapterError(ValueError):
@@ -93,7 +98,17 @@ class PersonalizeConfig(BaseModel):
     )
     init_from: Literal["superclass", "classname"] = "superclass"
     max_grad_norm: float = Field(1.0, gt=0)
-    checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="steps between resumable checkpoints (default: steps/10, at most 250)",
+    )
+    checkpoint_minutes: float = Field(
+        10.0,
+        gt=0,
+        description="also checkpoint when this many minutes passed since the last one "
+        "(our choice: a kill loses at most ~10 min of work)",
+    )
     sample_every: int = Field(
         0, ge=0, description="steps between per-class sample grids (0: never)"
     )
@@ -109,9 +124,10 @@ class PersonalizeConfig(BaseModel):
     def resolved(self) -> PersonalizeConfig:
         """A copy with model-dependent defaults filled in."""
         nano = self.model == "nano"
+        steps = self.steps or (1500 if nano else 5000)
         return self.model_copy(
             update={
-                "steps": self.steps or (1500 if nano else 5000),
+                "steps": steps,
                 "lr": self.lr or (1e-3 if nano else 5e-5),
                 "ti_lr": self.ti_lr or (5e-3 if nano else 5e-5),
                 "class_balanced": (
@@ -119,6 +135,8 @@ class PersonalizeConfig(BaseModel):
                     if self.class_balanced is None
                     else self.class_balanced
                 ),
+                "checkpoint_every": self.checkpoint_every
+                or max(1, min(MAX_CHECKPOINT_EVERY, steps // 10)),
             }
         )
 
@@ -369,9 +387,21 @@ def _images_tensor(ds, indices: list[int], size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """The resumable checkpoints in ``out``, oldest first."""
+    return sorted((out / "checkpoints").glob("step-*.pt"))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*.pt"))
+    ckpts = _checkpoints(out)
     return ckpts[-1] if ckpts else None
+
+
+def _check_state(state: dict) -> None:
+    """Refuse a loadable file that is not one of our checkpoints (missing keys)."""
+    missing = [k for k in ("step", "embeddings", "optimizer") if k not in state]
+    if missing:
+        raise ValueError(f"not a personalization checkpoint (no {missing})")
 
 
 def personalize(
@@ -386,9 +416,12 @@ def personalize(
     With ``return_pipeline`` returns ``(out, pipe)``: the in-memory pipeline holding the trained
     tokens and LoRA (to compare against the saved adapter reloaded by plain diffusers calls).
 
-    With ``resume``, continues from the newest checkpoint in ``out/checkpoints`` and ends with
-    the same weights as an uninterrupted run with the same config (per-step seeded batches).
-    A cancel request (``RunDir.request_cancel``) stops at the next step with a checkpoint.
+    With ``resume``, continues from the newest checkpoint in ``out/checkpoints`` that loads
+    (an unreadable newer one is skipped with a warning) and ends with the same weights as an
+    uninterrupted run with the same config (per-step seeded batches); the log says the step it
+    resumes from, and warns when that is step 0. A cancel request (``RunDir.request_cancel``)
+    stops at the next step with a checkpoint. However it stops, status.json says so
+    (:meth:`RunDir.lifecycle`); a full disk raises OSError with the checkpoints kept intact.
     """
     from accelerate import Accelerator
     from diffusers import StableDiffusionPipeline
@@ -400,17 +433,24 @@ def personalize(
     out = Path(out)
     run = RunDir(out)
     old = run.read_config()
-    if resume and old is not None and old != json.loads(cfg.model_dump_json()):
-        raise ValueError(f"cannot resume {out}: its config differs from this one; use a new --out")
+    cfg_json = json.loads(cfg.model_dump_json())
+    changed = sorted(
+        k
+        for k in set(old or {}) | set(cfg_json)
+        if k not in RUN_ONLY_FIELDS and (old or {}).get(k) != cfg_json.get(k)
+    )
+    if resume and old is not None and changed:
+        raise ValueError(
+            f"cannot resume {out}: its config differs in {changed}; use the same settings or a "
+            "new --out"
+        )
     if not resume and _latest_checkpoint(out) is not None:
         raise ValueError(
             f"{out} already holds a personalization; pass --resume or choose another --out"
         )
-    run.write_config(json.loads(cfg.model_dump_json()))
-    run.clear_stale_cancel()
-    handler = run.log_to_file()
-    run.set_status("running", progress=0.0, step=0, total=cfg.steps, message="loading")
-    try:
+    with run.lifecycle("personalize", progress=0.0, step=0, total=cfg.steps, message="loading"):
+        run.write_config(cfg_json)
+        run.clear_stale_cancel()
         # 1. Data: exactly the subset the data layer chooses for (spec, shots/imbalance, seed).
         ds = load_dataset(cfg.dataset, split="train")
         subset = make_subset(ds, shots=cfg.shots, imbalance=cfg.imbalance, seed=cfg.seed)
@@ -488,11 +528,11 @@ def personalize(
         unet, text_encoder, optimizer = accel.prepare(unet, text_encoder, optimizer)
         frozen_rows = frozen_rows.to(accel.device)
 
-        # 3. Resume.
+        # 3. Resume: the newest checkpoint that loads; say where from (warn when from 0).
         start = 0
-        ckpt = _latest_checkpoint(out) if resume else None
-        if ckpt is not None:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        found = load_newest_checkpoint(_checkpoints(out), check=_check_state) if resume else None
+        if found is not None:
+            ckpt, state = found
             _load_trainable(
                 accel.unwrap_model(unet),
                 accel.unwrap_model(text_encoder),
@@ -502,7 +542,14 @@ def personalize(
             )
             optimizer.load_state_dict(state["optimizer"])
             start = int(state["step"])
-            logger.info("resumed from %s at step %d", ckpt.name, start)
+            logger.info("resuming from step %d of %d (%s)", start, cfg.steps, ckpt.relative_to(out))
+            run.event("resume", step=start, checkpoint=ckpt.name)
+        elif resume:
+            logger.warning(
+                "--resume: no checkpoint in %s; starting from step 0 of %d",
+                out / "checkpoints", cfg.steps,
+            )  # fmt: skip
+            run.event("resume", step=0, checkpoint=None)
 
         # 4. Train.
         class_weights = None
@@ -515,7 +562,11 @@ def personalize(
         unet.train()
         text_encoder.train()
         t0, losses = time.time(), []
-        run.set_status(message="training", step=start, progress=start / cfg.steps)
+        last_ckpt = time.time()
+        run.set_status(
+            message=f"training (resumed at step {start})" if resume else "training",
+            step=start, progress=start / cfg.steps,
+        )  # fmt: skip
         bar = tqdm(total=cfg.steps, initial=start, desc="personalize", unit="step", disable=None)
         for step in range(start, cfg.steps):
             if run.cancel_requested():
@@ -592,7 +643,12 @@ def personalize(
                 run.event("progress", step=done, total=cfg.steps, loss=loss_avg, steps_per_s=rate)
                 run.set_status(step=done, progress=done / cfg.steps, loss=loss_avg,
                                eta_s=(cfg.steps - done) / max(rate, 1e-9))  # fmt: skip
-            if accel.is_main_process and (done % cfg.checkpoint_every == 0 and done < cfg.steps):
+            due = (
+                done % cfg.checkpoint_every == 0
+                or time.time() - last_ckpt >= 60 * cfg.checkpoint_minutes
+            )
+            if accel.is_main_process and due and done < cfg.steps:
+                last_ckpt = time.time()
                 _checkpoint(
                     out,
                     done,
@@ -641,7 +697,9 @@ def personalize(
                 "config": json.loads(cfg.model_dump_json()),
                 "final_loss": float(np.mean(losses[-50:])) if losses else None,
             }
-            (out / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            tmp = out / f".{ADAPTER_FILE}.tmp"  # adapter.json marks a finished adapter: atomic
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(tmp, out / ADAPTER_FILE)
         run.set_status("done", progress=1.0, step=cfg.steps, message="finished")
         run.event("done", step=cfg.steps)
         if return_pipeline:
@@ -651,16 +709,6 @@ def personalize(
             )
             return out, pipe
         return out
-    except Cancelled:
-        logger.info("personalization cancelled; resume with --resume")
-        run.set_status("cancelled", message="cancelled; resume to continue")
-        raise
-    except Exception as e:
-        run.set_status("failed", message=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        logging.getLogger("diffmix").removeHandler(handler)
-        handler.close()
 
 
 def _trainable_state(unet, text_encoder, token_ids: list[int], ti_only: bool) -> dict:
@@ -690,17 +738,14 @@ def _load_trainable(unet, text_encoder, state: dict, token_ids: list[int], ti_on
 def _checkpoint(
     out: Path, step: int, unet, text_encoder, optimizer, token_ids: list[int], ti_only: bool
 ) -> None:
-    """Write ``checkpoints/step-XXXXXX.pt`` atomically and keep the two newest."""
+    """Write ``checkpoints/step-XXXXXX.pt`` (complete and loadable, or absent: a full disk
+    leaves the older ones intact) and keep the two newest."""
     state = _trainable_state(unet, text_encoder, token_ids, ti_only)
     state["optimizer"] = optimizer.state_dict()
     state["step"] = step
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".step-{step:06d}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / f"step-{step:06d}.pt")
-    for old in sorted(folder.glob("step-*.pt"))[:-2]:
-        old.unlink()
+    save_checkpoint(state, folder / f"step-{step:06d}.pt", keep=2)
 
 
 @torch.no_grad()

@@ -334,7 +334,7 @@ class RunDir:
 
     @contextlib.contextmanager
     def lifecycle(
-        self, stage: str, *, report: bool | None = None, **fields: Any
+        self, stage: str, *, report: bool | None = None, log: bool = True, **fields: Any
     ) -> Iterator[RunDir]:
         """Run a stage's body so that however it stops, its status ends honest.
 
@@ -345,17 +345,26 @@ class RunDir:
         ``failed`` with :func:`describe_error`'s one line (and a ``failed`` event). The
         exception propagates. Success must set ``done`` itself (it knows its final figures).
         ``report`` (default: not a non-main process of ``accelerate launch``) False makes
-        this a no-op for the status, so only one process writes it.
+        this a no-op for the status, so only one process writes it. With ``log`` (and
+        ``report``) the ``diffmix`` loggers also write to log.txt while inside.
         """
         report = _main_process() if report is None else report
-        if report:
-            self.set_status("running", pid=os.getpid(), pid_start=process_start_ticks(os.getpid()),
+        handler = self.log_to_file() if report and log else None
+        try:
+            if report:
+                self.set_status("running", pid=os.getpid(), pid_start=process_start_ticks(os.getpid()),
                             started=time.time(), stage=stage, finished=None, error=None,
                             **fields)  # fmt: skip
+        except BaseException:
+            if handler is not None:
+                logging.getLogger("diffmix").removeHandler(handler)
+                handler.close()
+            raise
         restore = _catch_sigterm()
         try:
             yield self
         except Cancelled:
+            logger.info("%s cancelled; run it again with --resume to continue", stage)
             if report:
                 self._final("cancelled", "cancelled; resume to continue")
             raise
@@ -376,6 +385,9 @@ class RunDir:
             raise
         finally:
             restore()
+            if handler is not None:
+                logging.getLogger("diffmix").removeHandler(handler)
+                handler.close()
 
     def _final(self, state: str, message: str, **fields: Any) -> None:
         """The last status write of a stopped stage; never masks the error that stopped it."""

@@ -150,12 +150,11 @@ def open_run(stage: str, name: str | None, *, owner: str | None, settings: Setti
 
 
 def run_state(run_dir: Path) -> dict[str, Any]:
-    """The run's status (``crashed`` when its process died); ``done`` for a finished folder
-    made without a job (e.g. an export), ``unknown`` for an unrecognised folder."""
-    if jobs.read_job(run_dir) is not None:
+    """The run's status (``failed`` when its process died without a final status); ``done``
+    for a finished folder made without a job (e.g. an export), ``unknown`` for an unrecognised
+    folder."""
+    if jobs.read_job(run_dir) is not None or (run_dir / "status.json").is_file():
         return jobs.job_state(run_dir)
-    if (run_dir / "status.json").is_file():
-        return RunDir(run_dir).status()
     if any((run_dir / f).is_file() for f in ("adapter.json", "metadata.jsonl", "metrics.json")):
         return {"state": "done", "progress": 1.0, "message": "finished"}
     return {"state": "unknown", "message": "not a run folder"}

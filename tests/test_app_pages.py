@@ -154,12 +154,12 @@ def test_cancel_and_resume_rules(private: Settings, monkeypatch: pytest.MonkeyPa
         jobs_ui.cancel_run("train", done, owner=None, settings=private)
     with pytest.raises(ValueError, match="has finished"):
         jobs_ui.resume_run("train", done, owner=None, settings=private)
-    # a run whose process died mid-way is 'crashed' and resumes with its own arguments
+    # a run whose process died mid-way is 'failed' and resumes with its own arguments
     crashed = _name("crashed")
     path = _fake_run("train", crashed, owner="o" * 20, state="running",
                      argv=[sys.executable, "-m", "diffmix", "train", "demo", "--epochs", "3",
                            "--out", "x"])  # fmt: skip
-    assert jobs_ui.job_view(path).state == "crashed" and jobs_ui.job_view(path).can_resume
+    assert jobs_ui.job_view(path).state == "failed" and jobs_ui.job_view(path).can_resume
     started: list[tuple] = []
     monkeypatch.setattr(jobs_ui.jobs, "start_job", lambda *a, **k: started.append((a, k)))
     jobs_ui.resume_run("train", crashed, owner=None, settings=private)

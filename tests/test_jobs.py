@@ -28,7 +28,7 @@ def test_job_runs_to_done_and_is_listed_for_its_owner_only(tiny_sd_dir, tmp_path
         jobs.cancel_job(run, owner="bob")
 
 
-def test_cancel_stops_at_a_checkpoint_and_bad_args_show_as_crashed(
+def test_cancel_stops_at_a_checkpoint_and_bad_args_show_as_failed(
     tiny_sd_dir, tmp_path, workspace_home
 ):
     run = tmp_path / "p2"
@@ -40,12 +40,13 @@ def test_cancel_stops_at_a_checkpoint_and_bad_args_show_as_crashed(
     bad = tmp_path / "bad"
     jobs.start_job("personalize", ["demo", "--rank", "0"], bad)
     st = jobs.wait(bad, timeout_s=120)
-    assert st["state"] == "crashed" and "rank" in st["message"]
+    assert st["state"] == "failed" and st["crashed"] and "rank" in st["message"]
+    assert st["message"].startswith(f"process {st['pid']} ended without a final status")
     with pytest.raises(ValueError, match="unknown stage"):
         jobs.start_job("nope", [], tmp_path / "x")
 
 
-def test_killed_job_is_reported_crashed(tiny_sd_dir, tmp_path, workspace_home):
+def test_killed_job_is_reported_failed(tiny_sd_dir, tmp_path, workspace_home):
     run = tmp_path / "p3"
     job = jobs.start_job("personalize", _args(tiny_sd_dir, 100000), run)
     import time
@@ -57,7 +58,8 @@ def test_killed_job_is_reported_crashed(tiny_sd_dir, tmp_path, workspace_home):
         jobs.start_job("personalize", _args(tiny_sd_dir, 2), run)
     os.killpg(job.pid, signal.SIGKILL)
     st = jobs.wait(run, timeout_s=30)
-    assert st["state"] == "crashed"
+    assert st["state"] == "failed" and st["crashed"]
+    assert st["message"].startswith(f"process {job.pid} ended without a final status")
 
 
 def test_generate_runs_as_a_job_in_a_fresh_folder(tiny_sd_dir, tmp_path, workspace_home):

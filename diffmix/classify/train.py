@@ -26,6 +26,7 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ from diffmix.classify.metrics import (
 )
 from diffmix.classify.models import create_classifier, normalization
 from diffmix.mixing import mix_batch
-from diffmix.runs import Cancelled, RunDir
+from diffmix.runs import Cancelled, RunDir, load_newest_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``config`` into the run directory ``out``; returns the final metrics.
 
-    ``resume`` continues from the newest checkpoint in ``out`` (same config required).
+    ``resume`` continues from the newest checkpoint in ``out`` that loads (same config
+    required; an unreadable newer one is skipped with a warning; the log says where it resumes
+    from, and warns when that is the beginning). However the run stops, status.json says so
+    (:meth:`RunDir.lifecycle`); a full disk raises OSError with the checkpoints kept intact.
     ``callback(epoch_metrics)`` is called after each epoch (in-process progress). A cancel
     request (``RunDir(out).request_cancel()``) stops the run at the next step boundary with a
     checkpoint and raises :class:`diffmix.runs.Cancelled`.
@@ -114,15 +118,16 @@ def train(
         raise ValueError(
             f"{out} already holds a training run; pass --resume or choose another --out"
         )
-    run.write_config(cfg_json)
-    run.clear_stale_cancel()
-    handler = run.log_to_file()
-    run.set_status("running", progress=0.0, message="loading data")
     writer = None
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with (
+        run.lifecycle("train", progress=0.0, message="loading data"),
+        contextlib.ExitStack() as cleanup,
+    ):
+        cleanup.callback(torch.set_num_threads, torch.get_num_threads())
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        run.write_config(cfg_json)
+        run.clear_stale_cancel()
         # 1. Real data: the subset of the train split, and the whole test split.
         from diffmix import workspace
         from diffmix.data import load_dataset, make_subset
@@ -205,9 +210,9 @@ def train(
 
         # 4. Resume.
         start_epoch, start_step, history, partial = 0, 0, [], None
-        ckpt = _latest_checkpoint(out) if resume else None
-        if ckpt is not None:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        found = load_newest_checkpoint(_checkpoints(out), check=_check_state) if resume else None
+        if found is not None:
+            ckpt, state = found
             if int(state["steps_per_epoch"]) != steps_per_epoch:
                 raise ValueError(
                     f"cannot resume {out}: it ran {state['steps_per_epoch']} steps per epoch, "
@@ -225,9 +230,14 @@ def train(
                     run.event("epoch", **h)
             run.event("resume", epoch=start_epoch, step_in_epoch=start_step, checkpoint=ckpt.name)
             logger.info(
-                "resumed from %s: epoch %d, step %d", ckpt.name, start_epoch + 1, start_step
-            )
+                "resuming from epoch %d of %d, step %d (%s)",
+                start_epoch + 1, cfg.epochs, start_step, ckpt.relative_to(out),
+            )  # fmt: skip
         else:
+            if resume:
+                logger.warning(
+                    "--resume: no checkpoint in %s; starting from epoch 1", out / "checkpoints"
+                )
             run.event(
                 "start",
                 class_names=class_names,
@@ -238,6 +248,8 @@ def train(
                 test_images=len(test_ds),
             )
         writer = _tensorboard(out) if cfg.tensorboard and accel.is_main_process else None
+        if writer is not None:
+            cleanup.callback(writer.close)
 
         # 5. Train: one plan per epoch, batches gathered from the tensor caches.
         logger.info(
@@ -398,19 +410,6 @@ def train(
         run.set_status("done", progress=1.0, message="finished", eta_s=0.0,
                        test_accuracy=result["test_accuracy"])  # fmt: skip
         return result
-    except Cancelled:
-        logger.info("training cancelled; resume with --resume")
-        run.set_status("cancelled", message="cancelled; resume to continue")
-        raise
-    except Exception as e:
-        run.set_status("failed", message=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        if writer is not None:
-            writer.close()
-        logging.getLogger("diffmix").removeHandler(handler)
-        handler.close()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -476,9 +475,22 @@ def _figures(
     }
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """The resumable checkpoints in ``out``, oldest first."""
+    return sorted((out / "checkpoints").glob("ckpt-*.pt"))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    ckpts = _checkpoints(out)
     return ckpts[-1] if ckpts else None
+
+
+def _check_state(state: dict) -> None:
+    """Refuse a loadable file that is not one of our checkpoints (missing keys)."""
+    keys = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "steps_per_epoch")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"not a training checkpoint (no {missing})")
 
 
 def _checkpoint(
@@ -493,7 +505,8 @@ def _checkpoint(
     history: list[dict],
     partial: dict | None,
 ) -> None:
-    """Write ``checkpoints/ckpt-<global step>.pt`` atomically; keep the newest two.
+    """Write ``checkpoints/ckpt-<global step>.pt`` (complete and loadable, or absent: a full
+    disk leaves the older ones intact); keep the newest two.
 
     ``epoch`` counts completed epochs; ``step_in_epoch`` the steps done in the next one.
     """
@@ -513,12 +526,7 @@ def _checkpoint(
     }
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-{global_step:09d}.pt"
-    tmp = folder / f".{name}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / name)
-    for old in sorted(folder.glob("ckpt-*.pt"))[:-_KEEP_CHECKPOINTS]:
-        old.unlink()
+    save_checkpoint(state, folder / f"ckpt-{global_step:09d}.pt", keep=_KEEP_CHECKPOINTS)
 
 
 def _save_model(out: Path, model, cfg: TrainConfig, class_names: list[str], mean, std) -> None:
