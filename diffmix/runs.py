@@ -213,9 +213,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep: int
                 str(path),
             ) from e  # fmt: skip
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # torch.save into a file object
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
     if keep > 0:

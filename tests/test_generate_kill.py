@@ -11,6 +11,7 @@ from datautil import write_color_folder  # tests/ is on sys.path under pytest
 from killutil import sigkill_when  # tests/ is on sys.path under pytest
 from PIL import Image
 
+from diffmix import jobs
 from diffmix.generate import GenerateConfig, generate, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,9 @@ def test_sigkill_mid_run_then_resume(colors, tiny_sd_dir, workspace_home, tmp_pa
     before = read_rows(meta)
     planned = 12 * 12
     assert 4 <= len(before) < planned
+    # the dead job never wrote a final status: readers show it failed, not running
+    st = jobs.job_state(out)
+    assert st["state"] == "failed" and "ended without a final status" in st["message"]
 
     # 2. Resume: only the missing tasks are made
     summary = generate(cfg, out, resume=True)
