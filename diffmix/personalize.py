@@ -550,6 +550,8 @@ def personalize(
                 out / "checkpoints", cfg.steps,
             )  # fmt: skip
             run.event("resume", step=0, checkpoint=None)
+        if resume:  # progress logged after the checkpoint resumed from is made again
+            run.drop_events("progress", lambda ev: (ev.get("step") or 0) <= start)
 
         # 4. Train.
         class_weights = None

@@ -423,6 +423,26 @@ class RunDir:
                 out.append(ev)
         return out
 
+    def drop_events(self, kind: str, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Rewrite events.jsonl without the ``kind`` events for which ``keep`` is false (e.g.
+        epochs a resume from an older checkpoint makes again); returns how many were dropped."""
+        p = self.path / "events.jsonl"
+        if not p.is_file():
+            return 0
+        lines, dropped = [], 0
+        for line in p.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if ev.get("kind") == kind and not keep(ev):
+                dropped += 1
+            else:
+                lines.append(line + "\n")
+        if dropped:
+            _atomic_write(p, "".join(lines))
+        return dropped
+
     # -- cancel ---------------------------------------------------------------------------
     def request_cancel(self) -> None:
         (self.path / "CANCEL").touch()

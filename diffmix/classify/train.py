@@ -224,6 +224,8 @@ def train(
             torch.set_rng_state(state["rng"]["torch"])
             start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
             history, partial = list(state["history"]), state.get("partial")
+            # epochs logged after this checkpoint (a newer one was unreadable) are made again
+            run.drop_events("epoch", lambda ev: (ev.get("epoch") or 0) <= start_epoch)
             logged = {ev.get("epoch") for ev in run.events("epoch")}
             for h in history:  # an epoch checkpointed but not yet logged (killed in between)
                 if h["epoch"] not in logged:
