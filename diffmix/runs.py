@@ -5,7 +5,8 @@ Layout of a run directory::
     config.json     the resolved config the job runs with
     status.json     {"state", "progress" (0-1), "step", "total", "pid", "started", "updated",
                      "finished", "message"} -- rewritten atomically
-    events.jsonl    append-only progress/metric events, one JSON object per line
+    events.jsonl    append-only progress/metric events, one JSON object per line (a resume
+                    from an older checkpoint drops those it makes again: :meth:`drop_events`)
     log.txt         the job's log (``logging`` handler attached by :meth:`RunDir.log_to_file`)
     CANCEL          present when a cancel was requested; the job stops at its next check
 
@@ -92,12 +93,9 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_file(path: Path, data: bytes, *, fsync: bool = False) -> None:
+def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def _atomic_write(path: Path, text: str, *, in_place_fallback: bool = False) -> None:
