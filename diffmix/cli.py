@@ -157,7 +157,8 @@ def _stage_fields(
 ) -> dict[str, Any]:
     """A stage's config fields: the ``--config`` YAML, the positional dataset spec, every flag
     the user gave and ``extra``; then the recipe (``--recipe``, else the YAML's ``recipe:``,
-    :mod:`diffmix.recipes`) fills the fields none of those set."""
+    :mod:`diffmix.recipes`) fills the fields none of those set; the result is checked against
+    the deployment's settings (:func:`_check_request`)."""
     from diffmix.recipes import apply_recipe
 
     fields = _load_yaml_config(args.config)
@@ -168,7 +169,9 @@ def _stage_fields(
         fields["dataset"] = args.spec
     fields = _overlay_flags(fields, args, config_cls, skip=skip)
     fields.update(extra or {})
-    return apply_recipe(recipe, stage, fields)
+    fields = apply_recipe(recipe, stage, fields)
+    _check_request(stage, {**fields, "config": args.config})
+    return fields
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
@@ -180,6 +183,17 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
         help="the Diff-Mix authors' settings (strength, gamma, p, multiplier, subset, balanced "
         "sampling; see docs/fidelity.md); flags and YAML keys you give override its values",
     )  # fmt: skip
+
+
+def _check_request(stage: str, fields: dict[str, Any]) -> None:
+    """The deployment's rules (``DIFFMIX_*``: paths, work limits) applied to a stage's fields.
+
+    A job the app starts inherits the app's environment, so the rules hold here too, whatever
+    reached the command line; on a private machine the limits are generous.
+    """
+    from diffmix.settings import Settings, check_request
+
+    check_request(stage, fields, Settings.from_env())
 
 
 def _add_resume_json(p: argparse.ArgumentParser, resume_help: str) -> None:
@@ -323,6 +337,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
         strengths = [1.0]
     if args.source is None and st.generative != "txt2img":
         raise ValueError(f"--source is required for {st.name}")
+    _check_request("translate", {"dataset": args.dataset, "model": args.model,
+                                 "adapter": args.adapter, "source": args.source,
+                                 "num_inference_steps": args.steps})  # fmt: skip
     cfg = TranslateConfig(strategy=st.name, model=args.model, adapter=args.adapter,
                           num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                           gamma=args.gamma, device=args.device)  # fmt: skip
@@ -770,14 +787,23 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``diffmix`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """The ``diffmix`` argument parser with every registered subcommand.
+
+    ``parser_class`` builds the parser and its subparsers (the job launcher passes one whose
+    errors raise instead of exiting). Positional values may follow ``--`` (the launcher puts
+    them there, so that a dataset spec can never be read as an option).
+    """
+    parser = parser_class(
         prog="diffmix",
         description="Diff-Mix Studio: inter-class image mixup with Stable Diffusion.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=parser_class
+    )
     for add in SUBCOMMANDS:
         add(sub)
     return parser

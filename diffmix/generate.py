@@ -165,8 +165,8 @@ class GenerateConfig(BaseModel):
         "strength", description="batch tasks of equal strength together, or in plain task order"
     )
     num_inference_steps: int = Field(
-        25, ge=1,
-        description="timestep grid size (steps at s = 1); 25 = the authors' "
+        25, ge=1, le=1000,
+        description="timestep grid size (steps at s = 1; at most the schedulers' 1000 training timesteps); 25 = the authors' "
         "(a81337b:augmentation/diff_mix.py:159)",
     )  # fmt: skip
     guidance_scale: float = Field(

@@ -5,10 +5,18 @@ is ``python -m diffmix <stage> ... --out RUN_DIR`` in its own process group, so 
 the job never takes the app down and a reload of the page finds the same live state by
 reading the run directory (:mod:`diffmix.runs`). ``job.json`` records who started it
 (``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs.
+
+:func:`start_job` is where the app's work starts, so it checks everything again whatever page
+or API call asked for it: the arguments are parsed with the stage's own command-line parser
+(unknown options refused, ``--config`` refused), the settings they name go through
+:func:`diffmix.settings.check_request` (dataset spec, paths, work limits), the number of live
+jobs per owner and in total is capped, and positional values (the dataset spec) are passed
+after ``--`` so that no user string can become an option of the stage.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -16,11 +24,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from diffmix.runs import JOB_ENV, RunDir, pid_alive, process_start_ticks
+from diffmix.settings import LIMITS, Settings, check_request
 
 logger = logging.getLogger(__name__)
 
@@ -48,44 +59,166 @@ class Job:
 
 
 def start_job(
-    stage: str, args: list[str], run_dir: str | os.PathLike, *, owner: str | None = None
+    stage: str,
+    args: list[str],
+    run_dir: str | os.PathLike,
+    *,
+    owner: str | None = None,
+    settings: Settings | None = None,
 ) -> Job:
-    """Start ``diffmix <stage> <args> --out <run_dir>`` in the background.
+    """Start ``diffmix <stage> <options> --out <run_dir> -- <positionals>`` in the background.
 
-    ``args`` are CLI arguments (no ``--out``). Refuses a run directory where a job is still
-    alive (resume it instead, or choose another folder).
+    ``args`` are CLI arguments (no ``--out``): options, and the stage's positional values
+    (the dataset spec) either first or after ``--``. They are parsed with the stage's parser and
+    checked against ``settings`` (default: read from the environment) with
+    :func:`~diffmix.settings.check_request`; ``--config`` is refused (a job's settings are its
+    checked arguments). Refuses a run directory where a job is still alive (resume it
+    instead, or choose another folder) and a start over the live-job caps
+    (``max_jobs_per_visitor`` for ``owner``, ``max_jobs`` in total). ``ValueError`` names the
+    problem.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
-    if "--out" in args:
-        raise ValueError("pass the output folder as run_dir, not as --out in args")
+    settings = Settings.from_env() if settings is None else settings
+    # 1. Check the arguments with the stage's own parser and the deployment's settings.
+    options, positionals = split_args(args)
+    fields = parse_stage_args(stage, options, positionals)
+    check_request(stage, fields, settings)
     run_dir = Path(run_dir)
-    existing = read_job(run_dir)
-    if existing is not None and is_alive(existing):
-        raise ValueError(
-            f"a {existing.stage} job (pid {existing.pid}) is still running in {run_dir}"
-        )
-    run = RunDir(run_dir)
-    run.clear_cancel()  # a cancel from an earlier run; one asked for from now on is honoured
-    argv = [sys.executable, "-m", "diffmix", stage, *args, "--out", str(run_dir)]
-    log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 -- handed to the child process
-    try:
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=os.getcwd(), env={**os.environ, JOB_ENV: "1"},
-        )  # fmt: skip
-    finally:
-        log.close()
-    pid_start = process_start_ticks(proc.pid)
-    job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time(), pid_start)
-    (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
+    with _START_LOCK:
+        # 2. One job per folder; caps on live jobs.
+        existing = read_job(run_dir)
+        if existing is not None and is_alive(existing):
+            raise ValueError(
+                f"a {existing.stage} job (pid {existing.pid}) is still running in {run_dir}"
+            )
+        check_capacity(settings, owner)
+        # 3. Start it.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = RunDir(run_dir)
+        run.clear_cancel()  # a cancel from an earlier run; one asked for from now on is honoured
+        argv = [sys.executable, "-m", "diffmix", stage, *options, "--out", str(run_dir)]
+        if positionals:
+            argv += ["--", *positionals]
+        log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 -- handed to the child process
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=os.getcwd(), env={**os.environ, JOB_ENV: "1"},
+            )  # fmt: skip
+        finally:
+            log.close()
+        pid_start = process_start_ticks(proc.pid)
+        job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time(), pid_start)
+        (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
+        _CHILDREN[proc.pid] = proc
     if run.status().get("state") in (None, "queued"):
         run.set_status("queued", pid=proc.pid, pid_start=pid_start, message="starting")
     logger.info("started %s job pid %d in %s", stage, proc.pid, run_dir)
-    _CHILDREN[proc.pid] = proc
     return job
 
 
+class _ArgsError(argparse.ArgumentParser):
+    """An argument parser whose errors raise ``ValueError`` (never print, never exit)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(f"bad job arguments: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
+        raise ValueError(f"bad job arguments: {(message or '').strip() or 'exit'}")
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(options, positionals)`` of a job's arguments.
+
+    Positionals are what follows ``--``, or a first argument that does not start with ``-``
+    (``["demo", "--steps", "5"]``); any other value that is not an option's is refused later
+    by :func:`parse_stage_args`. A positional starting with ``-`` is refused here.
+    """
+    args = [str(a) for a in args]
+    if "--" in args:
+        k = args.index("--")
+        options, positionals = args[:k], args[k + 1 :]
+    elif args and not args[0].startswith("-"):
+        options, positionals = args[1:], args[:1]
+    else:
+        options, positionals = args, []
+    bad = [p for p in positionals if p.strip().startswith("-")]
+    if bad:
+        raise ValueError(f"job argument {bad[0]!r} refused: a value cannot start with '-'")
+    if "--out" in options or any(a.startswith("--out=") for a in options):
+        raise ValueError("pass the output folder as run_dir, not as --out in args")
+    if any(a == "--config" or a.startswith("--config=") for a in options):
+        raise ValueError("--config is not accepted for a job: pass its settings as arguments")
+    return options, positionals
+
+
+def parse_stage_args(stage: str, options: list[str], positionals: list[str]) -> dict[str, Any]:
+    """The config fields a job's arguments set (parsed with the stage's CLI parser).
+
+    ``ValueError`` for unknown options, values an option's type refuses, or a positional value
+    among the options (it must come first or after ``--``).
+    """
+    from diffmix.cli import build_parser
+
+    parser = build_parser(_ArgsError)
+    tail = ["--", *positionals] if positionals else []
+    ns = vars(parser.parse_args([stage, *options, "--out", "-", *tail]))
+    if not positionals and ns.get("spec") is not None:
+        raise ValueError(
+            f"job argument {ns['spec']!r} refused: positional values go first or after '--'"
+        )
+    skip = {"func", "out", "resume", "json", "verbose", "command", "spec", "dry_run"}
+    fields = {k: v for k, v in ns.items() if v is not None and k not in skip}
+    if ns.get("spec") is not None:
+        fields["dataset"] = ns["spec"]
+    return fields
+
+
+def live_jobs(root: str | os.PathLike) -> list[Job]:
+    """Jobs whose process is alive in run folders two levels under ``root`` (the workspace)."""
+    out = []
+    root = Path(root)
+    if not root.is_dir():
+        return out
+    for path in root.glob(f"*/*/{JOB_FILE}"):
+        try:
+            job = read_job(path.parent)
+        except (OSError, ValueError, TypeError):
+            continue
+        if (
+            job is not None
+            and is_alive(job)
+            and job_state(path.parent).get("state")
+            in (
+                "queued",
+                "running",
+            )
+        ):
+            out.append(job)
+    return out
+
+
+def check_capacity(settings: Settings, owner: str | None) -> None:
+    """``ValueError`` when starting one more job would pass the live-job caps of ``settings``."""
+    per, total = settings.limits.max_jobs_per_visitor, settings.limits.max_jobs
+    if not per and not total:
+        return
+    live = live_jobs(settings.home)
+    if total and len(live) >= total:
+        raise ValueError(
+            f"{len(live)} jobs are running on this deployment, its limit is {total}; try again "
+            f"when one has finished (the operator can raise {LIMITS['max_jobs'].env})"
+        )
+    mine = [j for j in live if j.owner == owner]
+    if per and owner is not None and len(mine) >= per:
+        raise ValueError(
+            f"you have {len(mine)} jobs running, the limit per visitor is {per}; wait for one "
+            f"to finish or cancel it (the operator can raise {LIMITS['max_jobs_per_visitor'].env})"
+        )
+
+
+_START_LOCK = threading.Lock()
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 

@@ -179,15 +179,67 @@ def add_class_tokens(
 # --------------------------------------------------------------------------- adapter io
 
 
+#: Fields a prompt template may name (``str.format`` keys, nothing else).
+TEMPLATE_FIELDS = frozenset({"token", "superclass"})
+#: Longest prompt template accepted, in characters (CLIP reads 77 tokens anyway).
+MAX_TEMPLATE_CHARS = 300
+
+
+def check_prompt_template(template: object) -> str:
+    """An adapter's ``prompt_template``, checked before it reaches ``str.format``.
+
+    Only the fields ``{token}`` and ``{superclass}`` are allowed, with no format spec, conversion,
+    attribute or index (``{token:>30000000}`` would build a 30 MB prompt, ``{token.__class__}``
+    reads attributes), and ``{token}`` must appear; at most :data:`MAX_TEMPLATE_CHARS`
+    characters. Raises :class:`AdapterError` naming the problem.
+    """
+    import string
+
+    if not isinstance(template, str):
+        raise AdapterError(f"prompt_template must be a string, got {type(template).__name__}")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise AdapterError(
+            f"prompt_template is {len(template)} characters long, more than {MAX_TEMPLATE_CHARS}"
+        )
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise AdapterError(f"prompt_template {template!r} is not a valid template: {e}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            raise AdapterError(
+                f"prompt_template {template!r} may only use {{token}} and {{superclass}} "
+                f"(no format spec, conversion or attribute), found {{{name}"
+                f"{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            )
+        names.append(name)
+    if "token" not in names:
+        raise AdapterError(f"prompt_template {template!r} must contain {{token}}")
+    return template
+
+
 def read_adapter(adapter_dir: str | os.PathLike) -> dict:
-    """The adapter.json of an adapter folder (clear error when it is not one)."""
+    """The adapter.json of an adapter folder (clear error when it is not one).
+
+    Its ``prompt_template`` is checked (:func:`check_prompt_template`).
+    """
     path = Path(adapter_dir) / ADAPTER_FILE
     if not path.is_file():
         raise AdapterError(f"{adapter_dir} is not an adapter folder (no {ADAPTER_FILE})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{path} is not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path} cannot be read: {e}") from None
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    if "prompt_template" in meta:
+        check_prompt_template(meta["prompt_template"])
+    return meta
 
 
 def check_adapter(
@@ -220,12 +272,26 @@ def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise AdapterError(f"adapter {adapter_dir} lacks token embedding files: {missing[:3]}")
-    pipe.load_textual_inversion(files)
+    # A truncated or corrupt file raises all sorts of errors deep in diffusers / safetensors
+    # (SafetensorError, OSError, ValueError, RuntimeError): one AdapterError names the folder.
+    try:
+        pipe.load_textual_inversion(files)
+    except Exception as e:
+        raise AdapterError(
+            f"adapter {adapter_dir}: its token embeddings cannot be loaded "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); personalize again"
+        ) from None
     lora = adapter_dir / LORA_FILE
     if lora.is_file():
         expected = len(lora_layers(_read_lora_file(lora)))
         before = _attached_lora_layers(pipe.unet)
-        pipe.load_lora_weights(str(adapter_dir))
+        try:
+            pipe.load_lora_weights(str(adapter_dir))
+        except Exception as e:
+            raise AdapterError(
+                f"adapter {adapter_dir}: {LORA_FILE} cannot be loaded "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); personalize again"
+            ) from None
         attached = _attached_lora_layers(pipe.unet) - before
         if expected == 0 or attached != expected:
             raise AdapterError(

@@ -17,6 +17,32 @@ Variable                       Meaning
 ``DIFFMIX_MODEL``              base diffusion model: ``nano``, a hub id or a local folder
 ``DIFFMIX_ALLOW_HUB``          ``1``/``0``: allow ``hub:owner/name`` dataset specs
 =============================  ===============================================================
+
+Work limits (a whole number each; ``0`` means "no limit"). Public deployments get small ones
+so that one visitor cannot hold the machine; the operator can raise any of them. Defaults:
+
+================================  =======  ==========  ==========================================
+Variable                          public   private     Bounds
+================================  =======  ==========  ==========================================
+``DIFFMIX_MAX_STEPS``             5000     1000000     personalize optimiser steps (SD default 5000)
+``DIFFMIX_MAX_SAMPLING_STEPS``    100      1000        denoising steps of translate / generate
+``DIFFMIX_MAX_RANK``              64       1024        LoRA rank (authors: 10)
+``DIFFMIX_MAX_BATCH``             64       4096        batch size, gradient accumulation
+``DIFFMIX_MAX_EPOCHS``            200      100000      classifier epochs (authors: 120)
+``DIFFMIX_MAX_THREADS``           4        1024        torch CPU threads of a training job
+``DIFFMIX_MAX_RESOLUTION``        512      4096        training / generation side in px
+``DIFFMIX_MAX_MULTIPLIER``        10       1000        synthetic images per real image (authors: 5)
+``DIFFMIX_MAX_JOBS_PER_VISITOR``  2        0           live background jobs of one browser
+``DIFFMIX_MAX_JOBS``              4        0           live background jobs in total
+``DIFFMIX_MAX_EXTRACT_MB``        2048     4096        total size a dataset zip may expand to
+``DIFFMIX_MAX_ZIP_RATIO``         100      200         total expanded / compressed size of a zip
+``DIFFMIX_MAX_DEMO_SEEDS``        8        0           ``demo:SEED`` seeds allowed (0 .. N-1)
+``DIFFMIX_PREVIEW_CONCURRENCY``   4        2           Translate previews run at the same time
+================================  =======  ==========  ==========================================
+
+:func:`check_request` applies the limits and the path rules to a stage's settings; the job
+launcher (:func:`diffmix.jobs.start_job`) and the command line of each stage call it, so no
+page, API request or command-line flag skips them.
 """
 
 from __future__ import annotations
@@ -48,6 +74,66 @@ _DEMO = re.compile(r"^demo(:-?\d+)?$")
 
 
 @dataclass(frozen=True)
+class Limit:
+    """One work limit: its variable, public and private defaults, and what it bounds."""
+
+    env: str
+    public: int
+    private: int
+    what: str
+
+
+#: Work limits by :class:`Limits` field (see the module's table).
+LIMITS: dict[str, Limit] = {
+    "max_steps": Limit("DIFFMIX_MAX_STEPS", 5000, 1_000_000, "personalization steps"),
+    "max_sampling_steps": Limit("DIFFMIX_MAX_SAMPLING_STEPS", 100, 1000, "denoising steps"),
+    "max_rank": Limit("DIFFMIX_MAX_RANK", 64, 1024, "LoRA rank"),
+    "max_batch": Limit("DIFFMIX_MAX_BATCH", 64, 4096, "batch size"),
+    "max_epochs": Limit("DIFFMIX_MAX_EPOCHS", 200, 100_000, "epochs"),
+    "max_threads": Limit("DIFFMIX_MAX_THREADS", 4, 1024, "CPU threads"),
+    "max_resolution": Limit("DIFFMIX_MAX_RESOLUTION", 512, 4096, "image side (px)"),
+    "max_multiplier": Limit("DIFFMIX_MAX_MULTIPLIER", 10, 1000, "images per real image"),
+    "max_jobs_per_visitor": Limit("DIFFMIX_MAX_JOBS_PER_VISITOR", 2, 0, "jobs per visitor"),
+    "max_jobs": Limit("DIFFMIX_MAX_JOBS", 4, 0, "jobs in total"),
+    "max_extract_mb": Limit("DIFFMIX_MAX_EXTRACT_MB", 2048, 4096, "expanded zip size (MB)"),
+    "max_zip_ratio": Limit("DIFFMIX_MAX_ZIP_RATIO", 100, 200, "zip expansion ratio"),
+    "max_demo_seeds": Limit("DIFFMIX_MAX_DEMO_SEEDS", 8, 0, "demo seeds"),
+    "preview_concurrency": Limit("DIFFMIX_PREVIEW_CONCURRENCY", 4, 2, "concurrent previews"),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much work one request may ask for (``0``: no limit); see :data:`LIMITS`."""
+
+    max_steps: int = LIMITS["max_steps"].private
+    max_sampling_steps: int = LIMITS["max_sampling_steps"].private
+    max_rank: int = LIMITS["max_rank"].private
+    max_batch: int = LIMITS["max_batch"].private
+    max_epochs: int = LIMITS["max_epochs"].private
+    max_threads: int = LIMITS["max_threads"].private
+    max_resolution: int = LIMITS["max_resolution"].private
+    max_multiplier: int = LIMITS["max_multiplier"].private
+    max_jobs_per_visitor: int = LIMITS["max_jobs_per_visitor"].private
+    max_jobs: int = LIMITS["max_jobs"].private
+    max_extract_mb: int = LIMITS["max_extract_mb"].private
+    max_zip_ratio: int = LIMITS["max_zip_ratio"].private
+    max_demo_seeds: int = LIMITS["max_demo_seeds"].private
+    preview_concurrency: int = LIMITS["preview_concurrency"].private
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, public: bool) -> Limits:
+        """The defaults of the mode, overridden by the variables set in ``env``."""
+        values = {}
+        for name, lim in LIMITS.items():
+            default = lim.public if public else lim.private
+            values[name] = _count(env, lim.env, default)
+        if values["preview_concurrency"] < 1:
+            raise ValueError(f"{LIMITS['preview_concurrency'].env} must be at least 1")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Settings:
     """What this deployment allows; build it with :meth:`from_env`."""
 
@@ -65,6 +151,8 @@ class Settings:
     model: str = DEFAULT_MODEL
     #: Whether ``hub:owner/name`` dataset specs are allowed (they download from the Hub).
     allow_hub: bool = True
+    #: How much work a request may ask for (public deployments: small; see :data:`LIMITS`).
+    limits: Limits = Limits()
 
     @property
     def mode(self) -> str:
@@ -105,6 +193,7 @@ class Settings:
             max_upload_mb=max_mb,
             model=model,
             allow_hub=True if allow_hub is None else allow_hub,
+            limits=Limits.from_env(env, public=public),
         )
 
 
@@ -134,6 +223,20 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number >= 0 (``0``: no limit), ``default`` when unset; ``ValueError`` otherwise."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number (0 means no limit)") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must be 0 (no limit) or a positive whole number")
+    return value
+
+
 def is_upload(spec: str, settings: Settings) -> bool:
     """True when ``spec`` is a file the app staged in ``<workspace>/uploads`` (always allowed)."""
     spec = (spec or "").strip()
@@ -154,11 +257,25 @@ def check_spec(spec: str, settings: Settings) -> str:
     spec = (spec or "").strip()
     if not spec:
         raise ValueError("empty dataset spec: use 'demo', a folder, a .zip or 'hub:owner/name'")
+    if spec.startswith("-"):
+        raise ValueError(f"dataset {spec!r} refused: a dataset spec cannot start with '-'")
     if _DEMO.match(spec):
-        return spec
+        return _check_demo(spec, settings)
     if spec.startswith("hub:"):
         return _check_hub(spec, settings)
     return _check_local(spec, settings)
+
+
+def _check_demo(spec: str, settings: Settings) -> str:
+    """``demo:SEED`` renders a new dataset per seed: public deployments allow a few seeds."""
+    seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+    cap = settings.limits.max_demo_seeds
+    if cap and not 0 <= seed < cap:
+        raise ValueError(
+            f"dataset {spec!r} refused: this deployment renders demo seeds 0 to {cap - 1} only "
+            f"(the operator can raise {LIMITS['max_demo_seeds'].env})"
+        )
+    return spec
 
 
 def _check_hub(spec: str, settings: Settings) -> str:
@@ -191,3 +308,129 @@ def _check_local(spec: str, settings: Settings) -> str:
                 f"the workspace; the operator can add its folder to {ENV_ALLOWED_ROOTS}"
             )
     return spec
+
+
+# --------------------------------------------------------------------------- stage requests
+
+#: Config field -> the :class:`Limits` field that bounds it (same names in every stage).
+FIELD_LIMITS: dict[str, str] = {
+    "steps": "max_steps",
+    "personalize_steps": "max_steps",
+    "num_inference_steps": "max_sampling_steps",
+    "rank": "max_rank",
+    "batch_size": "max_batch",
+    "eval_batch_size": "max_batch",
+    "grad_accum": "max_batch",
+    "epochs": "max_epochs",
+    "num_threads": "max_threads",
+    "resolution": "max_resolution",
+    "multiplier": "max_multiplier",
+}
+#: Config fields naming a file or folder on the server (checked like dataset folders).
+PATH_FIELDS = ("adapter", "confusion", "config", "source", "synthetic")
+
+
+def check_request(stage: str, fields: Mapping[str, object], settings: Settings) -> None:
+    """Refuse a stage's settings that this deployment does not allow (``ValueError``).
+
+    ``fields`` are the stage's config keys (``dataset``, ``model``, ``steps``, ...; unknown
+    keys are ignored). Checked: the dataset spec (:func:`check_spec`; files the app staged in
+    ``<workspace>/uploads`` are allowed), the base model and every server path
+    (:func:`check_path`; ``pretrained`` too unless it is ``timm`` or a Hub id), and every
+    number against :attr:`Settings.limits`. The page, the job launcher and the command line
+    all call this, so none of them can skip it.
+    """
+    # 1. What the stage reads: dataset, model, other files.
+    spec = fields.get("dataset")
+    if spec is not None and not is_upload(str(spec), settings):
+        check_spec(str(spec), settings)
+    model = fields.get("model")
+    if model is not None:
+        check_model(str(model), settings)
+    for key in PATH_FIELDS:
+        value = fields.get(key)
+        if value in (None, "", []):
+            continue
+        if key == "source" and str(value).strip().lstrip("-").isdigit():
+            continue  # a train-split index, not a file
+        values = value.split(",") if isinstance(value, str) and key == "synthetic" else value
+        for v in values if isinstance(values, (list, tuple)) else [values]:
+            if str(v).strip():
+                check_path(str(v).strip(), key, settings)
+    pretrained = fields.get("pretrained")
+    if pretrained not in (None, "", "timm"):
+        check_model(str(pretrained), settings, what="pretrained weights")
+    # 2. How much work it asks for.
+    for key, limit_name in FIELD_LIMITS.items():
+        value = fields.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        check_limit(key, value, limit_name, settings, stage=stage)
+
+
+def check_limit(key: str, value: object, limit_name: str, settings: Settings, *,
+                stage: str = "") -> None:  # fmt: skip
+    """``ValueError`` when ``value`` of field ``key`` exceeds ``settings.limits.<limit_name>``."""
+    cap = getattr(settings.limits, limit_name)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return  # not a number: the stage's config reports it
+    if cap and number > cap:
+        where = f"{stage} " if stage else ""
+        lim = LIMITS[limit_name]
+        raise ValueError(
+            f"{where}{key} = {value} is over this deployment's limit of {cap} ({lim.what}; "
+            f"the operator can raise {lim.env})"
+        )
+
+
+def check_path(path: str, what: str, settings: Settings) -> str:
+    """A file or folder named in a request: inside the workspace, or allowed by the operator.
+
+    Public deployments (``allow_local_paths`` off) accept only paths inside the workspace
+    (runs, adapters, uploads the app made); private ones accept any path, inside
+    :attr:`Settings.allowed_roots` when that is set. Raises ``ValueError`` naming ``what``.
+    """
+    if path.startswith("-"):
+        raise ValueError(f"{what} {path!r} refused: a path cannot start with '-'")
+    p = Path(path).expanduser()
+    if workspace.is_inside(p, settings.home):
+        return path
+    if not settings.allow_local_paths:
+        raise ValueError(
+            f"{what} {path!r} refused: this deployment reads files from its workspace only "
+            f"(the operator can set {ENV_ALLOW_LOCAL}=1)"
+        )
+    if settings.allowed_roots and not any(
+        workspace.is_inside(p, root) for root in settings.allowed_roots
+    ):
+        listed = os.pathsep.join(str(r) for r in settings.allowed_roots)
+        raise ValueError(
+            f"{what} {path!r} refused: it is outside the allowed folders ({listed}) and the "
+            f"workspace; the operator can add its folder to {ENV_ALLOWED_ROOTS}"
+        )
+    return path
+
+
+def check_model(model: str, settings: Settings, *, what: str = "model") -> str:
+    """A base model (or weights) name: the operator's model, ``nano``, a Hub id or a folder.
+
+    The operator's :attr:`Settings.model` and ``nano`` are always allowed; a Hub id needs
+    :attr:`Settings.allow_hub`; anything else is a server path (:func:`check_path`).
+    """
+    model = model.strip()
+    if model in (settings.model, "nano"):
+        return model
+    if model.startswith("-"):
+        raise ValueError(f"{what} {model!r} refused: a name cannot start with '-'")
+    path = Path(model).expanduser()
+    local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+    if local:
+        return check_path(model, what, settings)
+    if not settings.allow_hub:
+        raise ValueError(
+            f"{what} {model!r} refused: Hub downloads are disabled on this deployment "
+            f"(the operator can set {ENV_ALLOW_HUB}=1)"
+        )
+    return model

@@ -66,7 +66,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diffmix.labels import label_rule_for, soft_label
 from diffmix.mixing import cutmix_box, mixup_pixels
-from diffmix.personalize import ADAPTER_FILE, AdapterError, check_adapter, read_adapter
+from diffmix.personalize import (
+    ADAPTER_FILE,
+    AdapterError,
+    check_adapter,
+    check_prompt_template,
+    read_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +193,8 @@ def build_prompt(
             raise ValueError(
                 f"unknown class {target_class!r}; the adapter knows: {', '.join(tokens)}"
             )
-        return adapter_meta["prompt_template"].format(token=tokens[target_class])
+        template = check_prompt_template(adapter_meta.get("prompt_template"))
+        return template.format(token=tokens[target_class], superclass=superclass or "object")
     name = target_class.replace("_", " ").strip()
     return f"a photo of a {name} {superclass}" if superclass else f"a photo of a {name}"
 
@@ -203,7 +210,13 @@ class TranslateConfig(BaseModel):
     strategy: str = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")
     adapter: str | None = Field(None, description="adapter folder (diff-* / ti-* strategies)")
-    num_inference_steps: int = Field(25, ge=1, description="timestep grid size (steps at s = 1)")
+    num_inference_steps: int = Field(
+        25,
+        ge=1,
+        le=1000,
+        description="timestep grid size (steps at s = 1; the SD schedulers "
+        "have 1000 training timesteps, so at most 1000)",
+    )
     guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance (<= 1: off)")
     gamma: float = Field(
         0.5, gt=0, description="soft-label exponent γ; 0.5 = the authors' (4aa0ec8:run.sh:23)"

@@ -146,13 +146,16 @@ def generate_config(
 
 
 def generate_args(config) -> list[str]:
-    """``diffmix generate`` arguments of a config (the core's command line, minus the prefix)."""
+    """``diffmix generate`` arguments of a config (the core's command line, minus the prefix).
+
+    The dataset spec goes last, after ``--``, so that it can never be read as an option.
+    """
     from diffmix.generate import command_for
 
     parts = shlex.split(command_for(config))
-    if parts[:2] != ["diffmix", "generate"]:
-        raise ValueError(f"unexpected generate command {parts[:2]}")
-    return parts[2:]
+    if parts[:3] != ["diffmix", "generate", config.dataset]:
+        raise ValueError(f"unexpected generate command {parts[:3]}")
+    return [*parts[3:], "--", config.dataset]
 
 
 def planned_images(config, selection: dict[str, Any]) -> int:

@@ -195,15 +195,26 @@ def list_runs(stage: str, *, owner: str | None, settings: Settings) -> list[dict
     return sorted(out, key=lambda r: r["created"], reverse=True)
 
 
-def start_run(stage: str, args: Sequence[str], name: str, *, owner: str | None) -> Path:
-    """Start ``diffmix <stage> <args>`` into a new run folder ``name``; returns the folder."""
+def start_run(
+    stage: str,
+    args: Sequence[str],
+    name: str,
+    *,
+    owner: str | None,
+    settings: Settings | None = None,
+) -> Path:
+    """Start ``diffmix <stage> <args>`` into a new run folder ``name``; returns the folder.
+
+    The launcher checks ``args`` again against ``settings`` (dataset spec, paths, work
+    limits, live-job caps): an API client that skips the page's checks meets the same ones.
+    """
     path = stage_root(stage) / check_name(name)
     if path.exists() and any(path.iterdir()):
         raise ValueError(
             f"a {stage} run named {name!r} already exists; choose another name (or resume it)"
         )
     zerogpu.check_job_hardware(stage, args)
-    jobs.start_job(stage, list(args), path, owner=owner)
+    jobs.start_job(stage, list(args), path, owner=owner, settings=settings or common.get_settings())
     return path
 
 
@@ -225,13 +236,16 @@ def resume_args(argv: Sequence[str], stage: str) -> list[str]:
     except ValueError:
         raise ValueError(f"job command {argv!r} is not a diffmix {stage} command") from None
     args: list[str] = []
+    positionals: list[str] = []
     rest = iter(argv[start:])
     for a in rest:
-        if a == "--out":
+        if a == "--":
+            positionals = list(rest)  # everything after it is a positional value
+        elif a == "--out":
             next(rest, None)  # and its value
         elif a != "--resume":
             args.append(a)
-    return [*args, "--resume"]
+    return [*args, "--resume", *(["--", *positionals] if positionals else [])]
 
 
 def resume_run(stage: str, name: str | None, *, owner: str | None, settings: Settings) -> Path:
@@ -247,7 +261,7 @@ def resume_run(stage: str, name: str | None, *, owner: str | None, settings: Set
         raise ValueError(f"run {path.name!r} has finished; there is nothing to resume")
     # Queued from now on: the page keeps polling until the job reports (or is found dead).
     RunDir(path).set_status("queued", progress=0.0, message="resuming")
-    jobs.start_job(stage, resume_args(job.argv, stage), path, owner=job.owner)
+    jobs.start_job(stage, resume_args(job.argv, stage), path, owner=job.owner, settings=settings)
     return path
 
 
@@ -478,8 +492,15 @@ def wire(
         return gr.update(choices=runs_choices(runs), value=value if value in names else None)
 
     def status(name: str | None, owner: str | None) -> list[Any]:
-        """The watched run's progress, status line and views."""
-        return _view_values(_watched(name, owner), owner)
+        """The watched run's progress, status line and views (never an error: a poll tick)."""
+        path = _watched(name, owner)
+        try:
+            return _view_values(path, owner)
+        except Exception:  # a bug in a view must not fail every tick of the poll timer
+            logger.exception("%s status of %s failed", stage, name)
+            v = job_view(path)
+            return [v.bar, v.text, gr.skip(), gr.skip(), gr.Timer(active=False),
+                    *[gr.skip()] * len(view_outputs)]  # fmt: skip
 
     def start(owner: str | None, name: str | None, *values: Any) -> list[Any]:
         """Start a job from the page's settings; returns the owner token and the run name."""
@@ -487,7 +508,7 @@ def wire(
         try:
             args, prefix = build_args(owner, *values)
             rname = run_name(name, prefix)
-            path = start_run(stage, args, rname, owner=owner)
+            path = start_run(stage, args, rname, owner=owner, settings=settings)
         except USER_ERRORS as err:
             logger.info("%s start refused: %s", stage, err)
             skip = gr.skip()

@@ -144,8 +144,9 @@ def personalize_args(
     if batch_size not in (None, ""):
         fields["batch_size"] = _int(batch_size, "batch size", default=8, minimum=1)
     cfg = PersonalizeConfig(**{k: v for k, v in fields.items() if v is not None})
-    # 2. The command line (only what differs from the defaults, so logs stay readable).
-    args = [cfg.dataset, "--model", cfg.model, "--rank", str(cfg.rank), "--seed", str(cfg.seed)]
+    # 2. The command line (only what differs from the defaults, so logs stay readable); the
+    #    dataset spec goes last, after "--", so that it can never be read as an option.
+    args = ["--model", cfg.model, "--rank", str(cfg.rank), "--seed", str(cfg.seed)]
     if cfg.shots is not None:
         args += ["--shots", str(cfg.shots)]
     if cfg.imbalance is not None:
@@ -162,7 +163,7 @@ def personalize_args(
         args.append("--ti-only")
     if cfg.class_balanced is not None:
         args.append("--class-balanced" if cfg.class_balanced else "--no-class-balanced")
-    return args
+    return [*args, "--", cfg.dataset]  # the spec after "--": never read as an option
 
 
 #: Choices of the class-balanced sampling menu -> PersonalizeConfig.class_balanced.

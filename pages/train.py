@@ -122,7 +122,7 @@ def train_args(
         num_threads=whole(threads, "threads", default=None, minimum=1) or None,
         mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
     )  # fmt: skip
-    args = [cfg.dataset, "--arch", cfg.arch, "--epochs", str(cfg.epochs),
+    args = ["--arch", cfg.arch, "--epochs", str(cfg.epochs),
             "--resolution", str(cfg.resolution), "--batch-size", str(cfg.batch_size),
             "--lr", f"{cfg.lr:g}", "--seed", str(cfg.seed), "--subset-seed", str(cfg.subset_seed)]  # fmt: skip
     if cfg.shots is not None:
@@ -141,7 +141,7 @@ def train_args(
         args += ["--loss", cfg.loss]
     if cfg.num_threads:
         args += ["--threads", str(cfg.num_threads)]
-    return args
+    return [*args, "--", cfg.dataset]  # the spec after "--": never read as an option
 
 
 def run_prefix(arch: str, synthetic: Sequence[str] | None, mix: str) -> str:
@@ -177,7 +177,9 @@ def per_class_figure(class_names: Sequence[str], accuracy: Sequence[float] | Non
     """Per-class accuracy bars (percent)."""
     fig = go.Figure()
     if accuracy is not None:
-        fig.add_bar(x=list(class_names), y=[100 * a for a in accuracy], marker_color="#1e88e5")
+        # None: a class absent from the test split (no accuracy to show; drawn as no bar)
+        y = [None if a is None else 100 * a for a in accuracy]
+        fig.add_bar(x=list(class_names), y=y, marker_color="#1e88e5")
     fig.update_layout(title=title, height=300, template="plotly_white", yaxis_range=[0, 100],
                       yaxis_title="accuracy (%)", margin={"l": 50, "r": 20, "t": 50, "b": 80})  # fmt: skip
     fig.update_xaxes(tickangle=-35)

@@ -34,7 +34,7 @@ import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset  # noqa: E402
-from diffmix.settings import Settings  # noqa: E402
+from diffmix.settings import Settings, check_limit  # noqa: E402
 from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ def build_request(
         raise ValueError(f"choose a target class (one of {', '.join(ds.class_names)})")
     seed_i = _whole(seed, "seed", 0)
     steps_i = _whole(steps, "steps", 25, minimum=1)
+    check_limit("steps", steps_i, "max_sampling_steps", settings, stage="translate")
     # 2. Source image and class (none for text-to-image strategies).
     source, src_class = None, None
     if st.generative != "txt2img":
@@ -525,7 +526,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tr-seed")
                     steps = gr.Number(25, label="Denoising steps (at s = 1)", precision=0,
-                                      minimum=1, elem_id="tr-steps")  # fmt: skip
+                                      minimum=1, elem_id="tr-steps",
+                                      maximum=settings.limits.max_sampling_steps or None)  # fmt: skip
                 with gr.Row():
                     go_btn = gr.Button("Translate", variant="primary", elem_id="tr-go")
                     sweep_btn = gr.Button("Sweep 0.1 … 0.9", elem_id="tr-sweep")
@@ -572,7 +574,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
         inputs = [selection, adapter, owner, mode, source_index, upload, source_class, target,
                   strategy, seed, steps]  # fmt: skip
-        run = {"concurrency_limit": 1, "concurrency_id": "translate"}
+        # Several previews at once (the core shares the cached pipeline read-only, each call
+        # has its own schedulers): one visitor's long preview does not hold up the others'.
+        run = {"concurrency_limit": settings.limits.preview_concurrency,
+               "concurrency_id": "translate"}  # fmt: skip
         one = _translate_action(settings)
         go_btn.click(one, [*inputs, strength], [result, label, scores, info],
                      api_name="translate", **run)  # fmt: skip

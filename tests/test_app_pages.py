@@ -103,6 +103,10 @@ def test_resume_args_keep_the_command_without_out() -> None:
     assert jobs_ui.resume_args(argv, "train") == ["demo", "--epochs", "2", "--resume"]
     with pytest.raises(ValueError, match="not a diffmix generate command"):
         jobs_ui.resume_args(argv, "generate")
+    # positional values stay after "--" (and --resume stays an option)
+    argv = [sys.executable, "-m", "diffmix", "train", "--epochs", "2", "--out", "/w/runs/x",
+            "--", "demo"]  # fmt: skip
+    assert jobs_ui.resume_args(argv, "train") == ["--epochs", "2", "--resume", "--", "demo"]
 
 
 def test_status_line_progress_bar_and_errors() -> None:
@@ -165,7 +169,7 @@ def test_cancel_and_resume_rules(private: Settings, monkeypatch: pytest.MonkeyPa
     jobs_ui.resume_run("train", crashed, owner=None, settings=private)
     (stage, args, run_dir), kw = started[0]
     assert stage == "train" and args == ["demo", "--epochs", "3", "--resume"]
-    assert Path(run_dir) == path and kw == {"owner": "o" * 20}
+    assert Path(run_dir) == path and kw == {"owner": "o" * 20, "settings": private}
     # marked queued, so the page polls until the new process reports
     assert json.loads((path / "status.json").read_text())["state"] == "queued"
 
@@ -188,8 +192,8 @@ def test_personalize_args_follow_the_selection(
         fewshot, model=None, steps=20, rank=4, lr=None, seed=0, sample_every=10,
         batch_size=2, settings=private,
     )  # fmt: skip
-    assert args[0] == "demo"
-    pairs = dict(zip(args[1::2], args[2::2], strict=False))
+    assert args[-2:] == ["--", "demo"]  # the spec after "--": never read as an option
+    pairs = dict(zip(args[0::2], args[1::2], strict=False))
     assert pairs["--model"] == str(tiny_sd_dir) and pairs["--shots"] == "5"
     assert pairs["--steps"] == "20" and pairs["--rank"] == "4" and pairs["--seed"] == "0"
     assert pairs["--sample-every"] == "10" and pairs["--batch-size"] == "2"
@@ -197,7 +201,7 @@ def test_personalize_args_follow_the_selection(
     # the CLI accepts exactly these arguments
     from diffmix import cli
 
-    ns = cli.build_parser().parse_args(["personalize", *args, "--out", "x"])
+    ns = cli.build_parser().parse_args(["personalize", "--out", "x", *args])
     assert (ns.spec, ns.shots, ns.steps, ns.rank, ns.sample_every) == ("demo", 5, 20, 4, 10)
 
 
@@ -397,7 +401,7 @@ def test_generate_plan_becomes_the_cli_command(fewshot: dict, private: Settings)
     args = generate.generate_args(cfg)
     from diffmix import cli
 
-    ns = cli.build_parser().parse_args(["generate", *args, "--out", "x"])
+    ns = cli.build_parser().parse_args(["generate", "--out", "x", *args])
     assert (ns.spec, ns.strategy, ns.adapter, ns.multiplier) == (
         "demo",
         "diff-mix",
@@ -450,7 +454,7 @@ def test_estimate_uses_the_probe_when_it_matches(fewshot: dict, private: Setting
                                        strengths="0.5", limit=10, settings=private)  # fmt: skip
     assert generate.estimate(limited, fewshot)["images"] == 10
     text = generate.estimate_markdown(est, cfg)
-    assert "**180 images**" in text and "diffmix generate demo" in text
+    assert "**180 images**" in text and "diffmix generate --model" in text and "-- demo" in text
 
 
 def test_probe_times_one_image(fewshot: dict, private: Settings) -> None:
@@ -509,7 +513,7 @@ def test_train_args_follow_the_selection(fewshot: dict, private: Settings) -> No
                             epochs=2, resolution=32, seed=4, threads=1, settings=private)  # fmt: skip
     from diffmix import cli
 
-    ns = cli.build_parser().parse_args(["train", *args, "--out", "x"])
+    ns = cli.build_parser().parse_args(["train", "--out", "x", *args])
     assert (ns.spec, ns.arch, ns.epochs, ns.resolution, ns.seed) == ("demo", "smallcnn", 2, 32, 4)
     assert (ns.shots, ns.subset_seed, ns.p, ns.gamma, ns.num_threads) == (5, 0, 0.2, 0.5, 1)
     assert ns.synthetic == str(syn)

@@ -141,6 +141,12 @@ def train(
             )
         class_names = list(train_ds.class_names)
         num_classes = len(class_names)
+        if num_classes < 2:
+            raise ValueError(
+                f"dataset {cfg.dataset!r} has {num_classes} class ({', '.join(class_names)}); a "
+                "classifier needs at least two classes (its accuracy would be 100 % by "
+                "construction): add a class folder"
+            )
         subset = make_subset(
             train_ds, shots=cfg.shots, imbalance=cfg.imbalance, seed=cfg.subset_seed
         )

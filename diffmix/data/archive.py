@@ -8,9 +8,11 @@ whose content is wrapped in a single top-level folder is unwrapped.
 Refused with a :class:`DatasetError` before anything is kept (the temporary folder is
 removed): absolute member paths, drive letters, ``..`` components, symlink members,
 encrypted members, more than ``max_members`` members, a declared total size over
-``max_total_bytes``, any member larger than 10 MiB compressed more than 200:1 (zip
-bomb), and any member whose data is larger than its declared size (checked while
-streaming). Nothing is ever written outside the extraction folder.
+``max_total_bytes`` (the deployment's ``DIFFMIX_MAX_EXTRACT_MB``), any member larger than
+10 MiB compressed more than 200:1 (zip bomb), a whole archive that expands to more than 10 MiB
+and more than ``max_ratio`` (``DIFFMIX_MAX_ZIP_RATIO``) times its own size (many members each
+just under the per-member threshold), and any member whose data is larger than its declared
+size (checked while streaming). Nothing is ever written outside the extraction folder.
 """
 
 from __future__ import annotations
@@ -63,13 +65,16 @@ def extract_zip(
     *,
     dest_root: str | os.PathLike | None = None,
     max_members: int = MAX_MEMBERS,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_total_bytes: int | None = None,
+    max_ratio: float | None = None,
 ) -> Path:
     """Safely extract a zip into ``dest_root/zip-<hash>`` and return the dataset folder.
 
     ``dest_root`` defaults to ``<workspace>/datasets``. An archive already extracted there
     is reused. The returned folder is the extraction folder, or the single top-level
-    folder inside it when the archive wraps everything in one folder.
+    folder inside it when the archive wraps everything in one folder. ``max_total_bytes``
+    and ``max_ratio`` (total expanded / archive size, applied above 10 MiB) default to the
+    deployment's settings (:class:`diffmix.settings.Limits`); 0 turns a bound off.
     """
     # 1. Check inputs and identify the archive by its content.
     path = Path(path)
@@ -77,6 +82,18 @@ def extract_zip(
         raise DatasetError(f"zip file not found: {str(path)!r}; give an existing .zip file")
     if not zipfile.is_zipfile(path):
         raise DatasetError(f"{str(path)!r} is not a zip archive (or is corrupt); give a .zip file")
+    if max_total_bytes is None or max_ratio is None:
+        from diffmix.settings import Settings
+
+        limits = Settings.from_env().limits
+        if max_total_bytes is None:
+            max_total_bytes = limits.max_extract_mb * 1024**2 or MAX_TOTAL_BYTES
+        if max_ratio is None:
+            max_ratio = limits.max_zip_ratio
+    if max_ratio:  # the whole archive, not only each member
+        max_total_bytes = min(
+            max_total_bytes, max(BOMB_MIN_BYTES, int(max_ratio * path.stat().st_size))
+        )
     dest_root = Path(dest_root) if dest_root is not None else workspace.subdir("datasets")
     dest_root.mkdir(parents=True, exist_ok=True)
     final = dest_root / f"zip-{_sha256(path)[:16]}"
@@ -173,9 +190,11 @@ def _check_members(
             )
         total += info.file_size
         if total > max_total_bytes:
+            size = path.stat().st_size
             raise DatasetError(
-                f"zip {str(path)!r} expands to more than {max_total_bytes} bytes "
-                "(the limit); use a folder or a smaller archive"
+                f"zip {str(path)!r} ({size} bytes) expands to more than {max_total_bytes} bytes, "
+                "the limit for this archive (the total and the expansion ratio are bounded: "
+                "DIFFMIX_MAX_EXTRACT_MB, DIFFMIX_MAX_ZIP_RATIO); use a folder or a smaller archive"
             )
         out.append((info, rel))
     return out
