@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("diffmix.cli")
@@ -322,7 +323,6 @@ def add_translate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from diffmix import score
     from diffmix.data import load_dataset, open_rgb
@@ -832,6 +832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from diffmix.runs import Terminated, describe_error
 
     try:
+        out = getattr(args, "out", None)
+        if out and Path(out).exists() and not Path(out).is_dir():  # before any work is done
+            raise ValueError(f"--out {out} is a file; give a folder (or a path not taken yet)")
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
         logger.debug("user error", exc_info=True)

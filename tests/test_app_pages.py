@@ -585,6 +585,12 @@ def test_live_figures_from_a_run_folder(tmp_path: Path) -> None:
     assert list(per_class.data[0].x) == names and list(per_class.data[0].y) == [20.0, 40.0, 60.0]
     assert "epoch 2" in per_class.layout.title.text
     assert conf.data[0].type == "heatmap" and list(conf.data[0].z[1]) == [0, 2, 1]
+    # a test split without images of a class: its accuracy is None (was a TypeError on every
+    # poll of train_status)
+    run.event("epoch", epoch=3, train_loss=1.0, test_accuracy=0.5,
+              per_class_accuracy=[0.5, None, 1.0])  # fmt: skip
+    _, per_class, _ = train.live_figures(run.path)
+    assert list(per_class.data[0].y) == [50.0, None, 100.0]
 
 
 # --------------------------------------------------------------------------- inspect

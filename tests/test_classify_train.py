@@ -204,3 +204,28 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, worksp
     resume_events = RunDir(killed).events("resume")
     assert resume_events and resume_events[-1]["epoch"] >= 2  # restarted where it was saved
     assert [e["epoch"] for e in RunDir(killed).events("epoch")] == [1, 2, 3, 4]
+
+
+def test_one_class_is_refused_not_reported_as_100_percent(tmp_path, capsys):
+    from datautil import write_color_folder
+
+    from diffmix.cli import main
+
+    root = write_color_folder(tmp_path / "one", colors={"red": (255, 0, 0)})
+    code = main(["train", str(root), "--arch", "smallcnn", "--epochs", "1", "--threads", "1",
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "at least two classes" in err[-1]
+
+
+@pytest.mark.parametrize("stage", ["personalize", "train", "translate", "generate"])
+def test_out_that_is_a_file_is_one_line_before_any_work(stage, tmp_path, capsys):
+    from diffmix.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    extra = ["--target", "doravik", "--source", "0", "--strength", "0.5"] if stage == "translate" else ["demo"]  # fmt: skip
+    assert main([stage, *extra, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and str(taken) in err[0], err
+    assert taken.read_text() == "keep me"

@@ -182,3 +182,37 @@ def test_streaming_cap_refuses_more_data_than_declared(
     with pytest.raises(DatasetError, match="holds more data than it declares"):
         extract_zip(path, dest_root=dest)
     assert _listing(dest) == set()
+
+
+def test_many_members_each_under_the_bomb_threshold_are_refused_as_a_whole(
+    tmp_path: Path, datasets_dir: Path
+) -> None:
+    """30 members of exactly 10 MiB of zeros pass the per-member check; the whole does not."""
+    path = tmp_path / "flat-bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for i in range(30):
+            zf.writestr(f"cat/{i}.png", bytes(10 * 1024**2))
+    assert path.stat().st_size < 1024**2  # ~300 KB that would expand to 300 MiB
+    before = _listing(datasets_dir)
+    with pytest.raises(DatasetError, match="expands to more than .* expansion ratio"):
+        load_dataset(str(path))
+    assert _listing(datasets_dir) == before  # nothing written, nothing kept
+    # the operator's absolute bound holds too, whatever the ratio
+    members = [(f"cat/{i}.png", _png_bytes(i)) for i in range(3)]
+    small = _zip_members(tmp_path / "small.zip", members)
+    with pytest.raises(DatasetError, match="expands to more than 100 bytes"):
+        extract_zip(small, dest_root=tmp_path / "d", max_total_bytes=100, max_ratio=0)
+
+
+def test_public_limits_bound_the_extracted_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIFFMIX_MAX_EXTRACT_MB and DIFFMIX_MAX_ZIP_RATIO are read from the deployment."""
+    members = [(f"cat/{i}.png", bytes(3 * 1024**2)) for i in range(2)]  # 6 MiB of zeros
+    path = _zip_members(tmp_path / "zeros.zip", members)
+    monkeypatch.setenv("DIFFMIX_PUBLIC", "1")
+    monkeypatch.setenv("DIFFMIX_MAX_EXTRACT_MB", "5")
+    with pytest.raises(DatasetError, match="expands to more than 5242880 bytes"):
+        extract_zip(path, dest_root=tmp_path / "d")
+    monkeypatch.setenv("DIFFMIX_MAX_EXTRACT_MB", "0")  # no absolute bound; 6 MiB < 10 MiB floor
+    assert (extract_zip(path, dest_root=tmp_path / "d") / "cat" / "1.png").stat().st_size == 3 * 1024**2

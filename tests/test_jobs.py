@@ -70,3 +70,94 @@ def test_generate_runs_as_a_job_in_a_fresh_folder(tiny_sd_dir, tmp_path, workspa
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", (st, (run / "stdout.log").read_text()[-2000:])
     assert len((run / "metadata.jsonl").read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- the launcher's checks
+
+
+class _FakeProc:
+    """Stands for a started job process that stays alive (nothing is spawned)."""
+
+    def __init__(self, argv, **_kw):
+        self.argv, self.pid = argv, 4_000_000 + len(_FakeProc.started)
+        _FakeProc.started.append(argv)
+
+    def poll(self):
+        return None
+
+    started: list = []
+
+
+@pytest.fixture
+def fake_popen(monkeypatch):
+    _FakeProc.started = []
+    monkeypatch.setattr(jobs.subprocess, "Popen", _FakeProc)
+    yield _FakeProc
+    for pid in list(jobs._CHILDREN):
+        if pid >= 4_000_000:
+            jobs._CHILDREN.pop(pid)
+
+
+def _public(home, **env):
+    from diffmix.settings import Settings
+
+    return Settings.from_env({"DIFFMIX_PUBLIC": "1", "DIFFMIX_HOME": str(home), **env})
+
+
+@pytest.mark.parametrize(
+    ("stage", "args", "needle"),
+    [
+        ("personalize", ["/etc", "--steps", "2"], "server paths are not allowed"),
+        ("personalize", ["--steps", "2", "--", "/etc"], "server paths are not allowed"),
+        # the spec as the first argument used to become an option of the stage
+        ("personalize", ["--config=/etc/x.yaml", "--steps", "2"], "--config is not accepted"),
+        ("train", ["--pretrained=/etc/w.pt", "--epochs", "1"], "pretrained weights '/etc/w.pt'"),
+        ("train", ["--epochs", "1", "--", "--pretrained=/etc/w.pt"], "cannot start with '-'"),
+        ("train", ["--epochs", "1", "demo"], "positional values go first or after '--'"),
+        ("personalize", ["demo", "--steps", "1000000000"], "steps = 1000000000 is over"),
+        ("personalize", ["demo", "--rank", "100000"], "rank = 100000 is over"),
+        ("personalize", ["demo", "--batch-size", "1000000"], "batch_size = 1000000 is over"),
+        ("train", ["demo", "--epochs", "1000000000"], "epochs = 1000000000 is over"),
+        ("train", ["demo", "--threads", "1000000"], "num_threads = 1000000 is over"),
+        ("generate", ["demo", "--steps", "4000"], "num_inference_steps = 4000 is over"),
+        ("generate", ["demo", "--adapter", "/tmp"], "adapter '/tmp' refused"),
+        ("generate", ["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        ("train", ["demo", "--out", "/tmp/x"], "run_dir, not as --out"),
+        ("train", ["demo:99"], "demo seeds 0 to 7"),
+    ],
+)
+def test_public_launcher_refuses_before_spawning(
+    tmp_path, fake_popen, stage, args, needle
+) -> None:
+    home = tmp_path / "home"
+    run = home / "runs" / "r"
+    with pytest.raises(ValueError, match=needle):
+        jobs.start_job(stage, args, run, owner="o" * 20, settings=_public(home))
+    assert fake_popen.started == [] and not run.exists()
+
+
+def test_spec_goes_after_double_dash_and_the_cli_reads_it_as_the_dataset(tmp_path, fake_popen):
+    from diffmix.cli import build_parser
+
+    home = tmp_path / "home"
+    job = jobs.start_job("train", ["demo", "--epochs", "2"], home / "runs" / "a",
+                         settings=_public(home))  # fmt: skip
+    assert job.argv[-4:] == ["--out", str(home / "runs" / "a"), "--", "demo"]
+    ns = build_parser().parse_args(job.argv[3:])
+    assert (ns.spec, ns.epochs, ns.config) == ("demo", 2, None)
+
+
+def test_live_jobs_are_capped_per_visitor_and_in_total(tmp_path, fake_popen) -> None:
+    home = tmp_path / "home"
+    s = _public(home, DIFFMIX_MAX_JOBS="3")
+    for k in range(2):
+        jobs.start_job("train", ["demo"], home / "runs" / f"a{k}", owner="A" * 20, settings=s)
+    with pytest.raises(ValueError, match="you have 2 jobs running, the limit per visitor is 2"):
+        jobs.start_job("train", ["demo"], home / "runs" / "a2", owner="A" * 20, settings=s)
+    jobs.start_job("train", ["demo"], home / "runs" / "b0", owner="B" * 20, settings=s)
+    with pytest.raises(ValueError, match="3 jobs are running on this deployment, its limit is 3"):
+        jobs.start_job("train", ["demo"], home / "runs" / "c0", owner="C" * 20, settings=s)
+    assert len(fake_popen.started) == 3
+    # a finished job frees its place
+    RunDir(home / "runs" / "a0").set_status("done")
+    jobs.start_job("train", ["demo"], home / "runs" / "c0", owner="C" * 20, settings=s)

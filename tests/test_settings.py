@@ -159,3 +159,72 @@ def test_hub_allowed_and_refused() -> None:
 def test_malformed_hub_id_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="not a Hub id"):
         check_spec(spec, _settings())
+
+
+# --------------------------------------------------------------------------- work limits
+
+
+def test_limits_are_small_in_public_generous_in_private_and_overridable() -> None:
+    from diffmix.settings import LIMITS
+
+    public = _settings(DIFFMIX_PUBLIC="1").limits
+    private = _settings().limits
+    for name, lim in LIMITS.items():
+        assert getattr(public, name) == lim.public and getattr(private, name) == lim.private
+    assert public.max_sampling_steps == 100 and public.max_jobs_per_visitor == 2
+    assert private.max_jobs == 0  # 0: no limit
+    raised = _settings(DIFFMIX_PUBLIC="1", DIFFMIX_MAX_SAMPLING_STEPS="400", DIFFMIX_MAX_JOBS="0")
+    assert raised.limits.max_sampling_steps == 400 and raised.limits.max_jobs == 0
+    with pytest.raises(ValueError, match="DIFFMIX_MAX_STEPS='lots'"):
+        _settings(DIFFMIX_MAX_STEPS="lots")
+    with pytest.raises(ValueError, match="DIFFMIX_MAX_RANK='-1'"):
+        _settings(DIFFMIX_MAX_RANK="-1")
+    with pytest.raises(ValueError, match="DIFFMIX_PREVIEW_CONCURRENCY"):
+        _settings(DIFFMIX_PREVIEW_CONCURRENCY="0")
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"dataset": "/etc"}, "server paths are not allowed"),
+        ({"dataset": "--config=/etc/x.yaml"}, "cannot start with '-'"),
+        ({"dataset": "demo:12345"}, "demo seeds 0 to 7"),
+        ({"model": "/etc"}, "model '/etc' refused"),
+        ({"adapter": "/tmp"}, "adapter '/tmp' refused"),
+        ({"synthetic": "{home}/synthetic/a,/etc"}, "synthetic '/etc' refused"),
+        ({"confusion": "/etc/passwd"}, "confusion '/etc/passwd' refused"),
+        ({"config": "/etc/x.yaml"}, "config '/etc/x.yaml' refused"),
+        ({"pretrained": "/etc/w.pt"}, "pretrained weights '/etc/w.pt' refused"),
+        ({"steps": 10**9}, "steps = 1000000000 is over .* 5000 .*DIFFMIX_MAX_STEPS"),
+        ({"num_inference_steps": 4000}, "num_inference_steps = 4000 is over .* 100"),
+        ({"rank": 10**5}, "rank = 100000 is over"),
+        ({"batch_size": 10**6}, "batch_size = 1000000 is over"),
+        ({"epochs": 10**9}, "epochs = 1000000000 is over"),
+        ({"num_threads": 10**6}, "num_threads = 1000000 is over"),
+        ({"multiplier": 1000}, "multiplier = 1000 is over"),
+    ],
+)
+def test_check_request_refuses_what_a_public_deployment_does_not_allow(
+    tmp_path: Path, fields: dict, needle: str
+) -> None:
+    from diffmix.settings import check_request
+
+    s = _settings(DIFFMIX_PUBLIC="1", DIFFMIX_HOME=str(tmp_path))
+    fields = {k: v.format(home=tmp_path) if isinstance(v, str) else v for k, v in fields.items()}
+    with pytest.raises(ValueError, match=needle):
+        check_request("train", fields, s)
+
+
+def test_check_request_allows_the_workspace_uploads_and_private_machines(tmp_path: Path) -> None:
+    from diffmix.settings import check_request
+
+    public = _settings(DIFFMIX_PUBLIC="1", DIFFMIX_HOME=str(tmp_path))
+    ok = {"dataset": str(tmp_path / "uploads" / "x.zip"), "model": "nano", "steps": 5000,
+          "adapter": str(tmp_path / "adapters" / "a"), "synthetic": [str(tmp_path / "s")],
+          "num_inference_steps": 100, "dataset_seed": 3, "pretrained": "timm"}  # fmt: skip
+    check_request("generate", ok, public)
+    check_request("generate", {"dataset": "demo:7", "ti_only": True}, public)
+    private = _settings(DIFFMIX_HOME=str(tmp_path))
+    check_request("train", {"dataset": "/data/birds", "epochs": 100_000, "model": "/m"}, private)
+    with pytest.raises(ValueError, match="cannot start with '-'"):
+        check_request("train", {"dataset": "-rf"}, private)

@@ -124,6 +124,34 @@ def test_build_prompt(demo_names):
     assert build_prompt("real-mix", "red_tail", superclass="bird") == "a photo of a red tail bird"
     assert build_prompt("real-gen", "x") == "a photo of a x"
     assert build_prompt("cutmix", names[0]) == ""
+    both = {**meta, "prompt_template": "a {token} {superclass}"}
+    assert build_prompt("diff-mix", names[0], adapter_meta=both, superclass="bird") == (
+        "a <class_0> bird"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "needle"),
+    [
+        ("a photo of a {token:>30000000}", "no format spec"),  # a 30 MB prompt
+        ("a photo of a {token.__class__}", "no format spec, conversion or attribute"),
+        ("a photo of a {token!r}", "conversion"),
+        ("a {token} {colour}", "found {colour}"),  # was a KeyError traceback
+        ("a photo", "must contain {token}"),
+        ("a {token} " + "x" * 400, "more than 300"),
+        ("a {token", "not a valid template"),
+    ],
+)
+def test_prompt_templates_are_checked_before_format(template, needle, tmp_path):
+    from diffmix.personalize import check_prompt_template, read_adapter
+
+    meta = {"class_tokens": {"a": "<class_0>"}, "prompt_template": template}
+    with pytest.raises(AdapterError, match=needle):
+        build_prompt("diff-mix", "a", adapter_meta=meta)
+    (tmp_path / "adapter.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterError, match=needle):
+        read_adapter(tmp_path)
+    assert check_prompt_template("a photo of a {token} {superclass}")
 
 
 def test_mixup_and_cutmix_images_and_labels(demo_names):
@@ -360,6 +388,31 @@ def test_cli_translate_bad_input_exits_2(tiny_sd_dir, tiny_folder, tmp_path, cap
     assert "1.5" in capsys.readouterr().err
     assert main(base + ["--target", "green", "--strength", "0.5", "--strategy", "diff-mix"]) == 2
     assert "adapter" in capsys.readouterr().err
+
+
+def test_cli_translate_corrupt_or_hostile_adapter_is_one_line(
+    tiny_sd_dir, adapters, tmp_path, capsys
+):
+    from diffmix.cli import main
+    from diffmix.personalize import LORA_FILE
+
+    full, _ = adapters
+    broken = tmp_path / "broken"
+    shutil.copytree(full, broken, ignore=shutil.ignore_patterns("checkpoints"))
+    lora = broken / LORA_FILE
+    lora.write_bytes(lora.read_bytes()[:100])  # truncated
+    hostile = tmp_path / "hostile"
+    shutil.copytree(full, hostile, ignore=shutil.ignore_patterns("checkpoints"))
+    meta = json.loads((hostile / "adapter.json").read_text())
+    (hostile / "adapter.json").write_text(json.dumps({**meta, "prompt_template": "{token.x}"}))
+    for adapter, needle in ((broken, LORA_FILE + " cannot be loaded"), (hostile, "{token.x}")):
+        argv = ["translate", "--model", str(tiny_sd_dir), "--adapter", str(adapter),
+                "--source", "0", "--target", "doravik", "--strength", "0.5", "--steps", "2",
+                "--strategy", "diff-mix", "--out", str(tmp_path / "out")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and needle in err[-1], err
+        assert "Traceback" not in "\n".join(err)
 
 
 def test_translate_eval_runs(tiny_sd_dir, adapters, capsys):
