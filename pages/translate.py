@@ -142,7 +142,10 @@ def build_request(
     """Check the page's values and turn them into a :class:`Request` (``ValueError`` if bad)."""
     from diffmix.translate import get_strategy
 
-    # 1. Dataset, strategy, model and adapter.
+    # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
+    #    strategy, model and adapter.
+    check_limit("steps", _whole(steps, "steps", 25, minimum=1), "max_sampling_steps", settings,
+                stage="translate")  # fmt: skip
     ds, subset = common.open_selection(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
     model, adapter_dir = settings.model, None
@@ -160,7 +163,6 @@ def build_request(
         raise ValueError(f"choose a target class (one of {', '.join(ds.class_names)})")
     seed_i = _whole(seed, "seed", 0)
     steps_i = _whole(steps, "steps", 25, minimum=1)
-    check_limit("steps", steps_i, "max_sampling_steps", settings, stage="translate")
     # 2. Source image and class (none for text-to-image strategies).
     source, src_class = None, None
     if st.generative != "txt2img":

@@ -215,4 +215,6 @@ def test_public_limits_bound_the_extracted_size(
     with pytest.raises(DatasetError, match="expands to more than 5242880 bytes"):
         extract_zip(path, dest_root=tmp_path / "d")
     monkeypatch.setenv("DIFFMIX_MAX_EXTRACT_MB", "0")  # no absolute bound; 6 MiB < 10 MiB floor
-    assert (extract_zip(path, dest_root=tmp_path / "d") / "cat" / "1.png").stat().st_size == 3 * 1024**2
+    assert (
+        extract_zip(path, dest_root=tmp_path / "d") / "cat" / "1.png"
+    ).stat().st_size == 3 * 1024**2

@@ -126,9 +126,7 @@ def _public(home, **env):
         ("train", ["demo:99"], "demo seeds 0 to 7"),
     ],
 )
-def test_public_launcher_refuses_before_spawning(
-    tmp_path, fake_popen, stage, args, needle
-) -> None:
+def test_public_launcher_refuses_before_spawning(tmp_path, fake_popen, stage, args, needle) -> None:
     home = tmp_path / "home"
     run = home / "runs" / "r"
     with pytest.raises(ValueError, match=needle):
