@@ -30,7 +30,7 @@ import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffmix.runs import RunDir  # noqa: E402
-from diffmix.settings import ENV_ALLOW_HUB, ENV_ALLOW_LOCAL, Settings  # noqa: E402
+from diffmix.settings import Settings  # noqa: E402
 from pages import common, jobs_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -53,21 +53,9 @@ def check_model(model: str | None, settings: Settings) -> str:
     an SD 1.x/2.x pipeline (:func:`diffmix.pipeline.resolve_model`; nothing is loaded here).
     """
     from diffmix.pipeline import resolve_model
+    from diffmix.settings import check_model as check_allowed
 
-    model = (model or "").strip() or settings.model
-    if model not in (settings.model, "nano"):
-        path = Path(model).expanduser()
-        local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
-        if local and not settings.allow_local_paths:
-            raise ValueError(
-                f"model {model!r} refused: server folders are not allowed on this deployment "
-                f"(the operator can set {ENV_ALLOW_LOCAL}=1); use 'nano' or a Hub id"
-            )
-        if not local and not settings.allow_hub:
-            raise ValueError(
-                f"model {model!r} refused: Hub downloads are disabled on this deployment "
-                f"(the operator can set {ENV_ALLOW_HUB}=1)"
-            )
+    model = check_allowed((model or "").strip() or settings.model, settings)
     return resolve_model(model).name
 
 
