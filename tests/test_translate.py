@@ -405,7 +405,10 @@ def test_cli_translate_corrupt_or_hostile_adapter_is_one_line(
     shutil.copytree(full, hostile, ignore=shutil.ignore_patterns("checkpoints"))
     meta = json.loads((hostile / "adapter.json").read_text())
     (hostile / "adapter.json").write_text(json.dumps({**meta, "prompt_template": "{token.x}"}))
-    for adapter, needle in ((broken, LORA_FILE + " cannot be loaded"), (hostile, "{token.x}")):
+    for adapter, needle in (
+        (broken, LORA_FILE + " is not a readable LoRA file"),
+        (hostile, "{token.x}"),
+    ):
         argv = ["translate", "--model", str(tiny_sd_dir), "--adapter", str(adapter),
                 "--source", "0", "--target", "doravik", "--strength", "0.5", "--steps", "2",
                 "--strategy", "diff-mix", "--out", str(tmp_path / "out")]  # fmt: skip
