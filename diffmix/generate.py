@@ -117,7 +117,7 @@ RERUN_FREE_FIELDS = frozenset({"filter_bottom"})
 ROW_FIELDS = (
     "file_name", "task", "batch", "source_index", "source_id", "source_class", "target_class",
     "strength", "seed", "strategy", "prompt", "soft_label", "label_rule", "faithfulness",
-    "diversity", "kept",
+    "diversity", "judge", "kept",
     "partner_index", "partner_id", "steps_run", "num_inference_steps", "guidance_scale", "gamma",
     "model", "model_fingerprint", "adapter", "adapter_fingerprint", "dataset_fingerprint",
     "width", "height",
@@ -844,15 +844,17 @@ def generate(
             logger.info("%s: %d of %d task(s) already finished; %d left for this process",
                         "resuming" if resume else "continuing", len(done), len(plan), n_left)  # fmt: skip
 
-        # 4. Scores: the reference classifier (fitted once per dataset by the main process,
-        #    cached in the workspace, then read by the others)
+        # 4. Scores: the judge, fitted on this run's own labelled images only (a few-shot or
+        #    long-tail subset: no label outside it), once by the main process, cached in the
+        #    workspace, then read by the others
         clf = None
         if cfg.score and len(done) < len(plan):
+            seen = _judge_indices(cfg, subset)
             if dist.is_main:
-                clf = score.reference_classifier(ds)
+                clf = score.reference_classifier(ds, indices=seen)
             dist.barrier()
             if todo and clf is None:
-                clf = score.reference_classifier(ds)
+                clf = score.reference_classifier(ds, indices=seen)
 
         # 5. Execute batch by batch
         tcfg = TranslateConfig(
@@ -867,6 +869,7 @@ def generate(
             "guidance_scale": cfg.guidance_scale, "gamma": cfg.gamma, "model": cfg.model,
             "model_fingerprint": fp_model, "adapter": cfg.adapter,
             "adapter_fingerprint": fp_adapter, "dataset_fingerprint": ds.fingerprint,
+            "judge": None if clf is None else clf.judge,
         }  # fmt: skip
         from tqdm.auto import tqdm
 
@@ -1094,7 +1097,8 @@ def _row(t: PlannedTask, r, rel: str, st, common: dict, faith, div) -> dict[str,
         "strategy": common["strategy"], "prompt": r.prompt,
         "soft_label": {k: float(v) for k, v in r.soft_label.items()},
         "label_rule": r.label_rule,
-        "faithfulness": faith, "diversity": div, "kept": True,
+        "faithfulness": faith, "diversity": div,
+        "judge": None if faith is None else common["judge"], "kept": True,
         "partner_index": t.partner_index, "partner_id": t.partner_id,
         "steps_run": r.steps_run, "num_inference_steps": common["num_inference_steps"],
         "guidance_scale": common["guidance_scale"], "gamma": common["gamma"],
@@ -1104,6 +1108,50 @@ def _row(t: PlannedTask, r, rel: str, st, common: dict, faith, div) -> dict[str,
         "width": r.image.width, "height": r.image.height,
     }  # fmt: skip
     return row
+
+
+def _judge_indices(cfg, subset) -> list[int] | None:
+    """The train indices the judge may see: the run's subset (few-shot / long-tail), else all."""
+    return None if cfg.shots is None and cfg.imbalance is None else list(subset.indices)
+
+
+def _judge_record(cfg, ds, subset) -> dict[str, Any] | None:
+    """What judged the rows (``config.json``'s ``judge``): kind, images seen, diversity metric."""
+    if not cfg.score:
+        return None
+    from diffmix import score
+
+    kind = score.default_judge(ds.spec)
+    seen = _judge_indices(cfg, subset)
+    return {
+        "judge": kind,
+        "fit_on": "train" if seen is None else "subset",
+        "train_images": len(ds) if seen is None else len(seen),
+        "size": score.LITE0_JUDGE_SIZE if kind == "lite0" else None,
+        "diversity_metric": (
+            "lpips" if score.lpips_available()
+            else f"{'lite0-imagenet' if kind == 'lite0' else kind}-feature-cosine"
+        ),
+    }  # fmt: skip
+
+
+def _check_filter_judge(cfg, rows: Sequence[dict[str, Any]]) -> None:
+    """Refuse to filter a few-shot / long-tail run by scores of a judge that saw other labels.
+
+    Rows without a ``judge`` were scored by an earlier version whose judge was fitted on the
+    whole train split -- labels outside the run's K shots; filtering by them leaks those
+    labels into the synthetic set.
+    """
+    if not cfg.filter_bottom or (cfg.shots is None and cfg.imbalance is None):
+        return
+    leaky = [r for r in rows if r.get("faithfulness") is not None and not r.get("judge")]
+    if leaky:
+        raise ValueError(
+            f"filter_bottom={cfg.filter_bottom}: {len(leaky)} image(s) were scored by a judge "
+            "fitted on the whole train split (labels outside this run's subset); regenerate "
+            "into a new --out to score them with a judge fitted on the subset, or use "
+            "filter_bottom 0"
+        )
 
 
 def _config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out) -> dict[str, Any]:
@@ -1120,6 +1168,7 @@ def _config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out) -> dict[str
         "adapter_fingerprint": fp_adapter,
         "planned": len(plan),
         "batches": plan[-1].batch + 1 if plan else 0,
+        "judge": _judge_record(cfg, ds, subset),
         "command": command_for(cfg, out),
     }
 
@@ -1130,6 +1179,7 @@ def _config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out) -> dict[str
 def _finish(out: Path, cfg: GenerateConfig, ds, plan, record: dict) -> dict[str, Any]:
     """Merge rank files, mark the filter, write the card and the grid; the summary."""
     rows = _merge_rows(out, {t.task for t in plan})
+    _check_filter_judge(cfg, rows)
     scored = [r for r in rows if r.get("faithfulness") is not None]
     keep = bottom_fraction_mask([r["faithfulness"] for r in scored], cfg.filter_bottom)
     for r in rows:
@@ -1214,6 +1264,14 @@ def dataset_card(rows: Sequence[dict], record: dict, planned: int) -> str:
         "```",
         "",
     ]
+    j = record.get("judge")
+    if j:
+        seen = "this run's subset" if j["fit_on"] == "subset" else "the whole train split"
+        lines += [
+            f"Scores: faithfulness by the `{j['judge']}` judge fitted on {j['train_images']} "
+            f"labelled images ({seen}); diversity: `{j['diversity_metric']}`.",
+            "",
+        ]
     if record.get("filter_bottom"):
         lines += [
             f"The {record['filter_bottom']:.0%} least faithful images are marked `kept: false` "

@@ -1,8 +1,14 @@
-"""A small reference classifier: judges what a generator drew, and scores faithfulness.
+"""Reference classifiers ("judges"): which class a generated image looks like.
 
-:class:`SmallCNN` trained with :func:`fit_judge` on the real images of a dataset tells which
-class a generated image looks like. nano-SD's evaluation uses it on the demo data; the
-translation scores (faithfulness) use it on any dataset (fit once per dataset fingerprint).
+Two judges, both with ``forward(x)`` (logits) and ``embed(x)`` (non-negative pooled features)
+on images ``x`` (n, 3, H, W) in [0, 1]:
+
+- :class:`SmallCNN` trained from scratch with :func:`fit_judge` -- the judge of the demo's
+  64-px drawings (nano-SD's evaluation, the demo's scores), where it is better than ImageNet
+  features of 64-px cartoons;
+- :class:`Lite0Probe`: the built-in ImageNet EfficientNet-Lite0 (frozen,
+  :mod:`diffmix.classify.lite0`) + a linear head fitted with :func:`fit_probe` -- the judge of
+  real photos (a few labelled shots suffice).
 """
 
 from __future__ import annotations
@@ -28,8 +34,49 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(chans[-1], num_classes)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: mean-pooled post-ReLU activations (n, 4*width), >= 0."""
+        return self.features(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        return self.head(self.embed(x))
+
+
+class Lite0Probe(nn.Module):
+    """Frozen ImageNet EfficientNet-Lite0 features (1280, post-ReLU6 mean-pooled, >= 0) + a
+    linear ``head``; inputs in [0, 1] at any side (the weights were trained at 224 px)."""
+
+    def __init__(self, num_classes: int, backbone: nn.Module | None = None):
+        super().__init__()
+        from diffmix.classify import lite0
+
+        self.backbone = [backbone if backbone is not None else _lite0_backbone()]  # not saved
+        self.head = nn.Linear(1280, num_classes)
+        self._normalize = lite0.normalize
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.backbone[0]
+        with torch.no_grad():
+            f = net.forward_features(self._normalize(x))
+            return net.forward_head(f, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+_LITE0: list[nn.Module] = []
+
+
+def _lite0_backbone() -> nn.Module:
+    """The shared frozen Lite0 (built once per process; eval mode, no gradients)."""
+    if not _LITE0:
+        from diffmix.classify.lite0 import create_lite0
+
+        net = create_lite0(None)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _LITE0.append(net.eval())
+    return _LITE0[0]
 
 
 def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
@@ -77,6 +124,36 @@ def fit_judge(
             loss.backward()
             opt.step()
             sched.step()
+    return model.eval()
+
+
+def fit_probe(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    batch: int = 32,
+) -> Lite0Probe:
+    """Fit a :class:`Lite0Probe`'s head on images ``x`` (n,3,H,W in [0,1]) and labels ``y``.
+
+    Features of each image and of its mirror image are computed once; the head is then
+    trained full-batch (AdamW, lr 1e-2, weight decay 1e-3, label smoothing 0.1) for
+    ``steps`` steps -- seconds, whatever the dataset size.
+    """
+    torch.manual_seed(seed)
+    model = Lite0Probe(num_classes)
+    feats = torch.cat(
+        [model.embed(v[a : a + batch]) for v in (x, x.flip(-1)) for a in range(0, len(x), batch)]
+    )
+    labels = torch.cat([y, y])
+    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        loss = F.cross_entropy(model.head(feats), labels, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return model.eval()
 
 

