@@ -396,12 +396,14 @@ def cmd_translate(args: argparse.Namespace) -> int:
         r.image.save(file)
         rows.append({"strength": r.strength, "file": str(file), "soft_label": r.soft_label,
                      "faithfulness": float(faith[k]),
-                     "diversity": float(div[k]) if div is not None else None})  # fmt: skip
+                     "diversity": float(div[k]) if div is not None else None,
+                     "judge": clf.judge, "diversity_metric": score.diversity_metric(clf)})  # fmt: skip
     records = [dict(r.record(), **row, source=args.source, model=args.model, adapter=args.adapter,
                     dataset=args.dataset, steps=args.steps, guidance_scale=args.guidance_scale)
                for r, row in zip(results, rows, strict=True)]  # fmt: skip
     (out / "translations.json").write_text(json.dumps(records, indent=2) + "\n")
-    lines = [f"strategy: {st.name}  source: {source_class}  target: {target}",
+    lines = [f"strategy: {st.name}  source: {source_class}  target: {target}  "
+             f"(scored by the {clf.judge} judge; diversity: {score.diversity_metric(clf)})",
              f"{'strength':>8}  {'target p':>8}  {'diversity':>9}  file"]  # fmt: skip
     for row in rows:
         d = "-" if row["diversity"] is None else f"{row['diversity']:.3f}"
@@ -461,10 +463,22 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="smooth synthetic labels too, as the authors' loss does",
     )
-    p.add_argument("--arch", metavar="NAME", help="smallcnn or a timm model (default resnet18)")
-    p.add_argument("--pretrained", metavar="PATH_OR_HUBID",
-                   help="local checkpoint, 'timm' or a Hub id (downloads); default: from scratch")  # fmt: skip
-    p.add_argument("--resolution", type=int, metavar="PX", help="image side (default 64)")
+    p.add_argument("--arch", metavar="NAME",
+                   help="smallcnn or a timm model (default: resnet18 on the demo, "
+                        "tf_efficientnet_lite0 on real photos)")  # fmt: skip
+    p.add_argument("--pretrained", metavar="WEIGHTS",
+                   help="'lite0' (built-in ImageNet EfficientNet-Lite0, no download; default on "
+                        "real photos), 'scratch' (default on the demo), a local checkpoint, "
+                        "'timm' or a Hub id (downloads)")  # fmt: skip
+    p.add_argument("--tune", choices=("full", "head"),
+                   help="train every weight, or only the head on the frozen pretrained backbone "
+                        "(default: head with pretrained weights, full from scratch)")  # fmt: skip
+    p.add_argument(
+        "--resolution",
+        type=int,
+        metavar="PX",
+        help="image side (default: 224 with pretrained weights, 64 from scratch)",
+    )
     p.add_argument("--epochs", type=int, metavar="E", help="default 30")
     p.add_argument("--batch-size", type=int, metavar="B", help="default 32")
     p.add_argument("--lr", type=float, metavar="LR", help="peak SGD learning rate (default 0.05)")
@@ -502,6 +516,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     text = (
         f"run:           {result['out']}\n"
+        f"backbone:      {result['arch']} ({result['pretrained']} weights, {result['tune']} "
+        f"training) at {result['resolution']} px\n"
         f"epochs:        {result['epochs']}\n"
         f"test accuracy: {pct(result['test_accuracy'])} (final epoch)\n"
     )
@@ -514,7 +530,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("test_accuracy", "epochs", "per_class_accuracy", "head_accuracy",
                 "medium_accuracy", "tail_accuracy", "mean_class_accuracy", "train_images",
-                "synthetic_images", "arch", "out")  # fmt: skip
+                "synthetic_images", "arch", "pretrained", "tune", "resolution", "out")  # fmt: skip
         _write(json.dumps({k: result[k] for k in keys}) + "\n")
     return 0
 

@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 TITLE = "Train"
 PATH = "train"
 STAGE = "train"
-ARCHS = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
+#: "auto": by dataset -- ResNet-18 from scratch at 64 px on the demo, the built-in ImageNet
+#: EfficientNet-Lite0 (frozen, head trained) at 224 px on real photos (TrainConfig's rule).
+AUTO_ARCH = "auto"
+ARCHS = (AUTO_ARCH, "smallcnn", "resnet18", "resnet34", "resnet50", "tf_efficientnet_lite0")
 MIXES = ("none", "mixup", "cutmix")
 LOSSES = ("ce", "balanced-softmax", "drw")
 #: Config keys that do not define *what* is compared (the seed varies inside a group).
@@ -83,9 +86,9 @@ def train_args(
     synthetic: Sequence[str] | None = None,
     p: float | None = None,
     gamma: float | None = 0.5,
-    arch: str = "resnet18",
+    arch: str = AUTO_ARCH,
     epochs: float | None = 30,
-    resolution: float | None = 64,
+    resolution: float | None = None,
     batch_size: float | None = 32,
     lr: float | None = 0.05,
     seed: float | None = 0,
@@ -114,17 +117,21 @@ def train_args(
     cfg = TrainConfig(
         dataset=sub["spec"], shots=sub["shots"], imbalance=sub["imbalance"],
         subset_seed=sub["seed"], synthetic=[str(f) for f in folders], p=p_value,
-        gamma=float(gamma if gamma not in (None, "") else 0.5), arch=(arch or "").strip(),
+        gamma=float(gamma if gamma not in (None, "") else 0.5),
+        arch=None if (arch or "").strip() in ("", AUTO_ARCH) else arch.strip(),
         epochs=whole(epochs, "epochs", default=30, minimum=1),
-        resolution=whole(resolution, "resolution", default=64, minimum=16),
+        resolution=whole(resolution, "resolution", default=None, minimum=16),
         batch_size=whole(batch_size, "batch size", default=32, minimum=1),
         lr=float(lr if lr not in (None, "") else 0.05), seed=whole(seed, "seed", default=0),
         num_threads=whole(threads, "threads", default=None, minimum=1) or None,
         mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
     )  # fmt: skip
-    args = ["--arch", cfg.arch, "--epochs", str(cfg.epochs),
-            "--resolution", str(cfg.resolution), "--batch-size", str(cfg.batch_size),
+    args = ["--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
             "--lr", f"{cfg.lr:g}", "--seed", str(cfg.seed), "--subset-seed", str(cfg.subset_seed)]  # fmt: skip
+    if cfg.arch is not None:
+        args += ["--arch", cfg.arch]
+    if cfg.resolution is not None:
+        args += ["--resolution", str(cfg.resolution)]
     if cfg.shots is not None:
         args += ["--shots", str(cfg.shots)]
     if cfg.imbalance is not None:
@@ -426,13 +433,15 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                   elem_id="tn-p")  # fmt: skip
                     gamma = gr.Number(0.5, label="γ (soft-label power)", minimum=0.01,
                                       elem_id="tn-gamma")  # fmt: skip
-                arch = gr.Dropdown(list(ARCHS), value="resnet18", allow_custom_value=True,
-                                   label="Backbone (smallcnn or a timm name)", elem_id="tn-arch")  # fmt: skip
+                arch = gr.Dropdown(list(ARCHS), value=AUTO_ARCH, allow_custom_value=True,
+                                   label="Backbone (auto, smallcnn or a timm name)", elem_id="tn-arch",
+                                   info="auto: ResNet-18 from scratch on the demo; ImageNet "
+                                        "EfficientNet-Lite0 (built in) on photos")  # fmt: skip
                 with gr.Row():
                     epochs = gr.Number(30, label="Epochs", precision=0, minimum=1,
                                        elem_id="tn-epochs")  # fmt: skip
-                    resolution = gr.Number(64, label="Resolution (px)", precision=0, minimum=16,
-                                           elem_id="tn-resolution")  # fmt: skip
+                    resolution = gr.Number(None, label="Resolution (px; blank: auto)", precision=0,
+                                           minimum=16, elem_id="tn-resolution")  # fmt: skip
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tn-seed")
                 with gr.Accordion("More options", open=False):
                     with gr.Row():

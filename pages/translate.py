@@ -75,6 +75,7 @@ class Preview:
     faithfulness: list[float] | None = None
     diversity: list[float] | None = None
     metric: str = ""
+    judge: str = ""
     score_seconds: float = 0.0
 
 
@@ -236,7 +237,10 @@ def score_translation(preview: Preview) -> Preview:
     if r.source is not None:
         div = score.diversity_from_source(clf, images, [r.source] * len(images))
         preview.diversity = [float(x) for x in div]
-        preview.metric = score.diversity_metric()
+        preview.metric = score.diversity_metric(clf)
+    preview.judge = (
+        f"{clf.judge} judge, {clf.train_images} labelled images" if clf.train_images else clf.judge
+    )
     preview.score_seconds = time.perf_counter() - t0
     return preview
 
@@ -246,12 +250,15 @@ def scores_markdown(preview: Preview, k: int = 0) -> str:
     n = len(preview.request.ds.class_names)
     if preview.faithfulness is None:
         return (
-            "Scoring… (the first time for a dataset this fits a small reference classifier, "
-            "which takes a few minutes)"
+            "Scoring… (the first time for a dataset this fits a reference classifier: a small "
+            "CNN on the demo, which takes a few minutes; a linear head on ImageNet features "
+            "for photos)"
         )
     text = (
         f"**Faithfulness {preview.faithfulness[k]:.3f}**: the reference classifier's "
-        f"probability of *{preview.request.target_class}* (chance {1 / n:.3f})."
+        f"probability of *{preview.request.target_class}* (chance {1 / n:.3f}"
+        + (f"; {preview.judge}" if preview.judge else "")
+        + ")."
     )
     if preview.diversity is not None:
         text += (

@@ -520,6 +520,9 @@ def test_train_args_follow_the_selection(fewshot: dict, private: Settings) -> No
     # the baseline: p has nothing to replace with and is left out
     base = train.train_args(fewshot, synthetic=[], p=0.2, arch="smallcnn", settings=private)
     assert "--p" not in base and "--synthetic" not in base
+    # the page's default backbone is "auto": the train command's rule by dataset decides
+    auto = train.train_args(fewshot, synthetic=[], settings=private)
+    assert "--arch" not in auto and "--resolution" not in auto
     assert train.run_prefix("smallcnn", [], "none") == "smallcnn-baseline"
     assert train.run_prefix("resnet18", ["s"], "none") == "resnet18-diffmix"
 

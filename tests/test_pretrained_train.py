@@ -20,7 +20,12 @@ def test_backbone_defaults_follow_the_dataset():
     photos = TrainConfig(dataset="../shared/data/flowers17")
     assert _backbone(photos) == (LITE0_ARCH, "lite0", 224, "head")
     # explicit choices win; another architecture without weights trains from scratch
-    assert _backbone(TrainConfig(dataset="x", arch="resnet18")) == ("resnet18", "scratch", 64, "full")
+    assert _backbone(TrainConfig(dataset="x", arch="resnet18")) == (
+        "resnet18",
+        "scratch",
+        64,
+        "full",
+    )
     assert _backbone(TrainConfig(dataset="x", tune="full"))[3] == "full"
     assert _backbone(TrainConfig(dataset="x", pretrained="scratch"))[1:] == ("scratch", 64, "full")
     assert _backbone(TrainConfig(dataset="x", resolution=128))[2] == 128
