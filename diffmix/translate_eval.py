@@ -76,7 +76,7 @@ def evaluate(
     guidance_scale: float = 7.5,
     batch_size: int = 20,
     judge_epochs: int = 30,
-    judge_size: int = 64,
+    judge_size: int | None = None,
     device: str | None = None,
 ) -> dict:
     """Run the measurement; returns the JSON-ready report (see the module docstring)."""
@@ -157,8 +157,13 @@ def evaluate(
         "steps": steps,
         "guidance_scale": guidance_scale,
         "strengths": list(strengths),
-        "judge": {"epochs": judge_epochs, "size": clf.size, "source_accuracy": src_acc},
-        "diversity_metric": score.diversity_metric(),
+        "judge": {
+            "judge": clf.judge,
+            "epochs": judge_epochs,
+            "size": clf.size,
+            "source_accuracy": src_acc,
+        },  # fmt: skip
+        "diversity_metric": score.diversity_metric(clf),
         "results": {name: v["rows"] for name, v in report.items()},
         "seconds": {name: v["seconds"] for name, v in report.items()},
         "total_seconds": round(time.time() - t0, 2),
@@ -171,7 +176,8 @@ def format_report(rep: dict) -> str:
     lines = [
         f"model {rep['model']}  adapter {rep['adapter']}  {rep['pairs']} pairs  "
         f"{rep['steps']} steps  guidance {rep['guidance_scale']}  seed {rep['seed']}",
-        f"judge: source images classified as their class: {rep['judge']['source_accuracy']:.0%}"
+        f"judge ({rep['judge'].get('judge', 'smallcnn')}): source images classified as their "
+        f"class: {rep['judge']['source_accuracy']:.0%}"
         f"  (diversity metric: {rep['diversity_metric']})",
         f"{'strategy':<9} {'s':>4} {'faith':>6} {'tgt win':>8} {'src win':>8} {'div':>6} {'pix':>6}",
     ]
@@ -201,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--batch-size", type=int, default=20, help="items per shared denoising loop")
     p.add_argument("--judge-epochs", type=int, default=30, help="reference classifier epochs")
-    p.add_argument("--judge-size", type=int, default=64, help="reference classifier px (64)")
+    p.add_argument("--judge-size", type=int, default=None,
+                   help="judge px (default: 64 for the demo's small CNN, 224 for Lite0 on photos)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     p.add_argument("--json", action="store_true", help="end the output with one JSON line")
     args = p.parse_args(argv)
