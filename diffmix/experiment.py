@@ -788,13 +788,6 @@ def plan_experiment(
     stages = plan_stages(config, out, test_images=len(test_ds))
     _estimate_all(stages, num_classes=train_ds.num_classes, test_images=len(test_ds),
                   fingerprint=train_ds.fingerprint)  # fmt: skip
-    if config.generate_overrides.get("filter_bottom"):
-        logger.warning(
-            "filter_bottom=%s drops synthetic images by the scores of a judge fitted on the "
-            "whole train split, not only the %d-shot subset: the few-shot runs then see "
-            "information from more real images", config.generate_overrides["filter_bottom"],
-            config.shots,
-        )  # fmt: skip
     expected: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
         sub = make_subset(train_ds, shots=config.shots, seed=seed).to_dict()
