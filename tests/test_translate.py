@@ -358,7 +358,9 @@ def test_cli_translate_json(tiny_sd_dir, tiny_folder, tmp_path, capsys):
     rows = payload["results"]
     assert [r["strength"] for r in rows] == [0.5, 1.0]
     for r in rows:
-        assert set(r) == {"strength", "file", "soft_label", "faithfulness", "diversity"}
+        assert set(r) == {"strength", "file", "soft_label", "faithfulness", "diversity", "judge",
+                          "diversity_metric"}  # fmt: skip
+        assert (r["judge"], r["diversity_metric"]) == ("lite0", "lite0-imagenet-feature-cosine")
         assert Image.open(r["file"]).size == (24, 24)
         assert 0 <= r["faithfulness"] <= 1 and 0 <= r["diversity"] <= 1
         assert sum(r["soft_label"].values()) == pytest.approx(1.0)
