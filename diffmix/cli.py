@@ -472,7 +472,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                         "'timm' or a Hub id (downloads)")  # fmt: skip
     p.add_argument("--tune", choices=("full", "head"),
                    help="train every weight, or only the head on the frozen pretrained backbone "
-                        "(default: head with pretrained weights, full from scratch)")  # fmt: skip
+                        "(default: head with the built-in lite0 weights, else full)")  # fmt: skip
     p.add_argument(
         "--resolution",
         type=int,

@@ -29,6 +29,16 @@ def test_backbone_defaults_follow_the_dataset():
     assert _backbone(TrainConfig(dataset="x", tune="full"))[3] == "full"
     assert _backbone(TrainConfig(dataset="x", pretrained="scratch"))[1:] == ("scratch", 64, "full")
     assert _backbone(TrainConfig(dataset="x", resolution=128))[2] == 128
+    # weights the user chose train fully (the authors' setting) unless asked otherwise
+    assert _backbone(TrainConfig(dataset="x", arch="resnet50", pretrained="timm"))[1:] == (
+        "timm",
+        224,
+        "full",
+    )
+    assert (
+        _backbone(TrainConfig(dataset="x", arch="resnet50", pretrained="timm", tune="head"))[3]
+        == "head"
+    )
     with pytest.raises(ValueError, match="weights of tf_efficientnet_lite0, not of 'resnet18'"):
         TrainConfig(dataset="x", arch="resnet18", pretrained="lite0")
     with pytest.raises(ValueError, match="would stay random"):

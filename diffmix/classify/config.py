@@ -123,8 +123,9 @@ class TrainConfig(BaseModel):
         None,
         description="'full': train every weight; 'head': a linear probe -- the pretrained "
         "backbone frozen (BatchNorm statistics too), only the classifier layer trained. Unset: "
-        "'head' with pretrained weights (CPU-sized: no backward pass through the backbone), "
-        "'full' from scratch. The paper fine-tunes fully: pass 'full' on a GPU",
+        f"'head' with the built-in '{LITE0}' weights (the CPU default on photos: no backward "
+        "pass through the backbone), 'full' otherwise (from scratch, or weights you chose -- "
+        "the authors fine-tune fully)",
     )
     # -- optimisation ------------------------------------------------------------------------
     epochs: int = Field(30, ge=1, description="passes over the real training set")
@@ -224,11 +225,11 @@ class TrainConfig(BaseModel):
     def resolved(self) -> TrainConfig:
         """A copy with run-dependent defaults filled in (``p``, ``subset_seed``, and the
         backbone: ``arch``, ``pretrained``, ``resolution`` -- :func:`default_backbone` -- and
-        ``tune``: ``head`` with pretrained weights, ``full`` from scratch)."""
+        ``tune``: ``head`` with the built-in ``lite0`` weights, else ``full``)."""
         arch, pretrained, resolution = default_backbone(
             self.dataset, self.arch, self.pretrained, self.resolution
         )
-        tune = self.tune or ("full" if pretrained == SCRATCH else "head")
+        tune = self.tune or ("head" if pretrained == LITE0 else "full")
         return self.model_copy(
             update={
                 "p": self.p if self.p is not None else (DEFAULT_P if self.synthetic else 0.0),
