@@ -336,7 +336,8 @@ def check_request(stage: str, fields: Mapping[str, object], settings: Settings) 
     ``fields`` are the stage's config keys (``dataset``, ``model``, ``steps``, ...; unknown
     keys are ignored). Checked: the dataset spec (:func:`check_spec`; files the app staged in
     ``<workspace>/uploads`` are allowed), the base model and every server path
-    (:func:`check_path`; ``pretrained`` too unless it is ``timm`` or a Hub id), and every
+    (:func:`check_path`; ``pretrained`` too unless it is ``timm``, the built-in ``lite0`` /
+    ``scratch`` or a Hub id), and every
     number against :attr:`Settings.limits`. The page, the job launcher and the command line
     all call this, so none of them can skip it.
     """
@@ -358,7 +359,7 @@ def check_request(stage: str, fields: Mapping[str, object], settings: Settings) 
             if str(v).strip():
                 check_path(str(v).strip(), key, settings)
     pretrained = fields.get("pretrained")
-    if pretrained not in (None, "", "timm"):
+    if pretrained not in (None, "", "timm", "lite0", "scratch"):  # built-in names: no file
         check_model(str(pretrained), settings, what="pretrained weights")
     # 2. How much work it asks for.
     for key, limit_name in FIELD_LIMITS.items():

@@ -224,6 +224,8 @@ def test_check_request_allows_the_workspace_uploads_and_private_machines(tmp_pat
           "num_inference_steps": 100, "dataset_seed": 3, "pretrained": "timm"}  # fmt: skip
     check_request("generate", ok, public)
     check_request("generate", {"dataset": "demo:7", "ti_only": True}, public)
+    for builtin in ("lite0", "scratch"):  # the built-in backbone names are no server file
+        check_request("train", {"pretrained": builtin}, public)
     private = _settings(DIFFMIX_HOME=str(tmp_path))
     check_request("train", {"dataset": "/data/birds", "epochs": 100_000, "model": "/m"}, private)
     with pytest.raises(ValueError, match="cannot start with '-'"):
