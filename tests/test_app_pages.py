@@ -690,7 +690,7 @@ def test_personalize_page_class_balanced_menu(private: Settings) -> None:
     from diffmix import cli
     from diffmix.personalize import PersonalizeConfig
 
-    ns = cli.build_parser().parse_args(["personalize", *auto, "--out", "x"])
+    ns = cli.build_parser().parse_args(["personalize", "--out", "x", *auto])  # spec after "--"
     cfg = PersonalizeConfig(**cli._stage_fields(ns, PersonalizeConfig, "personalize"))
     assert cfg.resolved().class_balanced is True
     with pytest.raises(ValueError, match="class-balanced sampling 'sometimes'"):
