@@ -9,6 +9,7 @@ Nothing is written outside it unless the user passes an explicit output path.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 ENV_HOME = "DIFFMIX_HOME"
@@ -32,3 +33,103 @@ def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
     """True when ``path`` resolves (symlinks followed) to ``root`` or somewhere below it."""
     p, r = Path(path).resolve(), Path(root).resolve()
     return p == r or r in p.parents
+
+
+# --------------------------------------------------------------------------- public display
+#
+# A public deployment must not show server paths (its workspace prefix, staged-upload folders)
+# in messages or in values returned to clients. Staged uploads are named by an opaque token
+# ``upload:<digest>/<file name>`` (the digest is the content hash the upload was staged under)
+# that the server maps back with :func:`resolve_upload_token`; everything else inside the
+# workspace is shown relative to it, and paths outside it by their name only. Logs keep full
+# paths. ``settings`` below is a :class:`diffmix.settings.Settings` (anything with ``home``
+# and ``public``).
+
+UPLOADS = "uploads"
+UPLOAD_PREFIX = "upload:"
+_UPLOAD_TOKEN = re.compile(r"^upload:([0-9a-f]{8,64})/([^/\\\x00]+)$")
+#: An absolute POSIX path in free text: starts the text or follows a space, a quote, ``(``,
+#: ``[`` or ``=`` (so ``<folder>/train``, URLs and relative paths are left alone).
+_ABS_PATH = re.compile(r"(?<![^\s'\"`(\[=])/[^\s'\"`<>|,;()\[\]{}]+")
+
+
+def upload_token(path: str | os.PathLike, home: str | os.PathLike) -> str | None:
+    """``upload:<digest>/<name>`` for a file staged at ``<home>/uploads/<session>/<digest>/<name>``.
+
+    None when ``path`` is not such a file (any other path, a spec like ``demo``).
+    """
+    try:
+        rel = Path(path).expanduser().resolve().relative_to(Path(home).resolve() / UPLOADS)
+    except (ValueError, OSError):
+        return None
+    if len(rel.parts) != 3:
+        return None
+    token = f"{UPLOAD_PREFIX}{rel.parts[1]}/{rel.parts[2]}"
+    return token if _UPLOAD_TOKEN.match(token) else None
+
+
+def is_upload_token(spec: str) -> bool:
+    """True when ``spec`` has the shape of an upload token (see :func:`upload_token`)."""
+    return bool(_UPLOAD_TOKEN.match(spec or ""))
+
+
+def resolve_upload_token(token: str, home: str | os.PathLike) -> Path:
+    """The staged file an upload token names; ``ValueError`` when it is malformed or gone.
+
+    The token is parsed (a hex digest and a plain file name, never a path) and looked up under
+    ``<home>/uploads/*/<digest>/<name>``; the result is checked to lie inside the uploads folder.
+    """
+    m = _UPLOAD_TOKEN.match(token or "")
+    if m is None or m.group(2) in (".", ".."):
+        raise ValueError(f"{token!r} is not an upload name; upload the .zip again")
+    root = Path(home).resolve() / UPLOADS
+    for candidate in sorted(root.glob(f"*/{m.group(1)}/{m.group(2)}")):
+        if candidate.is_file() and is_inside(candidate, root):
+            return candidate
+    raise ValueError(
+        f"upload {m.group(2)!r} is no longer on the server; upload it again on the Dataset page"
+    )
+
+
+def display_path(path: str | os.PathLike, settings) -> str:
+    """How a server path is shown to users of this deployment.
+
+    Private deployments: the path as given. Public ones: a staged upload as
+    ``upload:<file name>``, a path inside the workspace relative to it (``runs/x/config.json``;
+    the workspace itself as ``workspace``), any other path by its name only.
+    """
+    text = os.fspath(path)
+    if not settings.public:
+        return text
+    p = Path(text).expanduser()
+    home_dir = Path(settings.home).resolve()
+    try:
+        rel = p.resolve().relative_to(home_dir)
+    except (ValueError, OSError):
+        try:
+            rel = p.relative_to(home_dir)  # a path that resolves elsewhere (symlink)
+        except ValueError:
+            return p.name or text
+    if not rel.parts:
+        return "workspace"
+    if rel.parts[0] == UPLOADS and len(rel.parts) >= 4:
+        return UPLOAD_PREFIX + "/".join(rel.parts[3:])
+    return rel.as_posix()
+
+
+def redact_paths(text: str, settings) -> str:
+    """``text`` with every absolute path shown as :func:`display_path` shows it (public only).
+
+    Used on messages shown in the page or returned to API clients; logs keep the full text.
+    """
+    if not settings.public or not text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        raw = m.group(0)
+        tail = ""
+        while raw and raw[-1] in ".:!?'\"":
+            raw, tail = raw[:-1], raw[-1] + tail
+        return (display_path(raw, settings) if raw else "") + tail
+
+    return _ABS_PATH.sub(one, text)

@@ -130,8 +130,16 @@ def mode_line(settings: Settings) -> str:
     hub = "Hub datasets allowed" if settings.allow_hub else "no Hub datasets"
     return (
         f"**{settings.mode.capitalize()} mode**: {local} · {hub} · uploads up to "
-        f"{settings.max_upload_mb} MB · model `{settings.model}`"
+        f"{settings.max_upload_mb} MB · model `{_model_name(settings)}`"
     )
+
+
+def _model_name(settings: Settings) -> str:
+    """The base model as shown: a local folder by its name only on public deployments."""
+    model = settings.model
+    if settings.public and model.startswith(("/", ".", "~")):
+        return Path(model).name
+    return model
 
 
 def header(settings: Settings) -> gr.Markdown:
@@ -140,14 +148,87 @@ def header(settings: Settings) -> gr.Markdown:
     return gr.Markdown(text, elem_id="app-header", elem_classes=["dm-header"])
 
 
-def error_box(message: str) -> str:
-    """Markdown/HTML for an error shown in the page (escaped, never a traceback)."""
-    return f'<div class="dm-error">⚠️ {html.escape(message)}</div>'
+def error_box(message: str, settings: Settings | None = None) -> str:
+    """Markdown/HTML for an error shown in the page (escaped, never a traceback).
+
+    On a public deployment server paths in ``message`` are shown as :func:`display_path`
+    shows them (``settings`` defaults to this process's settings); log the full message.
+    """
+    text = workspace.redact_paths(message, settings or get_settings())
+    return f'<div class="dm-error">⚠️ {html.escape(text)}</div>'
 
 
-def info_box(message: str) -> str:
-    """Markdown/HTML for a success or info line."""
-    return f'<div class="dm-info">{html.escape(message)}</div>'
+def info_box(message: str, settings: Settings | None = None) -> str:
+    """Markdown/HTML for a success or info line (paths shown as in :func:`error_box`)."""
+    text = workspace.redact_paths(message, settings or get_settings())
+    return f'<div class="dm-info">{html.escape(text)}</div>'
+
+
+def display_path(path: str | os.PathLike, settings: Settings | None = None) -> str:
+    """A server path as users of this deployment see it (see :func:`diffmix.workspace.display_path`).
+
+    Public: a staged upload as ``upload:<file name>``, workspace paths relative to the
+    workspace, other paths by name only. Private: unchanged.
+    """
+    return workspace.display_path(path, settings or get_settings())
+
+
+def display_spec(spec: str, settings: Settings | None = None) -> str:
+    """How a dataset spec is shown: ``demo`` / ``hub:…`` as is, a staged upload (its path or its
+    token) as ``upload:<file name>``, any other path as :func:`display_path` shows it."""
+    spec = str(spec or "")
+    if spec == "demo" or spec.startswith(("demo:", "hub:")):
+        return spec
+    if workspace.is_upload_token(spec):
+        return workspace.UPLOAD_PREFIX + spec.rsplit("/", 1)[-1]
+    settings = settings or get_settings()
+    if workspace.upload_token(spec, settings.home) is not None:
+        return workspace.UPLOAD_PREFIX + Path(spec).name
+    return display_path(spec, settings)
+
+
+def selection_spec(spec: str, settings: Settings) -> str:
+    """The dataset spec a selection's ``spec`` names on this server.
+
+    A staged upload travels to the browser as an opaque ``upload:<digest>/<name>`` token (no
+    server path); it is mapped back here. Any other spec is returned as is (the callers check
+    it against the settings again).
+    """
+    spec = (spec or "").strip()
+    if spec.startswith(workspace.UPLOAD_PREFIX):  # malformed tokens are refused, never paths
+        return str(workspace.resolve_upload_token(spec, settings.home))
+    return spec
+
+
+def client_spec(spec: str, settings: Settings) -> str:
+    """What a selection sent to the browser carries for ``spec``: a token for staged uploads."""
+    return workspace.upload_token(spec, settings.home) or spec
+
+
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """An image upload that reaches the listener as its file path, never decoded by Gradio.
+
+    ``gr.Image(type="pil")`` decodes every upload inside Gradio before the listener runs, so a
+    small file declaring a huge size (a decompression bomb) costs its full decoded size in
+    memory; even ``type="filepath"`` opens it with PIL first (and PIL's own, larger, limit
+    answers with a bare error). This ``gr.Image`` hands over the uploaded file's path unread;
+    listeners decode it with :func:`diffmix.data.images.open_rgb`, which checks the pixel limit
+    from the header. (Its ``preprocess`` is replaced on the instance: a subclass would make
+    Gradio write a ``.pyi`` stub next to this module at import time.)
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    image.preprocess = _unread_upload  # type: ignore[method-assign]
+    return image
+
+
+def _unread_upload(payload: Any) -> str | None:
+    """``gr.Image.preprocess`` for :func:`uploaded_image`: the upload's path, not opened."""
+    if payload is None:
+        return None
+    path = getattr(payload, "path", None)
+    if path is None:  # a data: URL, which Gradio would decode itself: refused
+        raise gr.Error("send the image as an uploaded file (a data: URL is not accepted)")
+    return str(path)
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -201,13 +282,15 @@ def open_selection(
     """
     if not selection or not selection.get("spec"):
         raise ValueError("no dataset selected: load one on the Dataset page first")
-    spec, split = str(selection["spec"]), str(selection.get("split", "train"))
+    split = str(selection.get("split", "train"))
+    spec = selection_spec(str(selection["spec"]), settings)
     if not is_upload(spec, settings):
         check_spec(spec, settings)
     ds = load_cached(spec, split)
     if ds.fingerprint != selection.get("fingerprint"):
         raise DatasetError(
-            f"dataset {spec!r} ({split}) changed since it was selected (fingerprint "
+            f"dataset {display_spec(spec, settings)!r} ({split}) changed since it was selected "
+            "(fingerprint "
             f"{selection.get('fingerprint')} -> {ds.fingerprint}); load it again on the "
             "Dataset page"
         )
@@ -306,10 +389,15 @@ def launch_kwargs(settings: Settings, *, host: str, port: int, share: bool) -> d
 
 __all__ = [
     "APP_TITLE",
+    "uploaded_image",
     "adapter_state",
     "ensure_owner",
     "owner_state",
     "clear_dataset_cache",
+    "client_spec",
+    "display_path",
+    "display_spec",
+    "selection_spec",
     "load_cached",
     "open_selection",
     "page_blocks",

@@ -123,9 +123,16 @@ def load_selection(
     imbalance: float | None = 0.1,
     seed: float | None = 0,
     progress: ProgressFn | None = None,
+    settings: Settings | None = None,
 ) -> LoadResult:
-    """Load ``spec``/``split``, draw the subset, and build everything the page shows."""
+    """Load ``spec``/``split``, draw the subset, and build everything the page shows.
+
+    The returned selection names a staged upload by an opaque token, not its server path (see
+    :func:`pages.common.client_spec`); ``settings`` (default: this process's) decides how
+    other paths are shown.
+    """
     progress = progress or _no_progress
+    settings = settings or common.get_settings()
     # 1. Check inputs.
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -135,7 +142,8 @@ def load_selection(
     shots_i = _as_int(shots, "shots", minimum=1) if subset == "few-shot" else None
     imb = _as_imbalance(imbalance) if subset == "long-tail" else None
     # 2. Load (cached) and draw the subset.
-    progress(0.05, desc=f"Loading {display_spec(spec)} ({split})")
+    shown = display_spec(spec, settings)
+    progress(0.05, desc=f"Loading {shown} ({split})")
     ds = common.load_cached(spec, split)
     sub = None
     if subset != "full":
@@ -147,6 +155,7 @@ def load_selection(
     part = summarize(ds, sub) if sub is not None else None
     label = subset_label(subset, shots_i, imb)
     selection = _selection(spec, split, subset, shots_i, imb, seed_i, ds, full, part, sub)
+    selection.update(spec=common.client_spec(spec, settings), name=shown)
     progress(0.8, desc="Drawing samples")
     indices = list(sub.indices) if sub is not None else list(range(len(ds)))
     figure = counts_figure(
@@ -158,14 +167,14 @@ def load_selection(
     skipped, note = skipped_table(full.get("skipped", []))
     n_img = part["num_images"] if part else full["num_images"]
     message = (
-        f"Loaded {display_spec(spec)} ({split}): {full['num_classes']} classes, "
+        f"Loaded {shown} ({split}): {full['num_classes']} classes, "
         f"{full['num_images']} images{_sizes_text(full.get('image_sizes'))}"
         + (f"; {label} subset of {n_img} images (seed {seed_i})" if sub is not None else "")
         + "."
     )
     return LoadResult(
         selection=selection,
-        summary=summary_table(display_spec(spec), split, full, part, label, seed_i),
+        summary=summary_table(shown, split, full, part, label, seed_i),
         figure=figure,
         gallery=sample_grid(ds, indices),
         skipped=skipped,
@@ -174,13 +183,10 @@ def load_selection(
     )
 
 
-def display_spec(spec: str) -> str:
-    """How a spec is shown: a staged upload as ``upload:<file name>`` (no server paths)."""
-    if spec == "demo" or spec.startswith(("demo:", "hub:")):
-        return spec
-    if workspace.is_inside(spec, workspace.home() / "uploads"):
-        return f"upload:{Path(spec).name}"
-    return spec
+def display_spec(spec: str, settings: Settings | None = None) -> str:
+    """How a spec is shown: a staged upload as ``upload:<file name>`` (no server paths); on a
+    public deployment any other path as :func:`pages.common.display_path` shows it."""
+    return common.display_spec(spec, settings)
 
 
 def subset_label(subset: str, shots: int | None, imbalance: float | None) -> str:
@@ -404,14 +410,15 @@ def on_load(
             imbalance=imbalance,
             seed=seed,
             progress=progress,
+            settings=settings,
         )
     except (DatasetError, ValueError, OSError) as err:
         logger.info("dataset load refused: %s", err)
         keep = gr.skip()
-        return keep, common.error_box(str(err)), keep, keep, keep, keep, keep
+        return keep, common.error_box(str(err), settings), keep, keep, keep, keep, keep
     return (
         res.selection,
-        common.info_box(res.message),
+        common.info_box(res.message, settings),
         res.summary,
         res.figure,
         res.gallery,

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmix.data import open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, jobs_ui, personalize, translate  # noqa: E402
 
@@ -101,7 +102,7 @@ def generate_config(
     from diffmix.generate import GenerateConfig
     from diffmix.translate import get_strategy
 
-    sub = personalize.selection_subset(selection)
+    sub = personalize.selection_subset(selection, settings)
     st = get_strategy(strategy or translate.default_strategy(adapter))
     model, adapter_dir = settings.model, None
     if st.uses_adapter:
@@ -308,9 +309,8 @@ def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, 
     out = []
     for row in tail_rows(run_dir / "metadata.jsonl", n):
         try:
-            with Image.open(run_dir / str(row["file_name"])) as im:
-                img = translate.display(im.convert("RGB"), 128)
-        except (OSError, KeyError):
+            img = translate.display(open_rgb(run_dir / str(row["file_name"])), 128)
+        except (OSError, KeyError, ValueError):  # ValueError: ImageDecodeError
             continue
         cap = f"{row.get('source_class')} → {row.get('target_class')} · s={row.get('strength')}"
         if isinstance(row.get("faithfulness"), (int, float)):
@@ -367,7 +367,7 @@ def _estimate_action(settings: Settings):
             shown = None if settings.public else cfg  # no server paths on public deployments
             return estimate_markdown(estimate(cfg, values[0], probe, pixels=px), shown)
         except (*jobs_ui.USER_ERRORS, ImportError) as err:
-            return common.error_box(jobs_ui.readable_error(err))
+            return common.error_box(jobs_ui.readable_error(err), settings)
 
     return jobs_ui.with_params(generate_estimate, ["probe", "owner", *PLAN_PARAMS])
 
@@ -382,7 +382,7 @@ def _probe_action(settings: Settings):
             shown = None if settings.public else cfg
             return result, estimate_markdown(estimate(cfg, values[0], result, pixels=px), shown)
         except (*jobs_ui.USER_ERRORS, ImportError, RuntimeError) as err:
-            return gr.skip(), common.error_box(jobs_ui.readable_error(err))
+            return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
 
     return jobs_ui.with_params(generate_probe, ["owner", *PLAN_PARAMS])
 
@@ -399,7 +399,7 @@ def _on_open(settings: Settings):
         line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
         reason = unavailable_reason()
         if reason:
-            line += "\n\n" + common.error_box(f"Generation is not available: {reason}.")
+            line += "\n\n" + common.error_box(f"Generation is not available: {reason}.", settings)
         return [line, gr.update(value=translate.default_strategy(adapter)),
                 gr.update(choices=with_conf)]  # fmt: skip
 

@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from diffmix.data import ImageDataset  # noqa: E402
+from diffmix.data import ImageDataset, open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, jobs_ui  # noqa: E402
 
@@ -193,9 +193,8 @@ def pairs(
     out = []
     for r in rows[start : start + per_page]:
         try:
-            with Image.open(folder / str(r["file_name"])) as im:
-                result = im.convert("RGB")
-        except (OSError, KeyError):
+            result = open_rgb(folder / str(r["file_name"]))
+        except (OSError, KeyError, ValueError):  # ValueError: ImageDecodeError
             continue
         src = source_image(ds, r) if ds is not None else None
         cap = f"{r.get('source_class')} → {r.get('target_class')} · s={r.get('strength')}"
@@ -296,12 +295,12 @@ def _filter_action(settings: Settings):
             try:
                 ds = source_dataset(read_record(folder), settings)
             except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-                ds, note = None, " " + common.error_box(jobs_ui.readable_error(err))
+                ds, note = None, " " + common.error_box(jobs_ui.readable_error(err), settings)
             p = int(page or 1)
             gallery = pairs(folder, shown, ds, page=p)
         except jobs_ui.USER_ERRORS as err:
             keep = gr.skip()
-            return keep, keep, common.error_box(jobs_ui.readable_error(err))
+            return keep, keep, common.error_box(jobs_ui.readable_error(err), settings)
         return rows_table(shown), gallery, summary_line(folder.name, rows, shown, p) + note
 
     return inspect_filter
@@ -317,7 +316,7 @@ def _open_action(settings: Settings):
             names = list(read_record(folder).get("class_names") or [])
         except jobs_ui.USER_ERRORS as err:
             keep = gr.skip()
-            return keep, keep, common.error_box(jobs_ui.readable_error(err))
+            return keep, keep, common.error_box(jobs_ui.readable_error(err), settings)
         upd = gr.update(choices=names, value=[])
         return upd, upd, ""
 
@@ -352,13 +351,14 @@ def _export_action(settings: Settings):
             target = jobs_ui.run_name(new_name, f"{folder.name}-subset")
             dest = export_rows(folder, shown, target, owner=owner, filters=filters)
         except jobs_ui.USER_ERRORS as err:
-            return common.error_box(jobs_ui.readable_error(err)), gr.skip()
+            return common.error_box(jobs_ui.readable_error(err), settings), gr.skip()
         names = synthetic_names(owner=owner, settings=settings)
         return (
             common.info_box(
                 f"Exported {len(shown)} images to synthetic/{dest.name}; "
-                "train with it on the Train page."
-            ),  # fmt: skip
+                "train with it on the Train page.",
+                settings,
+            ),
             gr.update(choices=names),
         )
 

@@ -512,25 +512,31 @@ def wire(
         except USER_ERRORS as err:
             logger.info("%s start refused: %s", stage, err)
             skip = gr.skip()
-            return [owner, skip, skip, common.error_box(readable_error(err)), *[skip] * len(outs)]
-        msg = common.info_box(f"Started {stage} run {rname}.")
+            return [
+                owner,
+                skip,
+                skip,
+                common.error_box(readable_error(err), settings),
+                *[skip] * len(outs),
+            ]
+        msg = common.info_box(f"Started {stage} run {rname}.", settings)
         return [owner, rname, _choices(owner, rname), msg, *_view_values(path, owner)]
 
     def cancel(name: str | None, owner: str | None) -> list[Any]:
         """Ask the watched run to stop at its next step."""
         try:
-            msg = common.info_box(cancel_run(stage, name, owner=owner, settings=settings))
+            msg = common.info_box(cancel_run(stage, name, owner=owner, settings=settings), settings)
         except USER_ERRORS as err:
-            msg = common.error_box(readable_error(err))
+            msg = common.error_box(readable_error(err), settings)
         return [msg, *_view_values(_watched(name, owner), owner)]
 
     def resume(name: str | None, owner: str | None) -> list[Any]:
         """Continue the watched run from its last checkpoint."""
         try:
             path = resume_run(stage, name, owner=owner, settings=settings)
-            msg = common.info_box(f"Resumed {path.name}.")
+            msg = common.info_box(f"Resumed {path.name}.", settings)
         except USER_ERRORS as err:
-            msg = common.error_box(readable_error(err))
+            msg = common.error_box(readable_error(err), settings)
         return [msg, *_view_values(_watched(name, owner), owner)]
 
     def runs(owner: str | None, name: str | None) -> Any:

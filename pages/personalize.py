@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmix.data import open_rgb  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, jobs_ui  # noqa: E402
@@ -67,8 +68,14 @@ def model_defaults(model: str) -> dict[str, Any]:
     return {"steps": cfg.steps, "lr": cfg.lr}
 
 
-def selection_subset(selection: dict[str, Any] | None) -> dict[str, Any]:
-    """Spec, shots / imbalance and subset seed of a Dataset-page selection (train split only)."""
+def selection_subset(
+    selection: dict[str, Any] | None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Spec, shots / imbalance and subset seed of a Dataset-page selection (train split only).
+
+    The spec is the one on this server: an upload token is mapped back to the staged file
+    (:func:`pages.common.selection_spec`; ``settings`` defaults to this process's).
+    """
     if not selection or not selection.get("spec"):
         raise ValueError("no dataset selected: load one on the Dataset page first")
     if selection.get("split", "train") != "train":
@@ -78,7 +85,7 @@ def selection_subset(selection: dict[str, Any] | None) -> dict[str, Any]:
         )
     kind = selection.get("subset", "full")
     return {
-        "spec": str(selection["spec"]),
+        "spec": common.selection_spec(str(selection["spec"]), settings or common.get_settings()),
         "shots": int(selection["shots"]) if kind == "few-shot" else None,
         "imbalance": float(selection["imbalance"]) if kind == "long-tail" else None,
         "seed": int(selection.get("seed") or 0),
@@ -108,7 +115,7 @@ def personalize_args(
     from diffmix.personalize import PersonalizeConfig
 
     # 1. Check inputs.
-    sub = selection_subset(selection)
+    sub = selection_subset(selection, settings)
     model = check_model(model, settings)
     seed_i = _int(seed, "seed", default=sub["seed"])
     if sub["subset"] != "full" and seed_i != sub["seed"]:
@@ -259,12 +266,16 @@ def choose_adapter(name: str | None, *, owner: str | None, settings: Settings) -
     meta = adapter_meta(path)
     if meta is None:
         raise ValueError(f"run {name!r} has no adapter yet (it has not finished)")
+    # Shown only (pages read the adapter.json again): no server paths on public deployments.
+    base, spec = meta.get("base_model"), (meta.get("dataset") or {}).get("spec")
+    if settings.public and base:
+        base = _short_model(str(base))
     return {
         "name": path.name,
-        "base_model": meta.get("base_model"),
+        "base_model": base,
         "ti_only": bool(meta.get("ti_only")),
         "classes": len(meta.get("class_tokens") or {}),
-        "dataset": (meta.get("dataset") or {}).get("spec"),
+        "dataset": common.display_spec(str(spec), settings) if spec else spec,
         "fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
     }
 
@@ -357,9 +368,8 @@ def _load_image(path: Path | None) -> Image.Image | None:
     if path is None:
         return None
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError:
+        return open_rgb(path)
+    except (OSError, ValueError):  # ValueError: ImageDecodeError
         return None
 
 
@@ -418,12 +428,16 @@ def _use_action(settings: Settings):
         try:
             state = choose_adapter(name, owner=owner, settings=settings)
         except jobs_ui.USER_ERRORS as err:
-            return gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err))
-        return state, adapter_line(state), common.info_box(f"Using adapter {state['name']}.")
+            return gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
+        return (
+            state,
+            adapter_line(state),
+            common.info_box(f"Using adapter {state['name']}.", settings),
+        )
 
     def clear_adapter() -> tuple[Any, Any, Any]:
         """Use no adapter (base model only)."""
-        return None, adapter_line(None), common.info_box("No adapter: base model only.")
+        return None, adapter_line(None), common.info_box("No adapter: base model only.", settings)
 
     def adapters(owner: str | None) -> tuple[Any, Any]:
         """The personalization runs this session may see, and the finished ones."""

@@ -106,7 +106,7 @@ def train_args(
     """
     from diffmix.classify import TrainConfig
 
-    sub = personalize.selection_subset(selection)
+    sub = personalize.selection_subset(selection, settings)
     whole = personalize._int
     folders = synthetic_folders(
         synthetic, selection.get("class_names") or [], owner=owner, settings=settings

@@ -18,6 +18,7 @@ Run alone with ``python pages/translate.py``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -34,6 +35,7 @@ import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset  # noqa: E402
+from diffmix.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
 from diffmix.settings import Settings, check_limit  # noqa: E402
 from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
 
@@ -130,7 +132,7 @@ def build_request(
     *,
     source_mode: str,
     source_index: float | None,
-    upload: Image.Image | None,
+    upload: str | os.PathLike | None,
     source_class: str | None,
     target_class: str | None,
     strengths: Sequence[float],
@@ -172,7 +174,7 @@ def build_request(
                 raise ValueError("upload a source image first (or pick one from the dataset)")
             if source_class not in ds.class_names:
                 raise ValueError("choose the class of the uploaded image (Source class)")
-            source, src_class = upload.convert("RGB"), source_class
+            source, src_class = open_upload(upload), source_class
         else:
             index = _whole(source_index, "source index", None)
             if index is None or not 0 <= index < len(ds):
@@ -194,6 +196,24 @@ def build_request(
         partner = ds.image(random.Random(seed_i).choice(pool))
     return Request(ds, source, src_class, str(target_class), values, seed_i, st.name, model,
                    adapter_dir, steps_i, partner)  # fmt: skip
+
+
+def open_upload(upload: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an uploaded source image (a file path) with the guarded decoder.
+
+    :func:`diffmix.data.images.open_rgb` checks ``max_pixels`` (width * height, default 64
+    megapixels, the dataset loader's limit) from the header before any pixel is decoded, so a
+    small file declaring a huge size (a decompression bomb) is refused without being decoded.
+    The message names the reason only, never the server path of the upload.
+    """
+    if isinstance(upload, Image.Image):
+        raise TypeError("open_upload takes the uploaded file's path, not a decoded image")
+    try:
+        return open_rgb(upload, max_pixels=max_pixels)
+    except ImageDecodeError as err:
+        raise ValueError(f"the uploaded image cannot be used: {err.reason}") from None
+    except FileNotFoundError:
+        raise ValueError("the uploaded image is gone from the server; upload it again") from None
 
 
 def _preview_duration(request: Request, progress: ProgressFn | None = None) -> int:
@@ -350,7 +370,7 @@ def _translate_action(settings: Settings):
         owner: str | None,
         source_mode: str,
         source_index: float | None,
-        upload: Image.Image | None,
+        upload: str | None,
         source_class: str | None,
         target: str | None,
         strategy: str | None,
@@ -366,18 +386,38 @@ def _translate_action(settings: Settings):
             preview = run_translation(_request(settings, values, [strength]), progress)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             logger.info("translate refused: %s", err)
-            yield gr.skip(), gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err))
+            yield (
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                common.error_box(jobs_ui.readable_error(err), settings),
+            )
             return
         res = preview.results[0]
         src = preview.request.source or res.image
         pair = (display(src), display(res.image))
-        yield pair, res.soft_label, scores_markdown(preview), common.info_box(timing_line(preview))
+        yield (
+            pair,
+            res.soft_label,
+            scores_markdown(preview),
+            common.info_box(timing_line(preview), settings),
+        )
         try:
             score_translation(preview)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            yield gr.skip(), gr.skip(), common.error_box(f"scoring failed: {err}"), gr.skip()
+            yield (
+                gr.skip(),
+                gr.skip(),
+                common.error_box(f"scoring failed: {err}", settings),
+                gr.skip(),
+            )
             return
-        yield pair, res.soft_label, scores_markdown(preview), common.info_box(timing_line(preview))
+        yield (
+            pair,
+            res.soft_label,
+            scores_markdown(preview),
+            common.info_box(timing_line(preview), settings),
+        )
 
     return translate_one
 
@@ -389,7 +429,7 @@ def _sweep_action(settings: Settings):
         owner: str | None,
         source_mode: str,
         source_index: float | None,
-        upload: Image.Image | None,
+        upload: str | None,
         source_class: str | None,
         target: str | None,
         strategy: str | None,
@@ -408,7 +448,7 @@ def _sweep_action(settings: Settings):
             preview = run_translation(req, progress)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             logger.info("sweep refused: %s", err)
-            yield gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err))
+            yield gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
             return
 
         def gallery() -> list[tuple[Image.Image, str]]:
@@ -422,15 +462,15 @@ def _sweep_action(settings: Settings):
                 out.append((display(t.image, 128), cap))
             return out
 
-        yield gallery(), gr.skip(), common.info_box(timing_line(preview) + " Scoring…")
+        yield gallery(), gr.skip(), common.info_box(timing_line(preview) + " Scoring…", settings)
         try:
             score_translation(preview)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            yield gr.skip(), gr.skip(), common.error_box(f"scoring failed: {err}")
+            yield gr.skip(), gr.skip(), common.error_box(f"scoring failed: {err}", settings)
             return
         chance = 1 / len(req.ds.class_names)
         fig = sweep_figure(req.strengths, preview.faithfulness, preview.diversity, chance=chance)
-        yield gallery(), fig, common.info_box(timing_line(preview))
+        yield gallery(), fig, common.info_box(timing_line(preview), settings)
 
     return translate_sweep
 
@@ -446,7 +486,7 @@ def _open_action(settings: Settings):
             ds, subset = common.open_selection(selection, settings)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             keep = gr.skip()
-            msg = common.error_box(jobs_ui.readable_error(err))
+            msg = common.error_box(jobs_ui.readable_error(err), settings)
             return line, keep, keep, keep, keep, keep, keep, strategy, msg
         indices = list(subset.indices) if subset is not None else list(range(len(ds)))
         thumbs, chosen = source_gallery(ds, indices)
@@ -519,8 +559,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     )  # fmt: skip
                     source_index = gr.Number(None, label="Source index (train split)",
                                              precision=0, elem_id="tr-source-index")  # fmt: skip
-                upload = gr.Image(label="Upload a source image", type="pil", sources=["upload"],
-                                  visible=False, height=220, elem_id="tr-upload")  # fmt: skip
+                # The file reaches the listener unread; open_upload decodes it with the limit.
+                upload = common.uploaded_image(label="Upload a source image", sources=["upload"],
+                                               visible=False, height=220, elem_id="tr-upload")  # fmt: skip
                 with gr.Row():
                     source_class = gr.Dropdown(
                         [], allow_custom_value=True, label="Source class", elem_id="tr-source-class"

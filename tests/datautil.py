@@ -30,3 +30,25 @@ def write_color_folder(
             arr = np.clip(np.array(rgb) + rng.normal(0, noise, (size, size, 3)), 0, 255)
             Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+def write_bomb_png(path: Path, width: int, height: int) -> Path:
+    """A 1-bit grayscale PNG of ``width`` x ``height`` black pixels: a decompression bomb.
+
+    Written row by row through one zlib stream, so making it costs no more memory than one
+    row; 12000 x 12000 is about 20 KB on disk and 144 megapixels decoded.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed 1-bit pixels
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+    return path

@@ -105,8 +105,17 @@ def test_upload_is_staged_in_the_workspace_and_loads(
     # the same content lands in the same place (the dataset cache is reused)
     again = dataset.stage_upload(str(upload), settings=public, session="s1")
     assert again == staged
-    res = dataset.load_selection(spec)
-    assert res.selection["spec"] == spec and res.selection["name"] == "upload:tiny.zip"
+    res = dataset.load_selection(spec, settings=public)
+    # the browser gets an opaque name for the upload, which the server maps back
+    token = res.selection["spec"]
+    assert (
+        token.startswith("upload:")
+        and token.endswith("/tiny.zip")
+        and str(workspace_home) not in token
+    )
+    assert (
+        common.selection_spec(token, public) == spec and res.selection["name"] == "upload:tiny.zip"
+    )
     assert list(res.summary["spec"]) == ["upload:tiny.zip"]  # no server path on show
     assert list(res.summary["classes"]) == [3]
     # an upload is allowed on a public deployment, where server paths are not

@@ -343,8 +343,11 @@ def test_sweep_is_one_call_with_scores(
     assert list(fig.data[0].x) == list(translate.SWEEP_STRENGTHS)
 
 
-def test_translate_requests_are_checked(fewshot: dict, private: Settings) -> None:
+def test_translate_requests_are_checked(fewshot: dict, private: Settings, tmp_path: Path) -> None:
     ds, _ = common.open_selection(fewshot, private)
+    rgb, rgba = tmp_path / "rgb.png", tmp_path / "rgba.png"  # uploads arrive as file paths
+    Image.new("RGB", (20, 30)).save(rgb)
+    Image.new("RGBA", (20, 30)).save(rgba)
     with pytest.raises(ValueError, match="needs an adapter"):
         _request(fewshot, private, strategy="diff-mix")
     with pytest.raises(ValueError, match="choose a target class"):
@@ -354,10 +357,10 @@ def test_translate_requests_are_checked(fewshot: dict, private: Settings) -> Non
     with pytest.raises(ValueError, match="upload a source image"):
         _request(fewshot, private, source_mode="Upload")
     with pytest.raises(ValueError, match="class of the uploaded image"):
-        _request(fewshot, private, source_mode="Upload", upload=Image.new("RGB", (20, 30)))
+        _request(fewshot, private, source_mode="Upload", upload=str(rgb))
     with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
         _request(fewshot, private, strengths=[1.5])
-    up = _request(fewshot, private, source_mode="Upload", upload=Image.new("RGBA", (20, 30)),
+    up = _request(fewshot, private, source_mode="Upload", upload=str(rgba),
                   source_class=ds.class_names[0])  # fmt: skip
     assert up.source.mode == "RGB" and up.source_class == ds.class_names[0]
     gen = _request(fewshot, private, strategy="real-gen", strengths=[0.3, 0.5])

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from diffmix.data.images import open_rgb
+
 
 class DatasetError(ValueError):
     """A dataset spec that cannot be loaded, or a dataset that cannot be used.
@@ -98,8 +100,7 @@ class ImageDataset:
         mp = self.items[index].mask_path
         if mp is None:
             return None
-        with Image.open(mp) as im:
-            return im.convert("L")
+        return open_rgb(mp).convert("L")
 
     def class_index(self, name: str) -> int:
         """Label of a class name; a clear ``ValueError`` naming the known classes otherwise."""
