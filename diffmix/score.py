@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,10 @@ class ReferenceClassifier:
             ) from None
 
 
-_CLF_CACHE: dict[str, ReferenceClassifier] = {}
+#: Fitted classifiers kept in memory, most recently used last (the workspace files stay). A
+#: public app meets a new dataset per upload, so the cache is bounded: the oldest is dropped.
+_CLF_CACHE: OrderedDict[str, ReferenceClassifier] = OrderedDict()
+_CLF_CACHE_SIZE = 4
 _CLF_LOCK = threading.Lock()
 
 
@@ -237,9 +241,9 @@ def reference_classifier(
     side when smaller (never below 16), fitted with :func:`diffmix.refclf.fit_judge`
     (``epochs``, ``seed``); ``lite0`` -- default 224, head fitted with
     :func:`diffmix.refclf.fit_probe` (seconds; ``epochs`` unused but part of the key).
-    Fitted once per (judge, fingerprint, indices, size, epochs, seed): kept in memory and in
-    the workspace (``refclf/<key>.safetensors`` + ``<key>.json``), so later calls and
-    processes reuse it. Fitting ``smallcnn`` costs ``epochs * max(1, n // 64)`` steps of batch
+    Fitted once per (judge, fingerprint, indices, size, epochs, seed): kept in memory (the last
+    ``_CLF_CACHE_SIZE``) and in the workspace (``refclf/<key>.safetensors`` + ``<key>.json``),
+    so later calls and processes reuse it. Fitting ``smallcnn`` costs ``epochs * max(1, n // 64)`` steps of batch
     64 (the 720-image demo at 64 px, 30 epochs: 330 steps, minutes on a laptop CPU) -- once.
     """
     from diffmix import workspace
@@ -271,6 +275,7 @@ def reference_classifier(
     key = _clf_key(judge, ds.fingerprint, seen, size, epochs, seed)
     with _CLF_LOCK:
         if key in _CLF_CACHE:
+            _CLF_CACHE.move_to_end(key)
             return _CLF_CACHE[key]
         folder = workspace.subdir("refclf")
         weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
@@ -278,6 +283,8 @@ def reference_classifier(
         if clf is None:
             clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
         _CLF_CACHE[key] = clf
+        while len(_CLF_CACHE) > _CLF_CACHE_SIZE:
+            _CLF_CACHE.popitem(last=False)
         return clf
 
 

@@ -194,3 +194,38 @@ def test_error_messages_show_workspace_relative_paths(
 def test_header_hides_a_local_model_folder(public: Settings, tiny_sd_dir: Path) -> None:
     assert str(tiny_sd_dir) not in common.mode_line(public)
     assert f"`{tiny_sd_dir.name}`" in common.mode_line(public)
+
+
+# --------------------------------------------------------------------------- 3. memory
+
+
+def test_reference_classifiers_kept_in_memory_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A public app meets a new dataset per upload; only the last few classifiers stay."""
+    from types import SimpleNamespace
+
+    from diffmix import score
+
+    fitted: list[str] = []
+
+    def fit(ds, indices, judge, size, epochs, seed, weights, meta_path):
+        fitted.append(ds.fingerprint)
+        return SimpleNamespace(fingerprint=ds.fingerprint)
+
+    monkeypatch.setattr(score, "_load_clf", lambda *a: None)
+    monkeypatch.setattr(score, "_fit_clf", fit)
+    monkeypatch.setattr(score, "_CLF_CACHE", type(score._CLF_CACHE)())
+    datasets = [
+        SimpleNamespace(fingerprint=f"fp{k}", class_names=["a", "b"], split="train")
+        for k in range(10)
+    ]
+    for ds in datasets:
+        score.reference_classifier(ds, judge="smallcnn", size=16)
+    assert len(score._CLF_CACHE) <= 4
+    assert list(score._CLF_CACHE)[-1] == score._clf_key("smallcnn", "fp9", "all", 16, 30, 0)
+    # the most recently used one stays; an evicted one is fitted (or loaded) again
+    score.reference_classifier(datasets[-1], judge="smallcnn", size=16)
+    assert fitted == [f"fp{k}" for k in range(10)]
+    score.reference_classifier(datasets[0], judge="smallcnn", size=16)
+    assert fitted[-1] == "fp0"
