@@ -164,6 +164,11 @@ def info_box(message: str, settings: Settings | None = None) -> str:
     return f'<div class="dm-info">{html.escape(text)}</div>'
 
 
+def redact(message: str, settings: Settings | None = None) -> str:
+    """``message`` with server paths shown as :func:`display_path` shows them (public only)."""
+    return workspace.redact_paths(message, settings or get_settings())
+
+
 def display_path(path: str | os.PathLike, settings: Settings | None = None) -> str:
     """A server path as users of this deployment see it (see :func:`diffmix.workspace.display_path`).
 
@@ -397,6 +402,7 @@ __all__ = [
     "client_spec",
     "display_path",
     "display_spec",
+    "redact",
     "selection_spec",
     "load_cached",
     "open_selection",

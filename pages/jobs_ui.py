@@ -306,7 +306,8 @@ def status_text(st: dict[str, Any], name: str | None = None) -> str:
     msg = str(st.get("message") or "").strip()
     if msg and state != "done":
         msg = msg.splitlines()[-1][:240]
-        parts.append(html.escape(msg))
+        # a job's message may name server paths: public deployments show them relative
+        parts.append(html.escape(common.redact(msg)))
     return " · ".join(parts)
 
 

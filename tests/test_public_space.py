@@ -191,6 +191,17 @@ def test_error_messages_show_workspace_relative_paths(
     assert str(workspace_home) not in common.error_box(msg, public)
 
 
+def test_job_messages_hide_server_paths(
+    public: Settings, workspace_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pages import jobs_ui
+
+    monkeypatch.setattr(common, "get_settings", lambda: public)  # this process is public
+    bad = workspace_home / "runs" / "x" / "config.json"
+    line = jobs_ui.status_text({"state": "failed", "message": f"Traceback\nValueError: {bad}"})
+    assert "runs/x/config.json" in line and str(workspace_home) not in line
+
+
 def test_header_hides_a_local_model_folder(public: Settings, tiny_sd_dir: Path) -> None:
     assert str(tiny_sd_dir) not in common.mode_line(public)
     assert f"`{tiny_sd_dir.name}`" in common.mode_line(public)
