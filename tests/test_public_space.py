@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,52 @@ def test_job_messages_hide_server_paths(
 def test_header_hides_a_local_model_folder(public: Settings, tiny_sd_dir: Path) -> None:
     assert str(tiny_sd_dir) not in common.mode_line(public)
     assert f"`{tiny_sd_dir.name}`" in common.mode_line(public)
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture(scope="module")
+def public_app(workspace_home: Path) -> Iterator[Any]:
+    """``app.py`` in public mode, as on a Hugging Face Space."""
+    from browser_util import start_app
+
+    server = start_app(workspace_home, env={"DIFFMIX_PUBLIC": "1"}, name="app-public-space")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_public_app_over_http(
+    public_app: Any, bomb: Path, tmp_path: Path, workspace_home: Path
+) -> None:
+    """Through gradio_client: a bomb upload is refused cheaply, selections hold no paths."""
+    from gradio_client import Client, handle_file
+
+    client = Client(public_app.url, verbose=False)
+    load = dict(folder="", hub="", split="train", subset="few-shot", shots=1, imbalance=0.1,
+                seed=0, api_name="/load_dataset")  # fmt: skip
+    # 1. A 20 KB PNG declaring 144 megapixels, uploaded as a Translate source.
+    demo = client.predict(source="Demo", upload=None, **load)[0]
+    call = dict(selection=demo, adapter=None, owner=None, source_mode="Upload", source_index=None,
+                source_class=demo["class_names"][0], target=demo["class_names"][1],
+                strategy="real-mix", seed=0, steps=2, strength=0.5, api_name="/translate")  # fmt: skip
+    with PeakRSS(public_app.proc.pid) as mem:
+        out = client.predict(upload=handle_file(str(bomb)), **call)
+    assert "decompression bomb" in out[-1] and "12000x12000" in out[-1], out
+    assert mem.growth_mib < 150, f"the server grew {mem.growth_mib:.0f} MiB"
+    assert str(workspace_home) not in out[-1] and "/tmp" not in out[-1]
+    # 2. An uploaded dataset comes back under an opaque name that the other pages resolve.
+    sel, status = client.predict(source="Upload zip", upload=handle_file(str(_tiny_zip(tmp_path / "tiny.zip"))), **load)[:2]  # fmt: skip
+    _no_server_path([sel, status], workspace_home)
+    opened = client.predict(selection=sel, adapter=None, owner=None, api_name="/translate_open")
+    assert "dm-error" not in str(opened[-1]) and opened[2] == sel["indices"], opened
+    _no_server_path(opened, workspace_home)
+    # 3. An error naming a workspace path shows it relative to the workspace.
+    gone = {**sel, "fingerprint": "0000000000000000"}
+    err = client.predict(selection=gone, adapter=None, owner=None, api_name="/translate_open")
+    assert "dm-error" in err[-1] and "upload:tiny.zip" in err[-1], err[-1]
+    _no_server_path(err, workspace_home)
 
 
 # --------------------------------------------------------------------------- 3. memory
