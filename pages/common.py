@@ -312,6 +312,53 @@ def open_selection(
     return ds, subset
 
 
+# --------------------------------------------------------------------------- memory
+
+#: glibc's ``mallopt`` parameter for the number of malloc arenas (``M_ARENA_MAX``).
+_M_ARENA_MAX = -8
+#: Arenas the server allows when the operator did not set ``MALLOC_ARENA_MAX``.
+SERVER_MALLOC_ARENAS = 2
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    """glibc, or None elsewhere (musl, macOS, Windows): the memory calls below are then no-ops."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
+
+
+def limit_malloc_arenas(arenas: int = SERVER_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for the threads the server starts from now on.
+
+    Gradio runs listeners in a pool of worker threads; glibc gives threads their own arenas
+    (up to 8 per core), and the large, short-lived buffers of each preview (tensors, images)
+    freed in one arena are not reused by the next call landing in another, so the server's
+    memory crept up call after call (benchmarks/preview_memory.py). ``MALLOC_ARENA_MAX`` set
+    by the operator wins. Returns True when the limit was applied.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or arenas < 1:
+        return False
+    lib = _libc()
+    return bool(lib is not None and lib.mallopt(_M_ARENA_MAX, int(arenas)))
+
+
+def release_memory() -> bool:
+    """Give the pages freed by the last call back to the system (glibc ``malloc_trim``).
+
+    Called after each preview, whose buffers are freed by then: without it the freed pages
+    stay counted in the server's resident memory. True when memory was released.
+    """
+    lib = _libc()
+    return bool(lib is not None and lib.malloc_trim(0))
+
+
 # --------------------------------------------------------------------------- launching
 
 
@@ -373,6 +420,7 @@ def run(
         args.host,
         port,
     )
+    limit_malloc_arenas()  # before the worker threads exist
     demo = factory(settings)
     demo.queue(default_concurrency_limit=2)
     demo.launch(**launch_kwargs(settings, host=args.host, port=port, share=args.share))
@@ -412,6 +460,8 @@ __all__ = [
     "header",
     "info_box",
     "launch_kwargs",
+    "limit_malloc_arenas",
+    "release_memory",
     "mode_line",
     "parse_launch_args",
     "run",

@@ -17,6 +17,7 @@ Run alone with ``python pages/translate.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -363,6 +364,24 @@ def _request(settings: Settings, values: tuple, strengths: Sequence[float]) -> R
     )  # fmt: skip
 
 
+def _releasing(listener: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """``listener`` that hands the memory its call freed back to the system when it ends.
+
+    A preview frees large buffers (latents, decoded images) in whichever worker thread ran it;
+    without :func:`pages.common.release_memory` the server's resident memory crept up call
+    after call (benchmarks/preview_memory.py). The signature is kept for Gradio.
+    """
+
+    @functools.wraps(listener)
+    def run(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            yield from listener(*args, **kwargs)
+        finally:
+            common.release_memory()
+
+    return run
+
+
 def _translate_action(settings: Settings):
     def translate_one(
         selection: dict | None,
@@ -419,7 +438,7 @@ def _translate_action(settings: Settings):
             common.info_box(timing_line(preview), settings),
         )
 
-    return translate_one
+    return _releasing(translate_one)
 
 
 def _sweep_action(settings: Settings):
@@ -472,7 +491,7 @@ def _sweep_action(settings: Settings):
         fig = sweep_figure(req.strengths, preview.faithfulness, preview.diversity, chance=chance)
         yield gallery(), fig, common.info_box(timing_line(preview), settings)
 
-    return translate_sweep
+    return _releasing(translate_sweep)
 
 
 def _open_action(settings: Settings):

@@ -287,3 +287,28 @@ def test_reference_classifiers_kept_in_memory_are_bounded(
     assert fitted == [f"fp{k}" for k in range(10)]
     score.reference_classifier(datasets[0], judge="smallcnn", size=16)
     assert fitted[-1] == "fp0"
+
+
+def test_previews_hand_freed_memory_back(public: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Translate listener ends with release_memory, whatever way it ends."""
+    calls: list[int] = []
+    monkeypatch.setattr(common, "release_memory", lambda: calls.append(1) or True)
+    sel = dataset.load_selection("demo", subset="few-shot", shots=1).selection
+    names = sel["class_names"]
+    args = (sel, None, None, "Dataset image", None, None, None, names[1], "real-mix", 0, 2)
+    one = list(translate._translate_action(public)(*args, 0.5))  # no source picked: refused
+    sweep = list(translate._sweep_action(public)(*args))
+    assert "dm-error" in one[-1][-1] and "dm-error" in sweep[-1][-1]
+    assert len(calls) == 2
+
+
+def test_malloc_arena_limit_leaves_an_operator_setting_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert common.limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if common._libc() is None:
+        pytest.skip("not glibc: the memory calls are no-ops")
+    assert common.limit_malloc_arenas(8) is True  # 8 per core is glibc's default already
+    assert common.release_memory() in (True, False)
