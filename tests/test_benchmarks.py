@@ -59,3 +59,14 @@ def test_preview_benchmark_times_the_app_and_plain_diffusers(tiny_sd_dir, worksp
     assert res["strategy"] == "real-mix" and res["steps"] == 2
     assert res["app_scored_s"] >= res["app_image_s"] > 0 and res["plain_diffusers_s"] > 0
     assert res["ratio"] == pytest.approx(res["app_image_s"] / res["plain_diffusers_s"], rel=1e-2)
+
+
+def test_preview_memory_benchmark_reports_growth(tiny_sd_dir, workspace_home):
+    from diffmix.score import reference_classifier
+
+    reference_classifier("demo")  # fitted once per test session (shared with the test above)
+    res = _run("preview_memory.py", "--model", str(tiny_sd_dir), "--steps", "2", "--calls", "4",
+               "--every", "2", "--sweep-every", "2",
+               "--log", str(workspace_home / "preview-memory-app.log"), home=workspace_home)  # fmt: skip
+    assert res["calls"] == 4 and set(res["rss_mib"]) == {"0", "2", "4"}
+    assert res["rss_end_mib"] > 0 and isinstance(res["growth_last_half_pct"], float)
