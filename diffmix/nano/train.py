@@ -292,6 +292,14 @@ def save_nano(pipe, out: Path, info: dict) -> None:
     pipe.to(torch.float16)
     pipe.save_pretrained(tmp, safe_serialization=True)
     pipe.to(torch.float32)
+    # The weights are stored in fp16 (half the size), but transformers loads a text encoder in
+    # its config's dtype while diffusers loads the UNet/VAE in fp32: a plain
+    # ``from_pretrained(folder)`` then mixed fp16 and fp32 and failed at the first prompt.
+    # Recording fp32 makes every component load in fp32 (pass ``torch_dtype=`` for another).
+    te_config = tmp / "text_encoder" / "config.json"
+    te_meta = json.loads(te_config.read_text())
+    te_meta["dtype"] = "float32"
+    te_config.write_text(json.dumps(te_meta, indent=2, sort_keys=True) + "\n")
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
