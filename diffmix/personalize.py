@@ -56,6 +56,14 @@ RUN_ONLY_FIELDS = ("checkpoint_every", "checkpoint_minutes")
 #: Default checkpoint spacing: about ten checkpoints per run, never more than this many steps
 #: apart (the former fixed interval). Our choice, so a kill loses at most ~a tenth of a run.
 MAX_CHECKPOINT_EVERY = 250
+#: Sample grids show at most this many classes (evenly spread over the class list, the same
+#: ones at every step) and sample them this many per UNet call: a grid of CUB's 200 classes at
+#: 512 px was one UNet batch of 400 (with guidance), and a grid every 50 steps cost more than
+#: the training. Capped, a grid costs GRID_MAX_CLASSES x GRID_STEPS x 2 UNet image evaluations
+#: (12 x 25 x 2 = 600), about as much as 50 training steps at batch 8 (forward + backward).
+GRID_MAX_CLASSES = 12
+GRID_CHUNK = 4
+GRID_STEPS = 25
 
 
 class AdapterError(ValueError):
@@ -493,7 +501,7 @@ def personalize(
     from diffusers import StableDiffusionPipeline
 
     from diffmix.data import load_dataset, make_subset
-    from diffmix.pipeline import pick_device, resolve_model
+    from diffmix.pipeline import pick_device, resolve_model, vae_dtype
 
     cfg = config.resolved()
     out = Path(out)
@@ -531,11 +539,7 @@ def personalize(
         device = pick_device()
         mp = cfg.mixed_precision
         if mp == "auto":
-            mp = (
-                ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-                if device.type == "cuda"
-                else "no"
-            )
+            mp = auto_mixed_precision(device)
         accel = Accelerator(
             mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=device.type == "cpu"
         )
@@ -590,7 +594,7 @@ def personalize(
         images = _images_tensor(ds, subset.indices, size)
         labels = torch.tensor([ds.items[i].label for i in subset.indices])
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
-        vae.to(accel.device, dtype=weight_dtype)
+        vae.to(accel.device, dtype=vae_dtype(vae.config, weight_dtype))  # fp16: SD VAE in fp32
         unet, text_encoder, optimizer = accel.prepare(unet, text_encoder, optimizer)
         frozen_rows = frozen_rows.to(accel.device)
 
@@ -637,7 +641,7 @@ def personalize(
         )  # fmt: skip
         bar = tqdm(total=cfg.steps, initial=start, desc="personalize", unit="step", disable=None)
         for step in range(start, cfg.steps):
-            if run.cancel_requested():
+            if _any_process(accel, run.cancel_requested()):  # all stop at the same step
                 if accel.is_main_process and step > start:  # a clean step boundary: keep the work
                     _checkpoint(out, step, accel.unwrap_model(unet), accel.unwrap_model(text_encoder),
                                 optimizer, token_ids, cfg.ti_only)  # fmt: skip
@@ -657,7 +661,7 @@ def personalize(
                     x = images[idx].float().div(127.5).sub(1.0)
                     flip = torch.rand(len(idx), generator=gen) < 0.5
                     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).to(
-                        accel.device, weight_dtype
+                        accel.device, vae.dtype
                     )
                     prompts = [
                         rnd.choice(TEMPLATES).format(
@@ -727,6 +731,8 @@ def personalize(
                     cfg.ti_only,
                 )
             if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
+                # The other processes wait in their next step's gradient all-reduce meanwhile;
+                # the grid's cost is capped (GRID_*), far below the collectives' timeout.
                 _sample_grid(
                     pipe,
                     accel,
@@ -816,21 +822,81 @@ def _checkpoint(
     save_checkpoint(state, folder / f"step-{step:06d}.pt", keep=2)
 
 
+def auto_mixed_precision(device: torch.device) -> str:
+    """``mixed_precision="auto"``: on CUDA bf16 on Ampere or newer, else fp16; elsewhere ``no``.
+
+    Same rule as inference (:func:`diffmix.pipeline.cuda_half_dtype`): T4/V100 report bf16 as
+    "supported" but only emulate it, far slower than fp16.
+    """
+    from diffmix.pipeline import cuda_half_dtype
+
+    if device.type != "cuda":
+        return "no"
+    half = cuda_half_dtype(torch.cuda.get_device_capability(device))
+    return "bf16" if half == torch.bfloat16 else "fp16"
+
+
+def _any_process(accel, flag: bool) -> bool:
+    """True when ``flag`` is True on any process (one collective; ``flag`` itself alone).
+
+    Each process reads the cancel file on its own and may see it one step apart from the
+    others; stopping at different steps left the others waiting forever in the next step's
+    gradient all-reduce. Agreeing collectively stops them all at the same step.
+    """
+    if accel.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accel.device)
+    return bool(accel.reduce(t, reduction="sum").item() > 0)
+
+
+def grid_classes(num_classes: int, limit: int = GRID_MAX_CLASSES) -> list[int]:
+    """The classes a sample grid shows: all when ``num_classes <= limit``, else ``limit``
+    indices spread evenly over ``0 .. num_classes - 1`` (first and last included)."""
+    if num_classes <= limit:
+        return list(range(num_classes))
+    if limit == 1:
+        return [0]
+    return sorted({round(i * (num_classes - 1) / (limit - 1)) for i in range(limit)})
+
+
 @torch.no_grad()
 def _sample_grid(
     pipe, accel, unet, text_encoder, tokens: list[str], superclass: str, path: Path
 ) -> None:
-    """One sample per class (fixed seeds) with the current weights, saved as a grid."""
+    """One sample per class (fixed seeds) with the current weights, saved as a grid.
+
+    At most :data:`GRID_MAX_CLASSES` classes (:func:`grid_classes`), :data:`GRID_CHUNK` per
+    UNet call, through the studio's batched sampler under the training's autocast; latents
+    are decoded in the VAE's own dtype (a bf16/fp16 VAE under mixed precision).
+    """
     from PIL import Image
+
+    from diffmix.translate import denoise_batch
 
     was_training = unet.training
     unet.eval()
     text_encoder.eval()
     pipe.unet, pipe.text_encoder = accel.unwrap_model(unet), accel.unwrap_model(text_encoder)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = [TEMPLATES[0].format(token=t, superclass=superclass) for t in tokens]
-    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-    images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5, generator=gens).images
+    try:
+        shown = grid_classes(len(tokens))
+        images = []
+        for k in range(0, len(shown), GRID_CHUNK):
+            chunk = shown[k : k + GRID_CHUNK]
+            prompts = [TEMPLATES[0].format(token=tokens[c], superclass=superclass) for c in chunk]
+            gens = [torch.Generator().manual_seed(c) for c in chunk]  # same grid on any device
+            with accel.autocast():
+                pix = denoise_batch(
+                    pipe, prompts, [None] * len(chunk), [1.0] * len(chunk), gens,
+                    num_inference_steps=GRID_STEPS, guidance_scale=7.5,
+                )  # fmt: skip
+            images += [
+                Image.fromarray((p.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                for p in pix.float().clamp(0, 1)
+            ]
+    finally:
+        if was_training:
+            unet.train()
+            text_encoder.train()
     side = images[0].width
     cols = min(len(images), 12)
     grid = Image.new("RGB", (cols * side, math.ceil(len(images) / cols) * side))
@@ -838,9 +904,6 @@ def _sample_grid(
         grid.paste(im, ((i % cols) * side, (i // cols) * side))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-    if was_training:
-        unet.train()
-        text_encoder.train()
 
 
 # --------------------------------------------------------------------------- importer

@@ -10,6 +10,7 @@ click; the img2img pipeline is made with ``from_pipe`` and shares the text-to-im
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,12 +28,16 @@ logger = logging.getLogger(__name__)
 ENV_CPU_BF16 = "DIFFMIX_CPU_BF16"
 #: The shipped nano-SD folder (see ``diffmix/nano``).
 NANO_DIR = Path(__file__).resolve().parent.parent / "assets" / "nano-sd"
-#: Pipeline classes whose folders this loader accepts (SD 1.x / 2.x layouts).
-SD_CLASSES = {
-    "StableDiffusionPipeline",
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionInpaintPipeline",
-}
+#: Pipeline classes whose folders this loader accepts (SD 1.x / 2.x text-to-image layouts).
+#: Inpainting checkpoints are refused: their UNet takes 9 input channels (latents + mask +
+#: masked image), which the batched sampler of ``translate.py`` does not feed.
+SD_CLASSES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+#: What to say a refused model could be replaced with.
+WORKS_WITH = (
+    "use a Stable Diffusion 1.x/2.x text-to-image model (e.g. "
+    "'stable-diffusion-v1-5/stable-diffusion-v1-5', 'stabilityai/stable-diffusion-2-1'), "
+    "a local diffusers folder of one, or 'nano'"
+)
 _REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -92,15 +97,52 @@ def _check_sd_folder(path: Path) -> None:
         meta = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"{index} is not valid JSON: {e}") from None
-    cls = meta.get("_class_name")
-    if cls not in SD_CLASSES:
-        raise ModelError(
-            f"{path} holds a {cls!r}, not a Stable Diffusion 1.x/2.x pipeline "
-            f"(expected one of {sorted(SD_CLASSES)})"
-        )
+    check_model_index(meta, str(path))
     missing = [c for c in _REQUIRED if c not in meta or not (path / c).is_dir()]
     if missing:
         raise ModelError(f"{path} lacks the Stable Diffusion component(s) {missing}")
+
+
+def check_model_index(meta: dict, where: str) -> None:
+    """Refuse a ``model_index.json`` whose pipeline this studio cannot run (SDXL, inpainting, ...).
+
+    The message names the model's pipeline class and what works instead.
+    """
+    cls = meta.get("_class_name")
+    if cls in SD_CLASSES:
+        return
+    kind = ""
+    if isinstance(cls, str):
+        if "XL" in cls or "text_encoder_2" in meta:
+            kind = " (Stable Diffusion XL: two text encoders and size conditioning)"
+        elif "Inpaint" in cls:
+            kind = " (inpainting: its UNet expects a mask and a masked image)"
+    raise ModelError(
+        f"{where} is a {cls!r}{kind}, which this studio cannot run; {WORKS_WITH} "
+        f"(accepted pipeline classes: {', '.join(sorted(SD_CLASSES))})"
+    )
+
+
+def check_components(pipe, where: str) -> None:
+    """Refuse a loaded pipeline whose UNet is not an SD 1.x/2.x text-to-image UNet.
+
+    Catches what ``model_index.json`` hides (a folder relabelled as ``StableDiffusionPipeline``):
+    an SDXL UNet (``addition_embed_type``) fails at its first call with a ``TypeError``, an
+    inpainting UNet (9 input channels) with a shape error.
+    """
+    unet = pipe.unet.config
+    if unet.get("addition_embed_type") is not None:
+        raise ModelError(
+            f"{where} has an SDXL-style UNet (addition_embed_type="
+            f"{unet.get('addition_embed_type')!r}), which this studio cannot run; {WORKS_WITH}"
+        )
+    latent = pipe.vae.config.get("latent_channels", 4)
+    if unet.get("in_channels") != latent:
+        raise ModelError(
+            f"{where} has a UNet taking {unet.get('in_channels')} input channels, not the "
+            f"VAE's {latent} (an inpainting or depth model?), which this studio cannot run; "
+            f"{WORKS_WITH}"
+        )
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -138,11 +180,57 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cuda_half_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 on a GPU of compute capability >= 8.0 (Ampere or newer), else fp16.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it also answers True where bf16 is
+    only emulated (T4 = 7.5, V100 = 7.0), where it runs far slower than fp16 on the tensor
+    cores. bf16 tensor-core matmuls arrived with Ampere (sm_80).
+    """
+    return torch.bfloat16 if capability[0] >= 8 else torch.float16
+
+
+def vae_dtype(config, dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype when the rest of the model runs in ``dtype``.
+
+    fp32 when ``dtype`` is fp16 and the VAE config says ``force_upcast`` (SD 1.x/2.x VAEs
+    overflow in fp16; the config default is True), as diffusers' own pipelines upcast it;
+    otherwise ``dtype``.
+    """
+    if dtype == torch.float16 and config.get("force_upcast", True):
+        return torch.float32
+    return dtype
+
+
+_VAE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def vae_precision(vae):
+    """Run the VAE in :func:`vae_dtype` inside the block (fp16 + ``force_upcast``: fp32).
+
+    As diffusers' own pipelines do (``upcast_vae``): the weights are cast to fp32 for the
+    block and back afterwards. A lock serialises the blocks, so threads sharing a cached
+    pipeline never see a half-cast VAE. Callers cast their inputs to ``vae.dtype`` inside.
+    """
+    with _VAE_LOCK:
+        before = vae.dtype
+        want = vae_dtype(vae.config, before)
+        if want != before:
+            vae.to(dtype=want)
+        try:
+            yield vae
+        finally:
+            if want != before:
+                vae.to(dtype=before)
+
+
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """The weight dtype for inference on ``device``; ``dtype`` overrides.
 
-    ``auto`` (default): on CUDA bf16 where supported, else fp16; fp16 on Apple MPS; on a CPU
-    bf16 when it multiplies bf16 natively (:func:`cpu_has_native_bf16`), else fp32.
+    ``auto`` (default): on CUDA bf16 on Ampere or newer, else fp16 (:func:`cuda_half_dtype`);
+    fp16 on Apple MPS; on a CPU bf16 when it multiplies bf16 natively
+    (:func:`cpu_has_native_bf16`), else fp32.
     Accepted names: ``"auto"``, ``"fp32"``/``"float32"``, ``"fp16"``/``"float16"``,
     ``"bf16"``/``"bfloat16"``.
     """
@@ -158,7 +246,7 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
             raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")
         return names[dtype]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cuda_half_dtype(torch.cuda.get_device_capability(device))
     if device.type == "mps":
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -170,15 +258,19 @@ _LOCK = threading.RLock()
 
 
 def _load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     try:
+        if not ref.local:  # model_index.json alone (a small file): refuse SDXL etc. up front
+            check_model_index(DiffusionPipeline.load_config(ref.source), repr(ref.source))
         pipe = StableDiffusionPipeline.from_pretrained(
             ref.source,
             dtype=dtype,
             safety_checker=None,
             requires_safety_checker=False,
         )
+    except ModelError:
+        raise
     except (OSError, ValueError) as e:
         if ref.local:
             raise ModelError(f"could not load the model in {ref.source}: {e}") from e
@@ -187,6 +279,7 @@ def _load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
             "and could not be downloaded (the network is needed the first time; or download it "
             f"beforehand and pass its folder). Cause: {type(e).__name__}: {str(e)[:200]}"
         ) from e
+    check_components(pipe, ref.source if ref.local else repr(ref.source))
     if not isinstance(pipe.scheduler, DPMSolverMultistepScheduler):
         # The paper samples with DPM-Solver multistep; keep the model's own noise schedule.
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)

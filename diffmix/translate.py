@@ -471,6 +471,8 @@ def denoise_batch(
     """
     from diffusers.utils.torch_utils import randn_tensor
 
+    from diffmix.pipeline import vae_precision
+
     # 1. Check inputs
     n = len(prompts)
     if not (len(images) == len(strengths) == len(generators) == n):
@@ -520,7 +522,8 @@ def denoise_batch(
     idx_i2i = [i for i in range(n) if images[i] is not None]
     if idx_i2i:
         pix = pipe.image_processor.preprocess([images[i] for i in idx_i2i])
-        dist = vae.encode(pix.to(device=device, dtype=dtype)).latent_dist
+        with vae_precision(vae):  # fp16 SD VAEs run in fp32 (force_upcast), as in diffusers
+            dist = vae.encode(pix.to(device=device, dtype=vae.dtype)).latent_dist
         for j, i in enumerate(idx_i2i):
             mean, std = dist.mean[j : j + 1], dist.std[j : j + 1]
             eps = randn_tensor(mean.shape, generator=generators[i], device=device, dtype=mean.dtype)
@@ -565,7 +568,8 @@ def denoise_batch(
             progress(k + 1, len(grid))
 
     # 6. Decode
-    out = vae.decode(lat.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    with vae_precision(vae):
+        out = vae.decode(lat.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     out = pipe.image_processor.postprocess(out, output_type="pt", do_denormalize=[True] * n)
     return out.float().cpu()
 
