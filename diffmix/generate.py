@@ -58,7 +58,8 @@ folder is bit-identical to an uninterrupted one.
 ``b mod N`` (whole batches, so the pixels do not depend on N); each writes
 ``metadata.<rank>.jsonl``; the main process merges them after ``wait_for_everyone``. Only the
 main process writes status and events. A cancel (``RunDir.request_cancel()``, or the UI's
-button) stops every process after its current batch; rerun to continue.
+button) stops every process after the same round of batches (they agree on it collectively);
+rerun to continue.
 
 Other strategies: ``*-aug`` rows have target = source; ``*-gen`` rows have no source
 (``source_id`` null, ``source_class`` = target, strength 1); ``mixup``/``cutmix`` rows name a
@@ -751,6 +752,25 @@ class _Dist:
         if self.state is not None and self.world > 1:
             self.state.wait_for_everyone()
 
+    def _all_reduce_max(self, value: int) -> int:
+        """The largest ``value`` over the processes (one collective; alone: ``value``)."""
+        if self.state is None or self.world == 1:
+            return value
+        import torch
+        import torch.distributed as tdist
+
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.state.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item())
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is True on any process (every process must call it)."""
+        return bool(self._all_reduce_max(int(flag)))
+
+    def max(self, value: int) -> int:
+        """The largest ``value`` over the processes (every process must call it)."""
+        return self._all_reduce_max(value)
+
 
 # --------------------------------------------------------------------------- generate
 
@@ -845,16 +865,13 @@ def generate(
                         "resuming" if resume else "continuing", len(done), len(plan), n_left)  # fmt: skip
 
         # 4. Scores: the judge, fitted on this run's own labelled images only (a few-shot or
-        #    long-tail subset: no label outside it), once by the main process, cached in the
-        #    workspace, then read by the others
+        #    long-tail subset: no label outside it), once and cached in the workspace. The
+        #    first process to take the cache's file lock fits it, the others wait on the lock
+        #    and read the file: nobody waits in a collective meanwhile (a long fit on a large
+        #    dataset passed the process group's timeout).
         clf = None
-        if cfg.score and len(done) < len(plan):
-            seen = _judge_indices(cfg, subset)
-            if dist.is_main:
-                clf = score.reference_classifier(ds, indices=seen)
-            dist.barrier()
-            if todo and clf is None:
-                clf = score.reference_classifier(ds, indices=seen)
+        if cfg.score and todo:
+            clf = score.reference_classifier(ds, indices=_judge_indices(cfg, subset))
 
         # 5. Execute batch by batch
         tcfg = TranslateConfig(
@@ -877,9 +894,16 @@ def generate(
                    disable=None)  # fmt: skip
         made, t_loop = 0, time.time()
         superclass = cfg.superclass or ds.superclass
-        for b in todo:
-            if run.cancel_requested():
+        # Every process runs the same number of rounds and agrees on a cancel in each:
+        # checking the cancel file alone, processes stopped at different batches and the
+        # ones still running waited forever at the final barrier.
+        rounds = dist.max(len(todo))
+        for r in range(rounds):
+            if dist.any(run.cancel_requested()):
                 raise Cancelled(f"cancelled after {made} new image(s)")
+            if r >= len(todo):
+                continue  # this process is done; it only takes part in the cancel agreement
+            b = todo[r]
             tasks = by_batch[b]
             results, sources = _translate_batch(tasks, ds, tcfg, superclass)
             pending = [k for k, t in enumerate(tasks) if t.task not in done]

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -154,6 +155,40 @@ def pick_device(device: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def device_report() -> tuple[bool, str]:
+    """``(on_gpu, sentence)``: which device the app computes on, and why when it is the CPU.
+
+    The pinned torch wheel is a CUDA 13 build: with an older NVIDIA driver (or a pre-Turing GPU)
+    it cannot use the GPU and silently runs everything on the CPU. The sentence says so plainly
+    and points to the README's GPU section.
+    """
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability(0)
+        half = "bf16" if cuda_half_dtype(cap) == torch.bfloat16 else "fp16"
+        return True, (
+            f"GPU: {torch.cuda.get_device_name(0)} (compute capability {cap[0]}.{cap[1]}), "
+            f"{half} by default"
+        )
+    built = torch.version.cuda
+    if built is None:
+        return False, (
+            f"running on the CPU: this torch ({torch.__version__}) has no CUDA support; "
+            "nano-SD is fine, Stable Diffusion 1.5/2.1 is very slow (see the README's GPU section)"
+        )
+    nvidia = shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").exists()
+    if nvidia:
+        return False, (
+            f"running on the CPU: an NVIDIA GPU is present but this torch (a CUDA {built} build) "
+            f"cannot use it -- usually a driver too old for CUDA {built} or a GPU older than "
+            "that CUDA supports; update the driver or install torch's CUDA 12 build "
+            "(see the README's GPU section)"
+        )
+    return False, (
+        f"running on the CPU: no CUDA GPU is visible (torch {torch.__version__}); nano-SD is "
+        "fine, Stable Diffusion 1.5/2.1 is very slow (see the README's GPU section)"
+    )
 
 
 @functools.cache

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from filelock import FileLock
 
 from diffmix.refclf import Lite0Probe, SmallCNN, fit_judge, fit_probe, images_to_tensor, predict
 
@@ -279,9 +280,12 @@ def reference_classifier(
             return _CLF_CACHE[key]
         folder = workspace.subdir("refclf")
         weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
-        clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint, judge, seen)
-        if clf is None:
-            clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
+        # Across processes (accelerate launch, parallel jobs): one fits, the others wait here
+        # for the file instead of fitting the same classifier again.
+        with FileLock(str(folder / f"{key}.lock")):
+            clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint, judge, seen)
+            if clf is None:
+                clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
         _CLF_CACHE[key] = clf
         while len(_CLF_CACHE) > _CLF_CACHE_SIZE:
             _CLF_CACHE.popitem(last=False)

@@ -23,6 +23,7 @@ import gradio as gr
 
 from diffmix import workspace
 from diffmix.data import DatasetError, ImageDataset, Subset, load_dataset
+from diffmix.pipeline import device_report
 from diffmix.settings import Settings, check_spec, is_upload
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,10 @@ def _model_name(settings: Settings) -> str:
 
 
 def header(settings: Settings) -> gr.Markdown:
-    """The app header: title, one-line description, operator mode."""
+    """The app header: title, one-line description, operator mode, the compute device."""
     text = f"# {APP_TITLE}\n{APP_TAGLINE}\n\n{mode_line(settings)}"
+    on_gpu, device_line = device_report()  # say plainly when everything runs on the CPU
+    text += f"\n\n{'' if on_gpu else '⚠️ '}{device_line}"
     return gr.Markdown(text, elem_id="app-header", elem_classes=["dm-header"])
 
 
@@ -412,6 +415,8 @@ def run(
         logger.error("cannot start: %s", err)
         raise SystemExit(2) from None
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.subdir("gradio-cache")))
+    on_gpu, device_line = device_report()
+    (logger.info if on_gpu else logger.warning)("%s", device_line)
     logger.info(
         "starting %s (%s mode, workspace %s) on %s:%d",
         description,

@@ -70,3 +70,30 @@ def test_preview_memory_benchmark_reports_growth(tiny_sd_dir, workspace_home):
                "--log", str(workspace_home / "preview-memory-app.log"), home=workspace_home)  # fmt: skip
     assert res["calls"] == 4 and set(res["rss_mib"]) == {"0", "2", "4"}
     assert res["rss_end_mib"] > 0 and isinstance(res["growth_last_half_pct"], float)
+
+
+def test_sd_throughput_benchmark_runs_at_the_reduced_size(workspace_home):
+    """benchmarks/sd_throughput.py: SD-1.5-shaped, random weights; reduced on a CPU."""
+    res = _run("sd_throughput.py", "--steps", "3", "--n", "2", "--batch-sizes", "1,2",
+               "--dtypes", "fp32", home=workspace_home)  # fmt: skip
+    assert res["size"] == "reduced" and res["side_px"] == 64 and res["dtype"] == "float32"
+    for key in ("speedup", "images_per_s", "peak_mb", "fraction_of_peak", "unet_gflop_per_image"):
+        assert res[key] > 0
+    assert res["gflop_per_image"] > res["unet_gflop_per_image"]  # + VAE and text encoder
+    assert {(r["method"], r["batch"]) for r in res["rows"]} == {
+        ("reference", 1), ("generator", 1), ("generator", 2)}  # fmt: skip
+
+
+def test_sd_throughput_full_size_configs_are_sd15():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import sd_throughput
+    finally:
+        sys.path.pop(0)
+    unet, vae, text, side = sd_throughput.sd15_configs("full")
+    assert side == 512 and unet["sample_size"] * 8 == side
+    assert (
+        unet["block_out_channels"] == (320, 640, 1280, 1280) and unet["cross_attention_dim"] == 768
+    )
+    assert vae["block_out_channels"] == (128, 256, 512, 512)
+    assert text["num_hidden_layers"] == 12 and text["hidden_size"] == 768
