@@ -196,7 +196,10 @@ def flops_per_image(pipe, images, prompts, args) -> dict:
                           guidance_scale=7.5)  # fmt: skip
     finally:
         del pipe.unet.forward
-    return {"unet_gflop_per_image": unet_flops[0] / 1e9, "gflop_per_image": fc.get_total_flops() / 1e9}
+    return {
+        "unet_gflop_per_image": unet_flops[0] / 1e9,
+        "gflop_per_image": fc.get_total_flops() / 1e9,
+    }
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
@@ -240,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         dtypes = [pick_dtype(device)]
         if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
             dtypes = [torch.float16, torch.bfloat16]
-    batches = [int(b) for b in (args.batch_sizes or ("1,4,8,16" if size == "full" else "1,4")).split(",")]
+    batches = [
+        int(b) for b in (args.batch_sizes or ("1,4,8,16" if size == "full" else "1,4")).split(",")
+    ]
     n = args.n or (16 if size == "full" else 4)
     side = sd15_configs(size)[3]
     images, prompts = _inputs(n, side)

@@ -849,9 +849,11 @@ def _any_process(accel, flag: bool) -> bool:
     return bool(accel.reduce(t, reduction="sum").item() > 0)
 
 
-def grid_classes(num_classes: int, limit: int = GRID_MAX_CLASSES) -> list[int]:
-    """The classes a sample grid shows: all when ``num_classes <= limit``, else ``limit``
-    indices spread evenly over ``0 .. num_classes - 1`` (first and last included)."""
+def grid_classes(num_classes: int, limit: int | None = None) -> list[int]:
+    """The classes a sample grid shows: all when ``num_classes <= limit`` (default
+    :data:`GRID_MAX_CLASSES`), else ``limit`` indices spread evenly over
+    ``0 .. num_classes - 1`` (first and last included)."""
+    limit = GRID_MAX_CLASSES if limit is None else limit
     if num_classes <= limit:
         return list(range(num_classes))
     if limit == 1:

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from filelock import FileLock
+from PIL import Image
 
 from diffmix.refclf import Lite0Probe, SmallCNN, fit_judge, fit_probe, images_to_tensor, predict
 

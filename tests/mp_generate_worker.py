@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -71,7 +72,8 @@ def main() -> None:
     except Cancelled:
         rows = len(own.read_text().splitlines()) if own.is_file() else 0
         result = {"rank": rank, "state": "cancelled", "rows": rows}
-    print(json.dumps(result), flush=True)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
     tdist.destroy_process_group()
 
 

@@ -42,11 +42,22 @@ def _cfg(tiny_sd_dir, **kw) -> P.PersonalizeConfig:
     return P.PersonalizeConfig(**{**base, **kw})
 
 
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate keeps one AcceleratorState per process, fixed by the first Accelerator's
+    mixed precision; reset it around tests that use another (a CLI run is its own process)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 # --------------------------------------------------------------------------- mixed precision
 
 
 def test_personalize_bf16_autocast_with_bf16_vae_and_capped_chunked_grids(
-    tiny_sd_dir, tmp_path, monkeypatch
+    tiny_sd_dir, tmp_path, monkeypatch, fresh_accelerate
 ):
     """The app's default on a GPU: mixed precision + a grid every N steps (died at step N)."""
     from diffmix import translate
@@ -145,7 +156,7 @@ def vpred_sd_dir(tiny_sd_dir, tmp_path_factory) -> Path:
     return path
 
 
-def test_sd2_v_prediction_personalize_and_translate(vpred_sd_dir, tmp_path):
+def test_sd2_v_prediction_personalize_and_translate(vpred_sd_dir, tmp_path, fresh_accelerate):
     from diffmix.translate import denoise_batch
 
     out, pipe = P.personalize(_cfg(vpred_sd_dir), tmp_path / "v", return_pipeline=True)
@@ -208,9 +219,13 @@ def test_an_sdxl_hub_id_is_refused_from_its_model_index(monkeypatch, tmp_path):
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
         "unet": ["diffusers", "UNet2DConditionModel"],
     }))  # fmt: skip
+    import huggingface_hub.constants as hf_constants
+
+    # the hub library reads these once, at import: set the live values too
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(ModelError, match="'someone/sdxl-model' is a 'StableDiffusionXLPipeline'"):
         load_pipeline("someone/sdxl-model", device="cpu")
 
@@ -240,8 +255,13 @@ def _two_ranks(tmp_path, dataset, model, out, *extra: str) -> list[dict]:
     cmd = [sys.executable, str(ROOT / "tests" / "mp_generate_worker.py"), "--dataset",
            str(dataset), "--model", str(model), "--out", str(out), *extra]  # fmt: skip
     procs = [
-        subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            cmd,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for r in range(2)
     ]
     results = []
@@ -284,3 +304,24 @@ def test_two_processes_agree_on_a_cancel(colors, tiny_sd_dir, tmp_path):
                          "--cancel-rank", "1", "--no-score")  # fmt: skip
     assert [r["state"] for r in results] == ["cancelled", "cancelled"]
     assert [r["rows"] for r in results] == [4, 4]  # one batch of 4 each, then both stopped
+
+
+# --------------------------------------------------------------------------- CPU fallback
+
+
+def test_the_app_says_plainly_when_it_falls_back_to_the_cpu(monkeypatch):
+    from diffmix import pipeline
+    from diffmix.settings import Settings
+    from pages import common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(pipeline.shutil, "which", lambda name: f"/usr/bin/{name}")
+    on_gpu, line = pipeline.device_report()
+    assert not on_gpu
+    assert "running on the CPU" in line and "CUDA 13.0 build" in line
+    assert "driver" in line and "CUDA 12 build" in line and "README" in line
+    header = common.header(Settings.from_env({})).value
+    assert "⚠️ running on the CPU" in header
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "no CUDA support" in pipeline.device_report()[1]
