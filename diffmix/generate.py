@@ -868,9 +868,11 @@ def generate(
         #    long-tail subset: no label outside it), once and cached in the workspace. The
         #    first process to take the cache's file lock fits it, the others wait on the lock
         #    and read the file: nobody waits in a collective meanwhile (a long fit on a large
-        #    dataset passed the process group's timeout).
+        #    dataset passed the process group's timeout). Every process takes part (even one
+        #    with nothing left), so none waits in the collectives below while another fits.
+        rounds = dist.max(len(todo))  # the same number of loop rounds on every process
         clf = None
-        if cfg.score and todo:
+        if cfg.score and rounds:
             clf = score.reference_classifier(ds, indices=_judge_indices(cfg, subset))
 
         # 5. Execute batch by batch
@@ -897,7 +899,6 @@ def generate(
         # Every process runs the same number of rounds and agrees on a cancel in each:
         # checking the cancel file alone, processes stopped at different batches and the
         # ones still running waited forever at the final barrier.
-        rounds = dist.max(len(todo))
         for r in range(rounds):
             if dist.any(run.cancel_requested()):
                 raise Cancelled(f"cancelled after {made} new image(s)")
