@@ -1,7 +1,7 @@
 """Every code block of README.md runs, so none can rot (issue 13).
 
 ```python blocks run as written. ```bash blocks run as written, one shell per block, in a
-scratch folder laid out like the repository (``assets`` linked in, ``../shared`` the shared
+scratch folder laid out like the repository (its files linked in, ``../shared`` the shared
 data), with the test session's workspace as ``DIFFMIX_HOME``, in README order (later blocks use
 what earlier ones made). ``diffmix translate`` scores with the demo's reference classifier,
 fitted once per session (other tests fit it first in a full run; alone, this file pays it).
@@ -65,6 +65,8 @@ def fast_commands(code: str) -> str:
 
 BLOCKS = readme_blocks(README.read_text())
 _DONE: set[int] = set()
+#: Top-level entries not linked into the scratch copy (outputs of the README's commands, VCS).
+_NOT_LINKED = {"workspace", "out", ".git", ".venv", ".pytest_cache"}
 _FAILED: set[int] = set()
 
 
@@ -73,7 +75,9 @@ def scratch(tmp_path_factory) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("readme")
     repo = base / "repo"
     repo.mkdir()
-    (repo / "assets").symlink_to(ROOT / "assets")
+    for entry in ROOT.iterdir():  # the code, read-only; what the blocks write lands here
+        if entry.name not in _NOT_LINKED:
+            (repo / entry.name).symlink_to(entry)
     shared = ROOT.parent / "shared"
     if shared.exists():
         (base / "shared").symlink_to(shared)
