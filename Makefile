@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: app test setup lint format browser-deps nano
+.PHONY: app test setup lint format browser-deps nano demo-judge
 
 setup: $(VENV)/.installed
 
@@ -39,3 +39,8 @@ format: setup
 # Rebuild the embedded nano Stable Diffusion from scratch (about 50 min on 2 CPU cores).
 nano: setup
 	$(PY) -m diffmix.nano.train --out assets/nano-sd
+
+# Refit the demo's shipped reference classifier (the Translate page's judge; ~15-25 min on a
+# busy 2-core CPU; deterministic: the same bytes as assets/refclf/demo-smallcnn.safetensors).
+demo-judge: setup
+	$(PY) -c "from pathlib import Path; from diffmix.score import build_bundled_judge as b; print(b(Path('assets/refclf')))"

@@ -11,7 +11,10 @@ All scores lie in [0, 1]:
   (:class:`diffmix.refclf.Lite0Probe`), for real photos. 1 = certainly the target class; chance
   level is ``1 / num_classes``. A judge is fitted once per (judge, dataset fingerprint, images
   it saw, size, epochs, seed) and cached in the workspace (``refclf/<key>.safetensors`` +
-  ``.json``, never pickle), so a CLI call or a slider move does not retrain it. CLIP zero-shot probabilities are offered when CLIP weights are already
+  ``.json``, never pickle), so a CLI call or a slider move does not retrain it. The demo's judge ships fitted (``assets/refclf/demo-smallcnn.*``, see
+  :func:`build_bundled_judge`), so the demo is scored at once on a fresh workspace, and
+  :func:`warm_reference_classifier` fits any other dataset's in a background thread as soon
+  as the dataset is chosen (:func:`judge_ready` tells whether it is in memory). CLIP zero-shot probabilities are offered when CLIP weights are already
   in the local Hugging Face cache (:func:`find_local_clip`, :func:`clip_probs`); nothing is
   ever downloaded.
 - **diversity from the source** -- how far a result moved from its source. LPIPS when the
@@ -57,6 +60,8 @@ JUDGES = ("smallcnn", "lite0")
 LITE0_JUDGE_SIZE = 224
 #: Steps of the Lite0 judge's full-batch head fit (:func:`diffmix.refclf.fit_probe`).
 LITE0_PROBE_STEPS = 300
+#: Fitted judges the app ships (``<name>.safetensors`` + ``<name>.json``), read-only.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "refclf"
 #: CLIP checkpoints looked for in the local Hugging Face cache, best first.
 CLIP_CANDIDATES = (
     "openai/clip-vit-large-patch14",
@@ -284,12 +289,111 @@ def reference_classifier(
         # for the file instead of fitting the same classifier again.
         with FileLock(str(folder / f"{key}.lock")):
             clf = _load_clf(weights, meta_path, ds.class_names, size, ds.fingerprint, judge, seen)
+            if clf is None and judge == "smallcnn" and seen == "all":
+                clf = _bundled_clf(ds.fingerprint, ds.class_names, size, epochs, seed)
             if clf is None:
                 clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
         _CLF_CACHE[key] = clf
         while len(_CLF_CACHE) > _CLF_CACHE_SIZE:
             _CLF_CACHE.popitem(last=False)
         return clf
+
+
+def _bundled_clf(
+    fingerprint: str, class_names: list[str], size: int, epochs: int, seed: int
+) -> ReferenceClassifier | None:
+    """A shipped judge fitted exactly as :func:`reference_classifier` would fit this one."""
+    if not BUNDLED_DIR.is_dir():
+        return None
+    for meta_path in sorted(BUNDLED_DIR.glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        same = (meta.get("fingerprint"), meta.get("size"), meta.get("epochs"), meta.get("seed"))
+        if same != (fingerprint, size, epochs, seed):
+            continue
+        clf = _load_clf(meta_path.with_suffix(".safetensors"), meta_path, class_names, size,
+                        fingerprint, "smallcnn", "all")  # fmt: skip
+        if clf is not None:
+            logger.info("using the shipped reference classifier %s", meta_path.name)
+            return clf
+    return None
+
+
+_WARMING: dict[str, threading.Thread] = {}
+
+
+def _spec_and_fingerprint(dataset) -> tuple[str, str | None]:
+    if isinstance(dataset, str):
+        return dataset, None
+    return dataset.spec, getattr(dataset, "fingerprint", None)
+
+
+def judge_ready(dataset, *, epochs: int = 30, seed: int = 0) -> bool:
+    """True when the default judge of ``dataset`` (an ``ImageDataset``) is in memory: scoring
+    with it costs a forward pass, not a fit. Never blocks."""
+    fp = getattr(dataset, "fingerprint", None)
+    suffix = f"-e{epochs}-s{seed}"
+    return any(f"-{fp}-" in k and k.endswith(suffix) for k in list(_CLF_CACHE))
+
+
+def warm_reference_classifier(dataset, **kwargs) -> threading.Thread:
+    """Load or fit the judge of ``dataset`` in a daemon thread (one per dataset at a time).
+
+    Call it when a dataset is chosen: by the time the first result is scored the judge is
+    ready, or the scoring call waits only for the rest of the fit. Errors are logged; the
+    scoring call that needs the judge reports them. Returns the (possibly running) thread.
+    """
+    spec, fp = _spec_and_fingerprint(dataset)
+    key = f"{fp or spec}-{sorted(kwargs.items())}"
+    with _CLF_LOCK:
+        running = _WARMING.get(key)
+        if running is not None and running.is_alive():
+            return running
+
+        def work() -> None:
+            try:
+                reference_classifier(dataset, **kwargs)
+            except Exception as err:  # noqa: BLE001 - a background warm-up must not crash
+                logger.warning("could not prepare the reference classifier of %s: %s", spec, err)
+
+        thread = threading.Thread(target=work, name=f"judge-{fp or spec}", daemon=True)
+        _WARMING[key] = thread
+        thread.start()
+        return thread
+
+
+def build_bundled_judge(out_dir: Path, spec: str = "demo") -> Path:
+    """Fit ``spec``'s default judge in a fresh temporary workspace; write it to ``out_dir``.
+
+    How ``assets/refclf/demo-smallcnn.*`` was made (``make demo-judge``): the same call as a
+    first score on a fresh workspace, so the shipped file is what a user would fit (the fit
+    is deterministic on CPU: same seed, same bytes). Returns the weights path.
+    """
+    import shutil
+    import tempfile
+
+    from diffmix import workspace
+
+    old = os.environ.get(workspace.ENV_HOME)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ[workspace.ENV_HOME] = tmp
+        try:
+            clear_classifier_cache()
+            clf = reference_classifier(spec)
+        finally:
+            if old is None:
+                os.environ.pop(workspace.ENV_HOME, None)
+            else:
+                os.environ[workspace.ENV_HOME] = old
+            clear_classifier_cache()
+        assert clf.path is not None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{spec}-smallcnn"
+        shutil.copyfile(clf.path, out_dir / f"{name}.safetensors")
+        shutil.copyfile(clf.path.with_suffix(".json"), out_dir / f"{name}.json")
+    return out_dir / f"{name}.safetensors"
 
 
 def clear_classifier_cache() -> None:

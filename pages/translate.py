@@ -22,7 +22,10 @@ import logging
 import os
 import random
 import sys
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,10 +273,14 @@ def scores_markdown(preview: Preview, k: int = 0) -> str:
     """The scores of result ``k`` as one Markdown paragraph."""
     n = len(preview.request.ds.class_names)
     if preview.faithfulness is None:
+        from diffmix import score
+
+        if score.judge_ready(preview.request.ds):
+            return "Scoring…"
         return (
-            "Scoring… (the first time for a dataset this fits a reference classifier: a small "
-            "CNN on the demo, which takes a few minutes; a linear head on ImageNet features "
-            "for photos)"
+            "Scoring… (the reference classifier of this dataset is still being fitted in the "
+            "background, once per dataset: the scores follow when it is ready; you can keep "
+            "translating meanwhile)"
         )
     text = (
         f"**Faithfulness {preview.faithfulness[k]:.3f}**: the reference classifier's "
@@ -351,6 +358,65 @@ def _whole(value: Any, name: str, default: int | None, *, minimum: int = 0) -> i
     return int(number)
 
 
+class PreviewStore:
+    """Previews shown but not yet scored, by token; scored by a separate event.
+
+    The image event returns at once with a token; the scoring event (its own queue) looks the
+    preview up. ``slot`` (a browser session and a widget) remembers the latest token: a
+    preview that a newer one replaced is not scored (its scores would overwrite the newer
+    image's). Bounded: the oldest entries are dropped beyond ``capacity``.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, tuple[str, Preview]] = OrderedDict()
+        self._latest: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def put(self, preview: Preview, slot: str) -> str:
+        """Keep ``preview`` as the latest of ``slot``; its token."""
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._items[token] = (slot, preview)
+            self._latest[slot] = token
+            while len(self._items) > self.capacity:
+                old, (old_slot, _) = self._items.popitem(last=False)
+                if self._latest.get(old_slot) == old:
+                    del self._latest[old_slot]
+        return token
+
+    def latest(self, token: str | None) -> Preview | None:
+        """The preview of ``token`` while it is still its slot's latest, else ``None``."""
+        with self._lock:
+            item = self._items.get(token or "")
+            if item is None or self._latest.get(item[0]) != token:
+                return None
+            return item[1]
+
+    def drop(self, token: str | None) -> None:
+        """Forget ``token`` (scored or abandoned)."""
+        with self._lock:
+            item = self._items.pop(token or "", None)
+            if item is not None and self._latest.get(item[0]) == token:
+                del self._latest[item[0]]
+
+
+PREVIEWS = PreviewStore()
+
+
+def _slot(request: gr.Request | None, kind: str) -> str:
+    """One browser session's widget; a call without a session (the API) is its own slot."""
+    session = getattr(request, "session_hash", None) or uuid.uuid4().hex
+    return f"{session}:{kind}"
+
+
+def warm_judge(ds: ImageDataset) -> None:
+    """Start loading / fitting ``ds``'s reference classifier in the background."""
+    from diffmix import score
+
+    score.warm_reference_classifier(ds)
+
+
 # --------------------------------------------------------------------------- callbacks
 
 
@@ -382,7 +448,63 @@ def _releasing(listener: Callable[..., Iterator[Any]]) -> Callable[..., Iterator
     return run
 
 
+def _translate_image(settings: Settings):
+    def translate_image(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        source_mode: str,
+        source_index: float | None,
+        upload: Image.Image | None,
+        source_class: str | None,
+        target: str | None,
+        strategy: str | None,
+        seed: float | None,
+        steps: float | None,
+        strength: float,
+        request: gr.Request = None,  # type: ignore[assignment]
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """Translate the source to the target class at one strength: the image at once, and a
+        token the scoring event (:func:`_score_one`) fills the scores in with."""
+        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
+                  target, strategy, seed, steps)  # fmt: skip
+        try:
+            preview = run_translation(_request(settings, values, [strength]), progress)
+        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+            logger.info("translate refused: %s", err)
+            msg = common.error_box(jobs_ui.readable_error(err), settings)
+            return gr.skip(), gr.skip(), gr.skip(), msg, ""
+        finally:
+            common.release_memory()  # the call's freed buffers back to the system
+        warm_judge(preview.request.ds)
+        res = preview.results[0]
+        src = preview.request.source or res.image
+        token = PREVIEWS.put(preview, _slot(request, "one"))
+        return ((display(src), display(res.image)), res.soft_label, scores_markdown(preview),
+                common.info_box(timing_line(preview), settings), token)  # fmt: skip
+
+    return translate_image
+
+
+def _score_one(token: str | None) -> tuple[Any, ...]:
+    """Scores of the preview ``token`` names, unless a newer preview replaced it."""
+    preview = PREVIEWS.latest(token)
+    if preview is None:
+        return gr.skip(), gr.skip()
+    try:
+        score_translation(preview)
+    except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+        return common.error_box(f"scoring failed: {err}"), gr.skip()
+    if PREVIEWS.latest(token) is None:  # replaced while it was scored
+        return gr.skip(), gr.skip()
+    PREVIEWS.drop(token)
+    return scores_markdown(preview), common.info_box(timing_line(preview))
+
+
 def _translate_action(settings: Settings):
+    image = _translate_image(settings)
+
     def translate_one(
         selection: dict | None,
         adapter: dict | None,
@@ -398,50 +520,98 @@ def _translate_action(settings: Settings):
         strength: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[Any, ...]]:
-        """Translate the source to the target class at one strength; the image, then scores."""
-        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
-                  target, strategy, seed, steps)  # fmt: skip
-        try:
-            preview = run_translation(_request(settings, values, [strength]), progress)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            logger.info("translate refused: %s", err)
-            yield (
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                common.error_box(jobs_ui.readable_error(err), settings),
-            )
+        """Translate the source to the target class at one strength; the image, then scores.
+
+        The API endpoint (``/translate``): one call gives both. The page itself shows the
+        image from :func:`_translate_image` and scores it in a separate event.
+        """
+        *first, token = image(selection, adapter, owner, source_mode, source_index, upload,
+                              source_class, target, strategy, seed, steps, strength,
+                              None, progress)  # fmt: skip
+        yield tuple(first)
+        if not token:
             return
-        res = preview.results[0]
-        src = preview.request.source or res.image
-        pair = (display(src), display(res.image))
-        yield (
-            pair,
-            res.soft_label,
-            scores_markdown(preview),
-            common.info_box(timing_line(preview), settings),
-        )
-        try:
-            score_translation(preview)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            yield (
-                gr.skip(),
-                gr.skip(),
-                common.error_box(f"scoring failed: {err}", settings),
-                gr.skip(),
-            )
-            return
-        yield (
-            pair,
-            res.soft_label,
-            scores_markdown(preview),
-            common.info_box(timing_line(preview), settings),
-        )
+        with_scores = _score_one(token)
+        yield first[0], first[1], *with_scores
 
     return _releasing(translate_one)
 
 
+def _sweep_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
+    req = preview.request
+    out = [(display(req.source, 128), "source")] if req.source is not None else []
+    for k, t in enumerate(preview.results):
+        cap = f"s={t.strength:.1f}"
+        if preview.faithfulness is not None:
+            cap += f" · f={preview.faithfulness[k]:.2f}"
+        if preview.diversity is not None:
+            cap += f" · d={preview.diversity[k]:.2f}"
+        out.append((display(t.image, 128), cap))
+    return out
+
+
+def _sweep_images(settings: Settings):
+    def translate_sweep_images(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        source_mode: str,
+        source_index: float | None,
+        upload: Image.Image | None,
+        source_class: str | None,
+        target: str | None,
+        strategy: str | None,
+        seed: float | None,
+        steps: float | None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """Translate one source at strengths 0.1 … 0.9 in one call: the images, and a token
+        for the scoring event (:func:`_score_sweep`)."""
+        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
+                  target, strategy, seed, steps)  # fmt: skip
+        try:
+            req = _request(settings, values, SWEEP_STRENGTHS)
+            if len(req.strengths) < 2:
+                raise ValueError(f"{req.strategy} draws from pure noise: a strength sweep needs "
+                                 "an img2img or mixing strategy")  # fmt: skip
+            preview = run_translation(req, progress)
+        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+            logger.info("sweep refused: %s", err)
+            msg = common.error_box(jobs_ui.readable_error(err), settings)
+            return gr.skip(), gr.skip(), msg, ""
+        finally:
+            common.release_memory()
+        warm_judge(req.ds)
+        token = PREVIEWS.put(preview, _slot(request, "sweep"))
+        wait = scores_markdown(preview)
+        return (_sweep_gallery(preview), gr.skip(),
+                common.info_box(f"{timing_line(preview)} {wait}", settings), token)  # fmt: skip
+
+    return translate_sweep_images
+
+
+def _score_sweep(token: str | None) -> tuple[Any, ...]:
+    """Captions with scores and the score curves of the sweep ``token`` names."""
+    preview = PREVIEWS.latest(token)
+    if preview is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        score_translation(preview)
+    except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+        return gr.skip(), gr.skip(), common.error_box(f"scoring failed: {err}")
+    if PREVIEWS.latest(token) is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    PREVIEWS.drop(token)
+    req = preview.request
+    chance = 1 / len(req.ds.class_names)
+    fig = sweep_figure(req.strengths, preview.faithfulness, preview.diversity, chance=chance)
+    return _sweep_gallery(preview), fig, common.info_box(timing_line(preview))
+
+
 def _sweep_action(settings: Settings):
+    images = _sweep_images(settings)
+
     def translate_sweep(
         selection: dict | None,
         adapter: dict | None,
@@ -456,40 +626,14 @@ def _sweep_action(settings: Settings):
         steps: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[tuple[Any, ...]]:
-        """Translate one source at strengths 0.1 … 0.9 in one call; images, then the score curves."""
-        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
-                  target, strategy, seed, steps)  # fmt: skip
-        try:
-            req = _request(settings, values, SWEEP_STRENGTHS)
-            if len(req.strengths) < 2:
-                raise ValueError(f"{req.strategy} draws from pure noise: a strength sweep needs "
-                                 "an img2img or mixing strategy")  # fmt: skip
-            preview = run_translation(req, progress)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            logger.info("sweep refused: %s", err)
-            yield gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
-            return
-
-        def gallery() -> list[tuple[Image.Image, str]]:
-            out = [(display(req.source, 128), "source")] if req.source is not None else []
-            for k, t in enumerate(preview.results):
-                cap = f"s={t.strength:.1f}"
-                if preview.faithfulness is not None:
-                    cap += f" · f={preview.faithfulness[k]:.2f}"
-                if preview.diversity is not None:
-                    cap += f" · d={preview.diversity[k]:.2f}"
-                out.append((display(t.image, 128), cap))
-            return out
-
-        yield gallery(), gr.skip(), common.info_box(timing_line(preview) + " Scoring…", settings)
-        try:
-            score_translation(preview)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            yield gr.skip(), gr.skip(), common.error_box(f"scoring failed: {err}", settings)
-            return
-        chance = 1 / len(req.ds.class_names)
-        fig = sweep_figure(req.strengths, preview.faithfulness, preview.diversity, chance=chance)
-        yield gallery(), fig, common.info_box(timing_line(preview), settings)
+        """Translate one source at strengths 0.1 … 0.9 in one call; images, then the score curves
+        (the API endpoint ``/translate_sweep``; the page scores in a separate event)."""
+        *first, token = images(selection, adapter, owner, source_mode, source_index, upload,
+                               source_class, target, strategy, seed, steps, None,
+                               progress)  # fmt: skip
+        yield tuple(first)
+        if token:
+            yield _score_sweep(token)
 
     return _releasing(translate_sweep)
 
@@ -507,6 +651,7 @@ def _open_action(settings: Settings):
             keep = gr.skip()
             msg = common.error_box(jobs_ui.readable_error(err), settings)
             return line, keep, keep, keep, keep, keep, keep, strategy, msg
+        warm_judge(ds)  # the first score then needs no fit (or only the rest of one)
         indices = list(subset.indices) if subset is not None else list(range(len(ds)))
         thumbs, chosen = source_gallery(ds, indices)
         first = chosen[0] if chosen else None
@@ -647,14 +792,34 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         # has its own schedulers): one visitor's long preview does not hold up the others'.
         run = {"concurrency_limit": settings.limits.preview_concurrency,
                "concurrency_id": "translate"}  # fmt: skip
-        one = _translate_action(settings)
-        go_btn.click(one, [*inputs, strength], [result, label, scores, info],
-                     api_name="translate", **run)  # fmt: skip
-        # Moving the slider again while a translation runs keeps only the latest position.
-        strength.release(one, [*inputs, strength], [result, label, scores, info],
-                         show_progress="minimal", trigger_mode="always_last", **run,
-                         **private)  # fmt: skip
-        sweep_btn.click(_sweep_action(settings), inputs, [sweep_gallery, sweep_plot, sweep_info],
+        # The image event returns as soon as the image is drawn; scoring is a separate event
+        # with its own queue, so a second slider move never waits behind a score (nor behind
+        # the first fit of a dataset's reference classifier).
+        token = gr.Textbox(visible=False)
+        sweep_token = gr.Textbox(visible=False)
+        scoring = {"concurrency_limit": settings.limits.preview_concurrency,
+                   "concurrency_id": "translate-score", "show_progress": "hidden"}  # fmt: skip
+        one = _translate_image(settings)
+        for trigger, extra in ((go_btn.click, {}),
+                               (strength.release, {"show_progress": "minimal",
+                                                   "trigger_mode": "always_last"})):  # fmt: skip
+            # Moving the slider again while a translation runs keeps only the latest position.
+            trigger(one, [*inputs, strength], [result, label, scores, info, token], **run,
+                    **extra, **private).then(
+                _score_one, token, [scores, info], **scoring, **private
+            )  # fmt: skip
+        sweep_btn.click(_sweep_images(settings), inputs,
+                        [sweep_gallery, sweep_plot, sweep_info, sweep_token], **run,
+                        **private).then(
+            _score_sweep, sweep_token, [sweep_gallery, sweep_plot, sweep_info], **scoring,
+            **private,
+        )  # fmt: skip
+        # The API: one call gives the image(s), then the scores.
+        api_one = gr.Button(visible=False)
+        api_one.click(_translate_action(settings), [*inputs, strength],
+                      [result, label, scores, info], api_name="translate", **run)  # fmt: skip
+        api_sweep = gr.Button(visible=False)
+        api_sweep.click(_sweep_action(settings), inputs, [sweep_gallery, sweep_plot, sweep_info],
                         api_name="translate_sweep", **run)  # fmt: skip
     return page
 
