@@ -3,6 +3,10 @@
     python benchmarks/preview.py [--model nano] [--adapter NAME] [--steps 25] [--strength 0.5]
                                  [--repeats 5]
 
+0. Cold start: starts ``app.py`` on a *fresh* workspace, loads the demo, and times the first
+   ``/translate`` call to its image (the model loads then) and a second call, sent as soon as
+   that image arrived (a slider move while the first is scored), to its image:
+   ``cold_first_image_s`` and ``cold_second_image_s`` in the JSON.
 1. Starts ``app.py`` on a free local port (workspace: ``$DIFFMIX_HOME``, model ``--model``),
    loads the demo dataset through the ``/load_dataset`` API and, after one warm-up call
    (model loading, the reference classifier fitted once per dataset), times ``--repeats``
@@ -44,9 +48,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_app(model: str, log: Path, timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+def _start_app(
+    model: str, log: Path, timeout_s: float = 180.0, home: Path | None = None
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "DIFFMIX_MODEL": model, "GRADIO_ANALYTICS_ENABLED": "False"}
+    if home is not None:
+        env["DIFFMIX_HOME"] = str(home)
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO,
                                 env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -63,6 +71,53 @@ def _start_app(model: str, log: Path, timeout_s: float = 180.0) -> tuple[subproc
             time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s; see {log}")
+
+
+def _time_cold(args: argparse.Namespace, log: Path) -> dict[str, float]:
+    """A newcomer's first two previews on a fresh workspace, through ``/translate``.
+
+    The demo is loaded first (rendered into the empty workspace; not timed). Then: seconds from
+    the first call to its image (the model loads now), and from a second call -- sent as soon
+    as the first image arrived, as a slider move would be, while the first is being scored --
+    to *its* image. Both calls must then finish with scores.
+    """
+    import tempfile
+
+    from gradio_client import Client
+
+    with tempfile.TemporaryDirectory(prefix="diffmix-cold-") as tmp:
+        proc, url = _start_app(args.model, log, home=Path(tmp))
+        try:
+            client = Client(url, verbose=False)
+            selection = client.predict(
+                source="Demo", folder="", upload=None, hub="", split="train", subset="full",
+                shots=5, imbalance=0.1, seed=0, api_name="/load_dataset",
+            )[0]  # fmt: skip
+            names = selection["class_names"]
+            call = dict(
+                selection=selection, adapter=None, owner=None, source_mode="Dataset image",
+                source_index=0, upload=None, source_class=None, target=names[5],
+                strategy="real-mix", seed=0, steps=args.steps, api_name="/translate",
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            first = client.submit(**call, strength=args.strength)
+            for _ in first:  # the first update is the image
+                break
+            first_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            second = client.submit(**call, strength=min(1.0, args.strength + 0.2))
+            for _ in second:
+                break
+            second_s = time.perf_counter() - t1
+            for job in (first, second):
+                outputs = job.result() and job.outputs()
+                if not outputs or "Faithfulness" not in str(outputs[-1][2]):
+                    raise RuntimeError(f"cold /translate gave no scores: {outputs}")
+            return {"cold_first_image_s": round(first_s, 3),
+                    "cold_second_image_s": round(second_s, 3)}  # fmt: skip
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
 
 
 def _time_app(args: argparse.Namespace, log: Path) -> tuple[list[float], list[float], dict]:
@@ -160,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
         args.log = subdir("benchmarks") / "preview-app.log"
 
-    # 1. The app over HTTP, then 2. plain diffusers (never both at once: they share the CPU)
+    # 0. A fresh workspace (cold), 1. the app over HTTP (warm), then 2. plain diffusers (one
+    #    at a time: they share the CPU)
+    cold = _time_cold(args, args.log.with_name("preview-app-cold.log"))
     first, last, what = _time_app(args, args.log)
     plain, dtype = _time_plain_diffusers(args, what)
     med = {k: statistics.median(v) for k, v in (("first", first), ("last", last), ("plain", plain))}
     print(f"{what['strategy']}, strength {args.strength}, {args.steps} steps, {dtype}, "
           f"{args.repeats} calls each (median):")  # fmt: skip
+    print(f"  cold start (fresh workspace): first image {cold['cold_first_image_s']:.3f} s, "
+          f"next call's image {cold['cold_second_image_s']:.3f} s")  # fmt: skip
     print(f"  app /translate, image shown:   {med['first']:.3f} s")
     print(f"  app /translate, scores shown:  {med['last']:.3f} s")
     print(f"  plain diffusers img2img call:  {med['plain']:.3f} s")
@@ -175,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": what["strategy"], "strength": args.strength, "steps": args.steps,
         "dtype": dtype, "app_image_s": round(med["first"], 4),
         "app_scored_s": round(med["last"], 4), "plain_diffusers_s": round(med["plain"], 4),
-        "ratio": round(ratio, 4),
+        "ratio": round(ratio, 4), **cold,
     }))  # fmt: skip
     return 0
 

@@ -53,12 +53,14 @@ def test_translate_benchmark_runs(tiny_sd_dir, shapes, workspace_home):
 def test_preview_benchmark_times_the_app_and_plain_diffusers(tiny_sd_dir, workspace_home):
     from diffmix.score import reference_classifier
 
-    reference_classifier("demo")  # fitted once per test session (the browser tests share it)
+    reference_classifier("demo")  # shipped in assets/refclf: loaded, not fitted
     res = _run("preview.py", "--model", str(tiny_sd_dir), "--steps", "2", "--repeats", "1",
                "--log", str(workspace_home / "preview-app.log"), home=workspace_home)  # fmt: skip
     assert res["strategy"] == "real-mix" and res["steps"] == 2
     assert res["app_scored_s"] >= res["app_image_s"] > 0 and res["plain_diffusers_s"] > 0
     assert res["ratio"] == pytest.approx(res["app_image_s"] / res["plain_diffusers_s"], rel=1e-2)
+    # the cold start on a fresh workspace: first image, then the next call's image
+    assert res["cold_first_image_s"] > 0 and res["cold_second_image_s"] > 0
 
 
 def test_preview_memory_benchmark_reports_growth(tiny_sd_dir, workspace_home):
