@@ -473,3 +473,15 @@ __all__ = [
     "selection_state",
     "session_id",
 ]
+
+
+def next_step(path: str, label: str, why: str) -> gr.Button:
+    """The page's "next step": a line saying what to do next and a link button to that page.
+
+    ``path`` is the next page's route (relative, so the app also works under a root path);
+    the dataset selection, the adapter and the runs travel in the browser's storage.
+    """
+    with gr.Row(equal_height=True, elem_classes="dm-next"):
+        gr.Markdown(f"**Next step:** {why}", elem_id="next-step-why")
+        return gr.Button(f"Next: {label} →", link=path, variant="primary", scale=0,
+                         min_width=220, elem_id="next-step")  # fmt: skip

@@ -416,6 +416,11 @@ def on_load(
         logger.info("dataset load refused: %s", err)
         keep = gr.skip()
         return keep, common.error_box(str(err), settings), keep, keep, keep, keep, keep
+    from diffmix import score
+
+    # Translate's scores need the dataset's reference classifier: prepare it now, in the
+    # background, so the first score does not wait for a fit (the demo's ships fitted).
+    score.warm_reference_classifier(res.selection["spec"])
     return (
         res.selection,
         common.info_box(res.message, settings),
@@ -595,6 +600,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             with gr.Column(scale=2):
                 w |= _views()
         w |= _samples()
+        common.next_step(
+            "personalize", "Personalize",
+            "teach the model your classes (or go straight to Translate to try the base model).",
+        )  # fmt: skip
 
         # UI toggles stay off the API; the one action is `/load_dataset`.
         private = {"queue": False, "api_visibility": "private"}

@@ -396,12 +396,13 @@ def _on_open(settings: Settings):
     def on_open(owner: str | None, selection: dict | None, adapter: dict | None) -> list[Any]:
         runs = jobs_ui.list_runs("train", owner=owner, settings=settings)
         with_conf = [r["name"] for r in runs if (Path(r["path"]) / "confusion.json").is_file()]
+        adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
         line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
         reason = unavailable_reason()
         if reason:
             line += "\n\n" + common.error_box(f"Generation is not available: {reason}.", settings)
         return [line, gr.update(value=translate.default_strategy(adapter)),
-                gr.update(choices=with_conf)]  # fmt: skip
+                gr.update(choices=with_conf), adapter]  # fmt: skip
 
     return on_open
 
@@ -482,6 +483,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 gallery = gr.Gallery(label="Newest images", columns=6, height=420,
                                      object_fit="contain", elem_id="gen-gallery")  # fmt: skip
                 summary = gr.Markdown(elem_id="gen-summary")
+        common.next_step(
+            "train", "Train",
+            "train a classifier on the real images plus this synthetic set (the Train page "
+            "starts with the newest finished set made from this dataset).",
+        )  # fmt: skip
 
         plan = [selection, adapter, strategy, multiplier, strengths, targets, confusion_run,
                 filter_bottom, limit, steps, seed, score]  # fmt: skip
@@ -489,7 +495,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),
             start_inputs=plan, view=_view, view_outputs=[gallery, summary],
             on_open=_on_open(settings), open_inputs=[selection, adapter],
-            open_outputs=[current, strategy, confusion_run],
+            open_outputs=[current, strategy, confusion_run, adapter],
         )  # fmt: skip
         targets.change(_targets_visibility, targets, confusion_run, queue=False,
                        api_visibility="private")  # fmt: skip

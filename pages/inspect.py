@@ -414,6 +414,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                      object_fit="contain", elem_id="in-gallery")  # fmt: skip
         table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=360,
                              elem_id="in-table")  # fmt: skip
+        common.next_step(
+            "train", "Train",
+            "train again with an exported subset (choose it in Synthetic datasets) and compare.",
+        )  # fmt: skip
 
         filters = [folder, owner, src, tgt, s_min, s_max, f_min, f_max, kept]
         filter_fn = _filter_action(settings)

@@ -296,10 +296,48 @@ def resolve_adapter(
     return path, meta
 
 
+def carry_adapter(
+    state: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+    *,
+    owner: str | None,
+    settings: Settings,
+) -> dict[str, Any] | None:
+    """The adapter the later pages use, carried forward from the Personalize page.
+
+    An adapter chosen with "Use for later pages" (or "Use none") stays. Otherwise -- nothing
+    chosen yet, or the last one was carried rather than chosen -- the newest finished adapter
+    trained on the selected dataset (same fingerprint) is used, marked ``carried``, so a
+    newcomer who just trained one does not quietly translate with the base model.
+    """
+    if state and (state.get("none") or (state.get("name") and not state.get("carried"))):
+        return state
+    fingerprint = (selection or {}).get("fingerprint")
+    if not fingerprint:
+        return state
+    for run in jobs_ui.list_runs(STAGE, owner=owner, settings=settings):  # newest first
+        meta = adapter_meta(Path(run["path"])) if run["state"] == "done" else None
+        if meta and (meta.get("dataset") or {}).get("fingerprint") == fingerprint:
+            try:
+                return {**choose_adapter(run["name"], owner=owner, settings=settings),
+                        "carried": True}  # fmt: skip
+            except jobs_ui.USER_ERRORS:
+                continue
+    return None if state and state.get("carried") else state
+
+
 def adapter_line(state: dict[str, Any] | None) -> str:
     """What the later pages will use."""
+    if state and state.get("none"):
+        return "No adapter (you chose the base model on the Personalize page: real-* strategies)."
     if not state or not state.get("name"):
         return "No adapter chosen: later pages use the base model (real-* strategies)."
+    if state.get("carried"):
+        kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
+        return (
+            f"Adapter: `{state['name']}` ({kind}), the newest one trained on this dataset "
+            "(choose another on the Personalize page)."
+        )
     kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
     return (
         f"Adapter for later pages: `{state['name']}` ({kind}, {state.get('classes')} classes, "
@@ -385,6 +423,9 @@ def _view(settings: Settings):
         st = jobs_ui.run_state(path) if path is not None else {}
         over = st.get("state") not in jobs_ui.ACTIVE_STATES
         lists = _adapter_lists(owner, settings) if over else (gr.skip(), gr.skip())
+        if over and path is not None and adapter_meta(path) is not None:
+            # the watched run just finished (or was opened finished): offer it to "Use"
+            lists = (lists[0], gr.update(choices=lists[1]["choices"], value=path.name))
         image = _load_image(sample)
         if image is not None:
             image = _enlarge(regrid(image), 96)
@@ -436,8 +477,9 @@ def _use_action(settings: Settings):
         )
 
     def clear_adapter() -> tuple[Any, Any, Any]:
-        """Use no adapter (base model only)."""
-        return None, adapter_line(None), common.info_box("No adapter: base model only.", settings)
+        """Use no adapter (base model only), and carry none forward."""
+        state = {"none": True}
+        return state, adapter_line(state), common.info_box("No adapter: base model only.", settings)
 
     def adapters(owner: str | None) -> tuple[Any, Any]:
         """The personalization runs this session may see, and the finished ones."""
@@ -452,12 +494,14 @@ def _on_open(settings: Settings):
     ) -> list[Any]:
         seed = (selection or {}).get("seed")
         table, choices = _adapter_lists(owner, settings)
+        carried = carry_adapter(adapter, selection, owner=owner, settings=settings)
         return [
             selection_line(selection),
             gr.update(value=seed) if seed is not None else gr.skip(),
             table,
             choices,
-            adapter_line(adapter),
+            adapter_line(carried),
+            carried,
         ]
 
     return on_open
@@ -545,6 +589,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             relist = gr.Button("↻", scale=0, min_width=50, elem_id="pz-adapters-refresh")
         chosen = gr.Markdown(adapter_line(None), elem_id="pz-adapter")
         use_msg = gr.Markdown(elem_id="pz-use-message")
+        common.next_step(
+            "translate", "Translate",
+            "preview translations with the adapter (a finished adapter trained on this dataset "
+            "is used on the next pages unless you choose another or none above).",
+        )  # fmt: skip
 
         jobs_ui.wire(
             panel,
@@ -568,7 +617,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             view_outputs=[loss, sample, table, use_name],
             on_open=_on_open(settings),
             open_inputs=[selection, adapter],
-            open_outputs=[current, seed, table, use_name, chosen],
+            open_outputs=[current, seed, table, use_name, chosen, adapter],
         )
         use_fn, clear_fn, list_fn = _use_action(settings)
         use.click(use_fn, [use_name, owner], [adapter, chosen, use_msg], api_name="use_adapter")

@@ -385,12 +385,43 @@ def _view(settings: Settings):
     return view
 
 
+def newest_synthetic(
+    selection: dict | None, *, owner: str | None, settings: Settings
+) -> str | None:
+    """The newest finished synthetic set made from the selected dataset (same fingerprint and
+    classes), or None: what the Train page starts with after Generate."""
+    fingerprint = (selection or {}).get("fingerprint")
+    if not fingerprint:
+        return None
+    for run in jobs_ui.list_runs("generate", owner=owner, settings=settings):  # newest first
+        path = Path(run["path"])
+        if run["state"] != "done" or not (path / "metadata.jsonl").is_file():
+            continue
+        try:
+            record = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("dataset_fingerprint") == fingerprint and list(
+            record.get("class_names") or []
+        ) == list((selection or {}).get("class_names") or []):
+            return run["name"]
+    return None
+
+
 def _on_open(settings: Settings):
     def on_open(owner: str | None, selection: dict | None) -> list[Any]:
-        return [
-            personalize.selection_line(selection),
-            gr.update(choices=synthetic_choices(owner=owner, settings=settings)),
-        ]
+        choices = synthetic_choices(owner=owner, settings=settings)
+        newest = newest_synthetic(selection, owner=owner, settings=settings)
+        line = personalize.selection_line(selection)
+        if newest:
+            line += (
+                f" Synthetic set: `{newest}`, the newest one made from this dataset (clear "
+                "the box for the real-data baseline)."
+            )
+        elif selection:
+            line += " No synthetic set yet: this trains the real-data baseline."
+        value = [newest] if newest else []
+        return [line, gr.update(choices=choices, value=value)]
 
     return on_open
 
@@ -467,6 +498,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             compare_btn = gr.Button("↻ Refresh", scale=0, min_width=110, elem_id="tn-compare-btn")
         table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
                              elem_id="tn-compare")  # fmt: skip
+        common.next_step(
+            "inspect", "Inspect",
+            "look at the synthetic images, their scores and soft labels; filter and export.",
+        )  # fmt: skip
 
         jobs_ui.wire(
             panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),

@@ -643,6 +643,7 @@ def _open_action(settings: Settings):
         selection: dict | None, adapter: dict | None, owner: str | None
     ) -> tuple[Any, ...]:
         """The selection's source gallery, class choices and the default strategy."""
+        adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
         strategy = gr.update(value=default_strategy(adapter))
         line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
         try:
@@ -650,7 +651,7 @@ def _open_action(settings: Settings):
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             keep = gr.skip()
             msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return line, keep, keep, keep, keep, keep, keep, strategy, msg
+            return line, keep, keep, keep, keep, keep, keep, strategy, msg, adapter
         warm_judge(ds)  # the first score then needs no fit (or only the rest of one)
         indices = list(subset.indices) if subset is not None else list(range(len(ds)))
         thumbs, chosen = source_gallery(ds, indices)
@@ -667,6 +668,7 @@ def _open_action(settings: Settings):
             gr.update(choices=names, value=other_class(names, src_class)),
             strategy,
             "",
+            adapter,
         )
 
     return translate_open
@@ -763,6 +765,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                        elem_id="tr-sweep-gallery")  # fmt: skip
             sweep_plot = gr.Plot(label="Scores against strength", elem_id="tr-sweep-plot")
         sweep_info = gr.Markdown(elem_id="tr-sweep-info")
+        common.next_step(
+            "generate", "Generate",
+            "make a synthetic dataset with the same strategy and adapter (the strength you "
+            "liked goes in Generate's Strength(s) box).",
+        )  # fmt: skip
 
         private = {"api_visibility": "private"}
         page.load(common.ensure_owner, owner, owner, queue=False, **private).then(
@@ -778,6 +785,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 target,
                 strategy,
                 info,
+                adapter,
             ],  # fmt: skip
             api_name="translate_open",
         )
