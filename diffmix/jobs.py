@@ -112,6 +112,9 @@ def start_job(
         job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time(), pid_start)
         (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
         _CHILDREN[proc.pid] = proc
+        # Reap the child as soon as it ends, watched or not: a finished job must not stay a
+        # zombie of the app (its status is read from the run folder, not from the process).
+        threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
     if run.status().get("state") in (None, "queued"):
         run.set_status("queued", pid=proc.pid, pid_start=pid_start, message="starting")
     logger.info("started %s job pid %d in %s", stage, proc.pid, run_dir)
@@ -220,6 +223,13 @@ def check_capacity(settings: Settings, owner: str | None) -> None:
 
 _START_LOCK = threading.Lock()
 _CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a job's process to end (collecting its exit status), then forget it."""
+    proc.wait()
+    logger.info("job pid %d ended with exit code %s", proc.pid, proc.returncode)
+    _CHILDREN.pop(proc.pid, None)
 
 
 def read_job(run_dir: str | os.PathLike) -> Job | None:

@@ -159,3 +159,32 @@ def test_live_jobs_are_capped_per_visitor_and_in_total(tmp_path, fake_popen) -> 
     # a finished job frees its place
     RunDir(home / "runs" / "a0").set_status("done")
     jobs.start_job("train", ["demo"], home / "runs" / "c0", owner="C" * 20, settings=s)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The kernel's state letter of ``pid`` (``Z`` = zombie), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_finished_jobs_leave_no_zombie(tmp_path, workspace_home):
+    """A job nobody watches is reaped when it ends (it stayed a zombie of the app before)."""
+    import time
+
+    job = jobs.start_job("personalize", ["demo", "--rank", "0"], tmp_path / "z")  # fails fast
+    deadline, zombie_since = time.time() + 120, None
+    while time.time() < deadline:
+        state = _proc_state(job.pid)
+        if state is None:
+            break  # ended and reaped
+        if state == "Z":
+            zombie_since = zombie_since or time.time()
+            assert time.time() - zombie_since < 5, f"job {job.pid} is a zombie"
+        time.sleep(0.1)
+    assert _proc_state(job.pid) is None, _proc_state(job.pid)
+    assert job.pid not in jobs._CHILDREN
+    assert jobs.job_state(tmp_path / "z")["state"] == "failed"  # still reported from the folder
