@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from diffmix.runs import Cancelled, RunDir, load_newest_checkpoint, save_checkpoint
+from diffmix.runs import (
+    Cancelled,
+    RunDir,
+    load_newest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -774,6 +780,7 @@ def personalize(
             tmp = out / f".{ADAPTER_FILE}.tmp"  # adapter.json marks a finished adapter: atomic
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(tmp, out / ADAPTER_FILE)
+            prune_checkpoints(_checkpoints(out), keep=1)  # resume needs only the newest
         run.set_status("done", progress=1.0, step=cfg.steps, message="finished")
         run.event("done", step=cfg.steps)
         if return_pipeline:

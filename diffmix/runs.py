@@ -226,6 +226,28 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep: int
     return path
 
 
+def prune_checkpoints(paths: Sequence[Path], *, keep: int = 1) -> list[Path]:
+    """Delete all but the ``keep`` newest of ``paths`` (given oldest first); the deleted ones.
+
+    Called when a run finishes: the newest checkpoint is what a resume (or a later run that
+    continues it) needs; the older ones -- kept during the run in case the newest is cut short
+    -- only take disk (about 100 MB each for a nano personalization).
+    """
+    if keep < 1:
+        raise ValueError(
+            f"keep must be >= 1 (the newest checkpoint is what resume needs), got {keep}"
+        )
+    gone = []
+    for old in list(paths)[:-keep]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            gone.append(old)
+    if gone:
+        logger.info("run finished: removed %d older checkpoint(s), kept %s", len(gone),
+                    Path(list(paths)[-1]).name)  # fmt: skip
+    return gone
+
+
 def load_newest_checkpoint(
     paths: Sequence[Path], *, check: Callable[[dict[str, Any]], None] | None = None
 ) -> tuple[Path, dict[str, Any]] | None:

@@ -61,7 +61,10 @@ def test_tiny_training_writes_a_complete_run_dir(tmp_path):
         "smallcnn", 5, resolution=32, pretrained=str(out / "model.safetensors")
     )
     assert torch.equal(model.features[0].weight, _weights(out)["features.0.weight"])
-    # A second run into the same folder needs --resume.
+    # A finished run keeps only its newest checkpoint (resume needs no other) ...
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=True)["epoch"] >= 1, ckpts
+    # ... and a second run into the same folder still needs --resume.
     with pytest.raises(ValueError, match="--resume"):
         train(TrainConfig(shots=2, epochs=2, **TINY), out)
 

@@ -188,3 +188,16 @@ def test_finished_jobs_leave_no_zombie(tmp_path, workspace_home):
     assert _proc_state(job.pid) is None, _proc_state(job.pid)
     assert job.pid not in jobs._CHILDREN
     assert jobs.job_state(tmp_path / "z")["state"] == "failed"  # still reported from the folder
+
+
+def test_prune_checkpoints_keeps_the_newest(tmp_path):
+    from diffmix.runs import prune_checkpoints
+
+    paths = [tmp_path / f"step-{k:06d}.pt" for k in (2, 4, 6)]
+    for p in paths:
+        p.write_bytes(b"x")
+    assert prune_checkpoints(paths, keep=1) == paths[:2]
+    assert sorted(tmp_path.iterdir()) == [paths[2]]
+    assert prune_checkpoints([paths[2]], keep=1) == []
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        prune_checkpoints(paths, keep=0)

@@ -72,7 +72,13 @@ from diffmix.classify.models import (
     split_head,
 )
 from diffmix.mixing import mix_batch
-from diffmix.runs import Cancelled, RunDir, load_newest_checkpoint, save_checkpoint
+from diffmix.runs import (
+    Cancelled,
+    RunDir,
+    load_newest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -422,6 +428,7 @@ def train(
                                                "rows": "true class", "columns": "predicted class"})  # fmt: skip
             _write_json(out / METRICS_FILE, result)
             _save_model(out, accel.unwrap_model(model), cfg, class_names, mean, std)
+            prune_checkpoints(_checkpoints(out), keep=1)  # resume needs only the newest
         accel.wait_for_everyone()
         run.event("done", test_accuracy=result["test_accuracy"], epochs=cfg.epochs)
         run.set_status("done", progress=1.0, message="finished", eta_s=0.0,
