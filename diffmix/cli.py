@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -604,23 +605,12 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import os
 
-    from pydantic import ValidationError
-
     from diffmix.generate import GenerateConfig, generate
     from diffmix.runs import Cancelled
 
     extra = {"strengths": [args.strength]} if args.strength is not None else None
     fields = _stage_fields(args, GenerateConfig, "generate", extra)
-    try:
-        cfg = GenerateConfig(**fields)
-    except ValidationError as e:  # one readable line per problem, not pydantic's layout
-        raise ValueError(
-            "; ".join(
-                (f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
-                + str(err["msg"]).removeprefix("Value error, ")
-                for err in e.errors()
-            )
-        ) from None
+    cfg = GenerateConfig(**fields)  # a ValidationError becomes one line in main()
     try:
         summary = generate(cfg, args.out, resume=args.resume)
     except Cancelled:
@@ -822,7 +812,99 @@ def build_parser(
     )
     for add in SUBCOMMANDS:
         add(sub)
+    for name, stage_parser in sub.choices.items():
+        stage_parser.formatter_class = DefaultsHelpFormatter
+        for action in stage_parser._actions:  # noqa: SLF001
+            action.config_class = STAGE_CONFIGS.get(name)  # type: ignore[attr-defined]
+            if action.option_strings and action.help is None:
+                action.help = _FROM_CONFIG  # the formatter fills in the config's description
     return parser
+
+
+#: Help placeholder of a flag documented by its config field (not whitespace: argparse skips
+#: blank help texts before the formatter sees them).
+_FROM_CONFIG = "\x00"
+#: The config class behind each stage's flags (``module:Class``; imported only for --help):
+#: a flag left unset takes the config's default, which --help shows.
+STAGE_CONFIGS = {
+    "personalize": "diffmix.personalize:PersonalizeConfig",
+    "train": "diffmix.classify.config:TrainConfig",
+    "generate": "diffmix.generate:GenerateConfig",
+    "experiment": "diffmix.experiment:ExperimentConfig",
+    "translate": "diffmix.translate:TranslateConfig",
+}
+
+
+def _config_field(action: argparse.Action) -> Any:
+    """The stage config's pydantic field that ``action`` sets, or None."""
+    import importlib
+
+    path = getattr(action, "config_class", None)
+    if not path:
+        return None
+    module, cls_name = path.split(":")
+    return getattr(importlib.import_module(module), cls_name).model_fields.get(action.dest)
+
+
+def _config_default(action: argparse.Action) -> Any:
+    """The stage config's default for the field ``action`` sets (None when it has none)."""
+    field = _config_field(action)
+    if field is None or field.is_required():
+        return None
+    default = field.get_default(call_default_factory=True)
+    if default is None:  # resolved at run time: the field's description says how
+        desc = field.description or ""
+        at = desc.lower().find("default")
+        if at < 0:
+            return None
+        rule = desc[at:].split(":", 1)[-1].strip().rstrip(")").strip()
+        return _Rule(rule) if rule else None
+    if isinstance(default, (list, tuple)):
+        return ",".join(map(str, default)) or None
+    return default
+
+
+class _Rule(str):
+    """A default that depends on other settings, as its description words it."""
+
+
+#: Options whose help needs no default: --help and on/off switches.
+_NO_DEFAULT_SHOWN = (
+    argparse._HelpAction,  # noqa: SLF001
+    argparse._StoreTrueAction,  # noqa: SLF001
+    argparse._StoreFalseAction,  # noqa: SLF001
+)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` names every option's default: ``(default: X)`` is appended to a help text
+    that does not already say it -- the flag's own default, or, for a flag left unset, the
+    stage config's (flags that are off by default, and options whose help says what happens
+    without them, excepted)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = (action.help or "").strip()
+        if (
+            text == _FROM_CONFIG
+        ):  # no help of its own: the config field's description (without its rule)
+            field = _config_field(action)
+            desc = (field.description or "") if field is not None else ""
+            text = desc.split("(default", 1)[0].split("; default", 1)[0].strip(" ;,")
+            if "default" in desc.lower() and _config_default(action) is None:
+                text = desc
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or isinstance(action, _NO_DEFAULT_SHOWN)
+            or action.default is argparse.SUPPRESS
+        ):
+            return text.replace("%", "%%") if text != action.help else action.help
+        default = action.default if action.default is not None else _config_default(action)
+        said = re.search(r"\([-+.\w]+\)$", text)  # "... (25)": the default, said already
+        if default is None or default is False or said:
+            return text.replace("%", "%%") if text != action.help else action.help
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -837,6 +919,52 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger().setLevel(level)
 
 
+_PYDANTIC_BOUNDS = (
+    ("Input should be greater than or equal to ", ">="),
+    ("Input should be greater than ", ">"),
+    ("Input should be less than or equal to ", "<="),
+    ("Input should be less than ", "<"),
+)
+
+
+def validation_line(error: Any, flags: dict[str, str]) -> str:
+    """A pydantic ``ValidationError`` as one line in the CLI's words: ``--epochs must be >= 1,
+    got 0``. ``flags`` maps config field names to their flag (fields without one keep their
+    name)."""
+    parts = []
+    for err in error.errors():
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        name = flags.get(field, field.replace("_", "-") if field else "")
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        for prefix, op in _PYDANTIC_BOUNDS:
+            if msg.startswith(prefix):
+                msg = f"must be {op} {msg.removeprefix(prefix)}"
+                break
+        got = f", got {err['input']!r}" if "input" in err and not isinstance(
+            err["input"], dict
+        ) else ""  # fmt: skip
+        parts.append(f"{name} {msg}{got}".strip() if name else msg)
+    return "; ".join(" ".join(p.split()) for p in parts) or "invalid settings"
+
+
+def _flag_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Config field (an option's dest) -> its long flag, for the stage ``args`` ran."""
+    out: dict[str, str] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers here
+        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        for sub in action.choices.values():
+            if sub.get_default("func") is not getattr(args, "func", None):
+                continue
+            for a in sub._actions:  # noqa: SLF001
+                longs = [o for o in a.option_strings if o.startswith("--")]
+                if longs:
+                    out.setdefault(a.dest, longs[0])
+                elif a.dest == "spec":
+                    out["dataset"] = "SPEC"
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``diffmix`` command line; returns the exit status."""
     parser = build_parser()
@@ -845,6 +973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     setup_logging(args.verbose)
+    from pydantic import ValidationError
+
     from diffmix.runs import Terminated, describe_error
 
     try:
@@ -854,7 +984,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
         logger.debug("user error", exc_info=True)
-        message = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, ValidationError):  # a config field: say it in the CLI's flags
+            message = validation_line(e, _flag_names(parser, args))
+        else:
+            message = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"error: {message}\n")
         return EXIT_USER_ERROR
     except OSError as e:  # a full disk, an unwritable folder: the message says what to do

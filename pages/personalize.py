@@ -423,13 +423,18 @@ def _view(settings: Settings):
         st = jobs_ui.run_state(path) if path is not None else {}
         over = st.get("state") not in jobs_ui.ACTIVE_STATES
         lists = _adapter_lists(owner, settings) if over else (gr.skip(), gr.skip())
+        note = gr.skip()
         if over and path is not None and adapter_meta(path) is not None:
             # the watched run just finished (or was opened finished): offer it to "Use"
             lists = (lists[0], gr.update(choices=lists[1]["choices"], value=path.name))
+            note = common.info_box(
+                f"{path.name} is finished. The next pages use the newest adapter trained on "
+                "this dataset, unless you chose one with “Use for later pages” or “Use none”."
+            )
         image = _load_image(sample)
         if image is not None:
             image = _enlarge(regrid(image), 96)
-        return [loss_figure(events), gr.update(value=image, label=caption), *lists]
+        return [loss_figure(events), gr.update(value=image, label=caption), *lists, note]
 
     return view
 
@@ -614,7 +619,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 class_balanced,
             ],  # fmt: skip
             view=_view(settings),
-            view_outputs=[loss, sample, table, use_name],
+            view_outputs=[loss, sample, table, use_name, use_msg],
             on_open=_on_open(settings),
             open_inputs=[selection, adapter],
             open_outputs=[current, seed, table, use_name, chosen, adapter],
