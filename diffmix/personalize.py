@@ -467,6 +467,13 @@ def _images_tensor(ds, indices: list[int], size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+def _phase(run: RunDir, what: str, step: int) -> None:
+    """Say in the status what the run does between training steps (drawing a sample grid,
+    saving): the status showed "training 100 % · ETA 0 s" for minutes otherwise. The ETA of
+    the training steps is dropped meanwhile; the next progress update brings it back."""
+    run.set_status(message=f"{what} (step {step})", phase=what, eta_s=None)
+
+
 def _checkpoints(out: Path) -> list[Path]:
     """The resumable checkpoints in ``out``, oldest first."""
     return sorted((out / "checkpoints").glob("step-*.pt"))
@@ -720,13 +727,15 @@ def personalize(
                 loss_avg = float(np.mean(losses[-10:]))
                 run.event("progress", step=done, total=cfg.steps, loss=loss_avg, steps_per_s=rate)
                 run.set_status(step=done, progress=done / cfg.steps, loss=loss_avg,
-                               eta_s=(cfg.steps - done) / max(rate, 1e-9))  # fmt: skip
+                               eta_s=(cfg.steps - done) / max(rate, 1e-9),
+                               message="training", phase="training")  # fmt: skip
             due = (
                 done % cfg.checkpoint_every == 0
                 or time.time() - last_ckpt >= 60 * cfg.checkpoint_minutes
             )
             if accel.is_main_process and due and done < cfg.steps:
                 last_ckpt = time.time()
+                _phase(run, "saving a checkpoint", done)
                 _checkpoint(
                     out,
                     done,
@@ -739,6 +748,7 @@ def personalize(
             if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
                 # The other processes wait in their next step's gradient all-reduce meanwhile;
                 # the grid's cost is capped (GRID_*), far below the collectives' timeout.
+                _phase(run, "drawing samples", done)
                 _sample_grid(
                     pipe,
                     accel,
@@ -752,6 +762,7 @@ def personalize(
         bar.close()
 
         # 5. Save the adapter.
+        _phase(run, "saving the adapter", cfg.steps)
         accel.wait_for_everyone()
         if accel.is_main_process:
             te = accel.unwrap_model(text_encoder)

@@ -356,9 +356,12 @@ def job_view(run_dir: Path | None) -> JobView:
     st = run_state(run_dir)
     state = str(st.get("state", "unknown"))
     frac = 1.0 if state == "done" else float(st.get("progress") or 0.0)
+    phase = str(st.get("phase") or "")
+    label = f"{phase} · {100 * frac:.0f}%" if state == "running" and phase else ""
     return JobView(
-        run_dir.name, state, frac, st, progress_html(frac, state), status_text(st, run_dir.name)
-    )
+        run_dir.name, state, frac, st, progress_html(frac, state, label),
+        status_text(st, run_dir.name),
+    )  # fmt: skip
 
 
 def runs_choices(runs: Sequence[dict[str, Any]]) -> list[str]:

@@ -321,3 +321,32 @@ def test_a_lora_diffusers_cannot_read_is_an_error(tiny_sd_dir, tmp_path):
     save_file(state, dst / "pytorch_lora_weights.safetensors")
     with pytest.raises(AdapterError, match="claims a LoRA"):
         attach_adapter(StableDiffusionPipeline.from_pretrained(tiny_sd_dir), dst)
+
+
+def test_status_names_the_real_phase(tiny_sd_dir, tmp_path, monkeypatch):
+    """Drawing samples and saving are said in the status (it showed "training 100 % · ETA 0 s"
+    for 80 s while the last sample grid was drawn and the adapter saved)."""
+    from pages import jobs_ui
+
+    seen: list[tuple[str, object]] = []
+    original = RunDir.set_status
+
+    def record(self, state=None, **fields):
+        if "message" in fields:
+            seen.append((fields["message"], fields.get("eta_s", "kept")))
+        return original(self, state, **fields)
+
+    monkeypatch.setattr(RunDir, "set_status", record)
+    out = personalize(_cfg(tiny_sd_dir, steps=4, sample_every=4, checkpoint_every=2),
+                      tmp_path / "phases")  # fmt: skip
+    messages = [m for m, _ in seen]
+    assert "saving a checkpoint (step 2)" in messages
+    assert "drawing samples (step 4)" in messages
+    assert messages.index("drawing samples (step 4)") < messages.index(
+        "saving the adapter (step 4)"
+    )
+    assert all(eta is None for m, eta in seen if m.startswith(("drawing", "saving")))
+    # the job panel shows the phase on the bar while the run is in it
+    RunDir(out).set_status("running", phase="drawing samples", progress=1.0, eta_s=None)
+    view = jobs_ui.job_view(out)
+    assert "drawing samples · 100%" in view.bar and "ETA" not in view.text
