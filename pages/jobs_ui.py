@@ -248,6 +248,10 @@ def resume_args(argv: Sequence[str], stage: str) -> list[str]:
     return [*args, "--resume", *(["--", *positionals] if positionals else [])]
 
 
+#: Longest wait (s) for a cancelled run's process to exit before it is resumed.
+RESUME_WAIT_S = 30.0
+
+
 def resume_run(stage: str, name: str | None, *, owner: str | None, settings: Settings) -> Path:
     """Restart a cancelled / failed / crashed run with its own arguments and ``--resume``."""
     path = open_run(stage, name, owner=owner, settings=settings)
@@ -259,9 +263,21 @@ def resume_run(stage: str, name: str | None, *, owner: str | None, settings: Set
         raise ValueError(f"run {path.name!r} is still running")
     if state == "done":
         raise ValueError(f"run {path.name!r} has finished; there is nothing to resume")
+    # A cancelled job writes its final status, then takes a few seconds to exit (longer on a
+    # busy machine): wait for it rather than refuse with "still running".
+    deadline = time.monotonic() + RESUME_WAIT_S
+    while jobs.is_alive(job) and time.monotonic() < deadline:
+        time.sleep(0.2)
     # Queued from now on: the page keeps polling until the job reports (or is found dead).
-    RunDir(path).set_status("queued", progress=0.0, message="resuming")
-    jobs.start_job(stage, resume_args(job.argv, stage), path, owner=job.owner, settings=settings)
+    run = RunDir(path)
+    before = run.status()
+    run.set_status("queued", progress=0.0, message="resuming")
+    try:
+        jobs.start_job(stage, resume_args(job.argv, stage), path, owner=job.owner,
+                       settings=settings)  # fmt: skip
+    except BaseException:
+        run.set_status(before.get("state"), **{k: before.get(k) for k in ("progress", "message")})
+        raise
     return path
 
 

@@ -3,9 +3,12 @@
 One app server (``DIFFMIX_MODEL`` = the tiny SD built by the ``tiny_sd_dir`` fixture) and one
 browser page for the module, so the browser's localStorage carries the dataset selection, the
 chosen adapter and the watched runs from page to page, as for a user. The tests run in file
-order: load the demo, translate (slider move -> image + scores), personalize a few steps and
-pick the adapter, generate a few images with it, train a small classifier on real + synthetic
-images and watch its curve, inspect the synthetic images and export a subset. Screenshots go
+order and walk Dataset -> Personalize -> Translate -> Generate -> Train -> Inspect through each
+page's "Next step" link and the carried-forward selections only (issue 16): load the demo,
+personalize a few steps (the finished adapter is carried, nobody presses "Use"), translate
+with it (slider move -> image, then scores), generate a few images with it, train a small
+classifier on real + the synthetic set the Train page pre-fills and watch its curve, inspect
+the synthetic images and export a subset. Screenshots go
 to ``test-artifacts/pages-*.png``.
 
 Scoring needs the demo's reference classifier, which takes minutes to fit on a busy CPU: the
@@ -113,6 +116,16 @@ def _goto(pg: Any, server: AppServer, path: str, ready: str, text: str) -> None:
     _expect()(pg.locator(ready)).to_contain_text(text, timeout=90_000)
 
 
+def _next(pg: Any, ready: str, text: str) -> None:
+    """Follow the page's "Next step" link; wait until the next page's ``ready`` shows ``text``."""
+    link = pg.locator("#next-step")
+    link.scroll_into_view_if_needed()
+    with pg.expect_navigation():
+        link.click()
+    pg.wait_for_selector(".gradio-container", state="visible")
+    _expect()(pg.locator(ready)).to_contain_text(text, timeout=90_000)
+
+
 def _wait_state(pg: Any, prefix: str, states: tuple[str, ...], timeout: float = JOB_TIMEOUT_MS):
     """Wait until the job panel's progress bar shows one of ``states``; return it."""
     sel = ", ".join(f"#{prefix}-progress .dm-progress[data-state={s}]" for s in states)
@@ -155,12 +168,50 @@ def _no_error(pg: Any, elem_id: str) -> None:
     assert errors.count() == 0, errors.first.inner_text()
 
 
+# --------------------------------------------------------------------------- personalize
+
+
+def test_personalize_a_few_steps_and_use_the_adapter(pg: Any, pages_server: AppServer) -> None:
+    expect = _expect()
+    screenshot(pg, "pages-dataset")
+    _next(pg, "#pz-selection", "5-shot")  # the Dataset page's "next step"
+    _more_options(pg)
+    _set(pg, "pz-sample-every", 10)
+    _set(pg, "pz-batch", 2)
+    _set(pg, "pz-steps", 20)
+    _set(pg, "pz-rank", 4)
+    _set(pg, "pz-seed", 3)  # another subset than the selection's: refused with a message
+    pg.click("#pz-start")
+    expect(pg.locator("#pz-message .dm-error")).to_contain_text("would draw another few-shot")
+    assert "Traceback" not in pg.locator("#pz-message").inner_text()
+    _set(pg, "pz-seed", 0)
+    pg.locator("#pz-name input, #pz-name textarea").first.fill("ui-adapter")
+    pg.click("#pz-start")
+    expect(pg.locator("#pz-message .dm-info")).to_contain_text("ui-adapter")
+    _wait_state(pg, "pz", ("running", "done"))
+    screenshot(pg, "pages-personalize-running")
+    state = _wait_state(pg, "pz", ("done", "failed", "crashed"))
+    assert state == "done", pg.locator("#pz-status").inner_text()
+    expect(pg.locator("#pz-status")).to_contain_text("step 20/20")
+    assert _points(pg, "pz-loss") == 2  # progress events every 10 steps
+    expect(pg.locator("#pz-sample img")).to_be_visible()
+    expect(pg.locator("#pz-sample")).to_contain_text("step 20")
+    rows = dataframe_rows(pg, "pz-adapters")
+    assert any(r[0] == "ui-adapter" and r[1] == "done" for r in rows), rows
+    # the finished run is offered for later pages; nobody has to press "Use": it is carried
+    expect(pg.locator("#pz-use-name input")).to_have_value("ui-adapter")
+    screenshot(pg, "pages-personalize")
+
+
 # --------------------------------------------------------------------------- translate
 
 
 def test_translate_slider_gives_image_and_scores(pg: Any, pages_server: AppServer) -> None:
     expect = _expect()
-    _goto(pg, pages_server, "translate", "#tr-selection", "5-shot")
+    _next(pg, "#tr-selection", "5-shot")  # Personalize's "next step"
+    # the adapter just trained is carried forward (not the base model)
+    expect(pg.locator("#tr-selection")).to_contain_text("ui-adapter")
+    expect(pg.locator("#tr-strategy input")).to_have_value("diff-mix")
     expect(pg.locator("#tr-gallery img").first).to_be_visible()
     assert pg.locator("#tr-gallery img").count() >= DEMO_CLASSES
     # pick the third image as the source
@@ -191,43 +242,6 @@ def test_translate_slider_gives_image_and_scores(pg: Any, pages_server: AppServe
     screenshot(pg, "pages-translate")
 
 
-# --------------------------------------------------------------------------- personalize
-
-
-def test_personalize_a_few_steps_and_use_the_adapter(pg: Any, pages_server: AppServer) -> None:
-    expect = _expect()
-    _goto(pg, pages_server, "personalize", "#pz-selection", "5-shot")
-    _more_options(pg)
-    _set(pg, "pz-sample-every", 10)
-    _set(pg, "pz-batch", 2)
-    _set(pg, "pz-steps", 20)
-    _set(pg, "pz-rank", 4)
-    _set(pg, "pz-seed", 3)  # another subset than the selection's: refused with a message
-    pg.click("#pz-start")
-    expect(pg.locator("#pz-message .dm-error")).to_contain_text("would draw another few-shot")
-    assert "Traceback" not in pg.locator("#pz-message").inner_text()
-    _set(pg, "pz-seed", 0)
-    pg.locator("#pz-name input, #pz-name textarea").first.fill("ui-adapter")
-    pg.click("#pz-start")
-    expect(pg.locator("#pz-message .dm-info")).to_contain_text("ui-adapter")
-    _wait_state(pg, "pz", ("running", "done"))
-    screenshot(pg, "pages-personalize-running")
-    state = _wait_state(pg, "pz", ("done", "failed", "crashed"))
-    assert state == "done", pg.locator("#pz-status").inner_text()
-    expect(pg.locator("#pz-status")).to_contain_text("step 20/20")
-    assert _points(pg, "pz-loss") == 2  # progress events every 10 steps
-    expect(pg.locator("#pz-sample img")).to_be_visible()
-    expect(pg.locator("#pz-sample")).to_contain_text("step 20")
-    rows = dataframe_rows(pg, "pz-adapters")
-    assert any(r[0] == "ui-adapter" and r[1] == "done" for r in rows), rows
-    # choose it for the later pages
-    pg.locator("#pz-use-name input").click()
-    pg.get_by_role("option", name="ui-adapter").click()
-    pg.click("#pz-use")
-    expect(pg.locator("#pz-adapter")).to_contain_text("ui-adapter")
-    screenshot(pg, "pages-personalize")
-
-
 # --------------------------------------------------------------------------- generate
 
 
@@ -236,7 +250,7 @@ def test_generate_a_few_images_with_the_adapter(pg: Any, pages_server: AppServer
     if blocker:
         pytest.skip(blocker)
     expect = _expect()
-    _goto(pg, pages_server, "generate", "#gen-selection", "ui-adapter")
+    _next(pg, "#gen-selection", "ui-adapter")  # Translate's "next step", adapter carried
     expect(pg.locator("#gen-strategy input")).to_have_value("diff-mix")
     pg.locator("#gen-strengths input, #gen-strengths textarea").first.fill("0.5, 0.9")
     _more_options(pg)
@@ -262,11 +276,12 @@ def test_generate_a_few_images_with_the_adapter(pg: Any, pages_server: AppServer
 
 def test_train_smallcnn_with_synthetic_data(pg: Any, pages_server: AppServer) -> None:
     expect = _expect()
-    _goto(pg, pages_server, "train", "#tn-selection", "5-shot")
     with_synthetic = _generate_blocker() is None
-    if with_synthetic:
-        pg.locator("#tn-synthetic input").click()
-        pg.get_by_role("option", name="ui-synthetic").click()
+    if with_synthetic:  # Generate's "next step"; the set just made is pre-filled
+        _next(pg, "#tn-selection", "ui-synthetic")
+        expect(pg.locator("#tn-synthetic")).to_contain_text("ui-synthetic")
+    else:
+        _goto(pg, pages_server, "train", "#tn-selection", "5-shot")
     pg.locator("#tn-arch input").fill("smallcnn")
     pg.locator("#tn-arch input").press("Enter")
     _more_options(pg)
@@ -337,7 +352,8 @@ def test_inspect_filter_and_export(pg: Any, pages_server: AppServer) -> None:
     if blocker:
         pytest.skip(f"no synthetic dataset to inspect: {blocker}")
     expect = _expect()
-    _goto(pg, pages_server, "inspect", "#in-summary", "12 of 12 images")
+    _goto(pg, pages_server, "train", "#tn-selection", "5-shot")
+    _next(pg, "#in-summary", "12 of 12 images")  # Train's "next step"
     expect(pg.locator("#in-folder input")).to_have_value("ui-synthetic")
     expect(pg.locator("#in-gallery img").first).to_be_visible()
     assert pg.locator("#in-gallery img").count() == 12

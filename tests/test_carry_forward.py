@@ -134,3 +134,29 @@ def test_every_page_offers_the_next_step(private: Settings) -> None:
                  if isinstance(b, gr.Button) and b.elem_id == "next-step"]  # fmt: skip
         assert len(links) == 1, module.__name__
         assert links[0].link == target, (module.__name__, links[0].link)
+
+
+def test_resume_waits_for_a_cancelled_process_to_exit(
+    private: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled job writes "cancelled", then takes seconds to exit: Resume pressed in that
+    window was refused with "still running" and left the run marked queued (then "ended
+    without a final status")."""
+    path = _run("train", f"cx-{uuid.uuid4().hex[:8]}", time.time(), state="cancelled")
+    alive = iter([True, True, True])
+    monkeypatch.setattr(jobs_ui.jobs, "is_alive", lambda _job: next(alive, False))
+    started: list[tuple] = []
+    monkeypatch.setattr(jobs_ui.jobs, "start_job", lambda *a, **k: started.append(a))
+    jobs_ui.resume_run("train", path.name, owner=OWNER, settings=private)
+    assert len(started) == 1 and next(alive, "drained") == "drained"  # waited, then started
+    assert json.loads((path / "status.json").read_text())["state"] == "queued"
+    # a start that is refused leaves the run as it was, not "queued" forever
+    (path / "status.json").write_text(json.dumps({"state": "cancelled", "message": "x"}))
+
+    def refuse(*_a, **_k):
+        raise ValueError("a train job is still running")
+
+    monkeypatch.setattr(jobs_ui.jobs, "start_job", refuse)
+    with pytest.raises(ValueError, match="still running"):
+        jobs_ui.resume_run("train", path.name, owner=OWNER, settings=private)
+    assert json.loads((path / "status.json").read_text())["state"] == "cancelled"
