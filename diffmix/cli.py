@@ -935,7 +935,11 @@ def validation_line(error: Any, flags: dict[str, str]) -> str:
     for err in error.errors():
         field = str(err["loc"][0]) if err.get("loc") else ""
         name = flags.get(field, field.replace("_", "-") if field else "")
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        raw = str(err.get("msg", ""))
+        msg = raw.removeprefix("Value error, ")
+        if msg != raw:  # the config's own sentence: keep it, say which flag
+            parts.append(f"{name}: {msg}" if name else msg)
+            continue
         for prefix, op in _PYDANTIC_BOUNDS:
             if msg.startswith(prefix):
                 msg = f"must be {op} {msg.removeprefix(prefix)}"
