@@ -429,7 +429,8 @@ def _view(settings: Settings):
             lists = (lists[0], gr.update(choices=lists[1]["choices"], value=path.name))
             note = common.info_box(
                 f"{path.name} is finished. The next pages use the newest adapter trained on "
-                "this dataset, unless you chose one with “Use for later pages” or “Use none”."
+                "this dataset, unless you chose one with “Use for later pages” or “Use none”.",
+                settings,
             )
         image = _load_image(sample)
         if image is not None:
