@@ -309,9 +309,14 @@ def test_personalize_default_checkpoints_scale_with_the_run_and_resume_says_wher
     assert "resuming from step 10 of 20" in caplog.text
     assert RunDir(out).events("resume")[-1]["step"] == 10
 
-    # Time-based checkpoints too: a long interval in steps, but minutes passed
+    # Time-based checkpoints too: a long interval in steps, but minutes passed (the run crashes
+    # in step 3, so none is pruned: a finished run keeps only its newest checkpoint)
     timed = tmp_path / "timed"
-    personalize(cfg(steps=3, checkpoint_every=100, checkpoint_minutes=1e-9), timed)
+    calls["n"] = 9
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", crash_in_step_12)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        personalize(cfg(steps=3, checkpoint_every=100, checkpoint_minutes=1e-9), timed)
+    monkeypatch.undo()
     assert sorted(p.name for p in (timed / "checkpoints").glob("*.pt")) == [
         "step-000001.pt", "step-000002.pt"
     ]  # fmt: skip

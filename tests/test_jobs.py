@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -84,6 +85,9 @@ class _FakeProc:
 
     def poll(self):
         return None
+
+    def wait(self, timeout=None):  # the launcher's reaper thread: a live job never ends here
+        threading.Event().wait(timeout)
 
     started: list = []
 
