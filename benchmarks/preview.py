@@ -48,13 +48,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_app(
-    model: str, log: Path, timeout_s: float = 180.0, home: Path | None = None
+def start_app(
+    log: Path, env: dict[str, str] | None = None, timeout_s: float = 180.0
 ) -> tuple[subprocess.Popen, str]:
+    """``app.py`` on a free port with ``env`` added to this environment: (process, url).
+
+    Shared by the app benchmarks (preview, preview_memory, public_load); its output goes to
+    ``log``. Raises ``RuntimeError`` when the app exits or does not answer in ``timeout_s``.
+    """
     port = _free_port()
-    env = {**os.environ, "DIFFMIX_MODEL": model, "GRADIO_ANALYTICS_ENABLED": "False"}
-    if home is not None:
-        env["DIFFMIX_HOME"] = str(home)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO,
                                 env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -86,7 +89,7 @@ def _time_cold(args: argparse.Namespace, log: Path) -> dict[str, float]:
     from gradio_client import Client
 
     with tempfile.TemporaryDirectory(prefix="diffmix-cold-") as tmp:
-        proc, url = _start_app(args.model, log, home=Path(tmp))
+        proc, url = start_app(log, {"DIFFMIX_MODEL": args.model, "DIFFMIX_HOME": str(tmp)})
         try:
             client = Client(url, verbose=False)
             selection = client.predict(
@@ -124,7 +127,7 @@ def _time_app(args: argparse.Namespace, log: Path) -> tuple[list[float], list[fl
     """(seconds to the first update, seconds to the last, what was translated) per repeat."""
     from gradio_client import Client
 
-    proc, url = _start_app(args.model, log)
+    proc, url = start_app(log, {"DIFFMIX_MODEL": args.model})
     try:
         client = Client(url, verbose=False)
         selection = client.predict(

@@ -30,36 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from preview import _free_port  # noqa: E402  (benchmarks/ is on sys.path)
+from preview import start_app  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.preview_memory")
-
-
-def _start_public_app(model: str, log: Path, timeout_s: float = 180.0):
-    """``app.py`` in public mode on a free port: (process, url)."""
-    import subprocess
-    import urllib.request
-
-    port = _free_port()
-    env = {**os.environ, "DIFFMIX_MODEL": model, "DIFFMIX_PUBLIC": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}; see {log}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s; see {log}")
 
 
 def _rss_mib(pid: int) -> float:
@@ -117,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log = subdir("benchmarks") / "preview-memory-app.log"
     from gradio_client import Client
 
-    proc, url = _start_public_app(args.model, args.log)
+    proc, url = start_app(args.log, {"DIFFMIX_MODEL": args.model, "DIFFMIX_PUBLIC": "1"})
     try:
         client = Client(url, verbose=False)
         selection = client.predict(

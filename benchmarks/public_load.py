@@ -26,24 +26,17 @@ import logging
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from preview import start_app  # noqa: E402  (the one app launcher of the benchmarks)
+
 logger = logging.getLogger("benchmarks.public_load")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mib(pid: int) -> float:
@@ -52,27 +45,6 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def _start_app(log: Path, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "DIFFMIX_PUBLIC": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}; see {log}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s; see {log}")
 
 
 def _call(client: Any, call: dict[str, Any], api_name: str) -> tuple[float, str | None]:
@@ -100,7 +72,7 @@ def run(args: argparse.Namespace, log: Path) -> dict[str, Any]:
 
     # 1. Reference classifier (cached in the workspace), server, warm-up, baseline memory.
     score.reference_classifier(load_dataset("demo", split="train"))
-    proc, url = _start_app(log)
+    proc, url = start_app(log, {"DIFFMIX_PUBLIC": "1"}, timeout_s=300.0)
     try:
         first = Client(url, verbose=False)
         selection = first.predict(
