@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import logging
 import shlex
 import sys
@@ -31,6 +30,7 @@ from PIL import Image  # noqa: E402
 
 from diffmix.data import open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
+from diffmix.synthetic import tail_rows  # noqa: E402
 from pages import common, jobs_ui, personalize, translate  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -266,40 +266,6 @@ def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str,
         "seconds_per_image": preview.seconds,
         "bytes_per_image": len(buf.getvalue()),
     }
-
-
-def tail_rows(path: Path, n: int = 12, chunk: int = 1 << 16) -> list[dict[str, Any]]:
-    """The last ``n`` complete JSON rows of a (possibly growing) JSONL file, newest first.
-
-    Reads only the end of the file (doubling the window until ``n`` rows are found), so a poll
-    stays cheap however many images the folder holds; a torn last line is skipped.
-    """
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return []
-    window = chunk
-    while True:
-        try:
-            with path.open("rb") as f:
-                f.seek(max(0, size - window))
-                data = f.read(window)
-        except OSError:
-            return []
-        lines = data.decode("utf-8", "replace").splitlines()
-        if size > window:
-            lines = lines[1:]  # the first line may be cut
-        rows = []
-        for line in reversed(lines):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-            if len(rows) == n:
-                return rows
-        if window >= size:
-            return rows
-        window *= 2
 
 
 def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, str]]:

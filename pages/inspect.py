@@ -31,6 +31,8 @@ from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset, open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
+from diffmix.synthetic import CONFIG_FILE, METADATA_FILE  # noqa: E402
+from diffmix.synthetic import folder_rows as read_rows  # noqa: E402
 from pages import common, jobs_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -42,27 +44,9 @@ KEPT_CHOICES = ("all", "kept", "dropped")
 NO_FOLDER = "No synthetic dataset chosen: make one on the **Generate** page, then pick it above."
 PER_PAGE = 36
 TABLE_COLUMNS = ["file", "source", "target", "strength", "faithfulness", "diversity", "kept"]
-METADATA_FILE = "metadata.jsonl"
-CONFIG_FILE = "config.json"
 
 
 # --------------------------------------------------------------------------- plain functions
-
-
-def read_rows(folder: Path) -> list[dict[str, Any]]:
-    """The metadata rows of a synthetic folder (a torn last line is skipped)."""
-    path = folder / METADATA_FILE
-    if not path.is_file():
-        raise ValueError(f"{folder.name!r} is not a synthetic dataset (no {METADATA_FILE})")
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def read_record(folder: Path) -> dict[str, Any]:

@@ -416,24 +416,25 @@ def test_generate_disk_full_counts_the_rows_on_disk_and_resumes(
     colors, tiny_sd_dir, tmp_path, monkeypatch, capsys
 ):
     from diffmix import generate as gen
+    from diffmix import synthetic as syn
 
     ref = tmp_path / "ref"
     assert main(_gen_args(colors, tiny_sd_dir, ref)) == 0
     capsys.readouterr()
     out = tmp_path / "g"
     # 1. The disk fills at the 2nd image of the 3rd batch of 4 (8 rows finished)
-    real = gen._fsync_write
+    real = syn.fsync_write
     pngs = {"n": 0}
 
     def write(path, data):
         if str(path).endswith(".png"):
             pngs["n"] += 1
             if pngs["n"] == 10:
-                Path(gen._tmp_path(path)).write_bytes(data[:10])  # a torn temp file...
+                Path(syn.tmp_path(path)).write_bytes(data[:10])  # a torn temp file...
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, data)
 
-    monkeypatch.setattr(gen, "_fsync_write", write)
+    monkeypatch.setattr(syn, "fsync_write", write)
     assert main(_gen_args(colors, tiny_sd_dir, out)) == 2
     monkeypatch.undo()
     line = _one_error_line(capsys.readouterr().err)

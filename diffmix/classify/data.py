@@ -26,7 +26,6 @@ that very real image (falling back to uniform when there are none), as DA-Fusion
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -39,12 +38,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from diffmix import synthetic
 from diffmix.labels import row_label, row_rule
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "metadata.jsonl"
-CONFIG_FILE = "config.json"
 CACHE_VERSION = 1
 
 
@@ -167,24 +165,17 @@ def read_synthetic(
     for d in dirs:
         root = Path(d).expanduser()
         # 2. The folder's own record: it must be made for the same classes.
-        _check_synthetic_classes(root, names)
-        # 3. One row per image.
-        for lineno, line in enumerate((root / METADATA_FILE).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{root / METADATA_FILE}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                logger.warning("%s: not valid JSON (%s); row skipped", where, e)
-                missing += 1
-                continue
+        synthetic.check_classes(root, names)
+        # 3. One row per image (one read of metadata.jsonl, one listing of the images).
+        folder = synthetic.read_folder(root)
+        missing += folder.bad_lines
+        for row, where in zip(folder.rows, folder.where, strict=True):
             if row.get("kept", True) is False:
                 excluded += 1
                 continue
             file_name = row.get("file_name")
             path = root / str(file_name)
-            if not file_name or not path.is_file():
+            if not file_name or not folder.has_image(row):
                 logger.warning("%s: image %r not found; row skipped", where, file_name)
                 missing += 1
                 continue
@@ -232,35 +223,6 @@ def read_synthetic(
         excluded=excluded,
         missing=missing,
     )
-
-
-def _check_synthetic_classes(root: Path, class_names: list[str]) -> None:
-    """Refuse a folder that is not a synthetic dataset or was made for other classes."""
-    if not root.is_dir():
-        raise ValueError(f"synthetic dataset folder not found: {str(root)!r}")
-    for name in (METADATA_FILE, CONFIG_FILE):
-        if not (root / name).is_file():
-            raise ValueError(
-                f"{str(root)!r} is not a synthetic dataset folder (no {name}); "
-                "give a folder written by 'diffmix generate'"
-            )
-    try:
-        meta = json.loads((root / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{str(root / CONFIG_FILE)!r} is not valid JSON: {e}") from None
-    theirs = meta.get("class_names") if isinstance(meta, dict) else None
-    if not isinstance(theirs, list):
-        raise ValueError(f"{str(root / CONFIG_FILE)!r} has no 'class_names' list")
-    only_theirs = [c for c in theirs if c not in class_names]
-    only_ours = [c for c in class_names if c not in theirs]
-    if only_theirs or only_ours:
-        raise ValueError(
-            f"synthetic dataset {str(root)!r} was made for other classes than the training "
-            f"dataset: only in the synthetic data: {only_theirs}; only in the training data: "
-            f"{only_ours}; generate it from this dataset"
-        )
-    if list(theirs) != list(class_names):
-        logger.info("%s lists the classes in another order; labels are matched by name", root)
 
 
 # --------------------------------------------------------------------------- p-mixing sampler

@@ -1,0 +1,642 @@
+"""The synthetic-dataset folder: the one generate → train → inspect contract (writer and reader).
+
+``diffmix generate`` writes such a folder, ``diffmix train --synthetic`` and the Inspect page
+read it; every one of them goes through this module, so the row format lives in one place
+(DESIGN.md §3, "Synthetic dataset directory").
+
+Folder ``out``::
+
+    <target class>/<task:07d>.png   the images (each at its source's size)
+    metadata.jsonl     one JSON object per line, one line per image (:data:`ROW_FIELDS`)
+    metadata.<rank>.jsonl   a process's rows during a multi-process run (merged at its end)
+    config.json        the resolved generation config + class_names, dataset, subset,
+                       fingerprints (``format`` = :data:`FORMAT`)
+    plan.jsonl         the plan, one task per line
+    README.md          dataset card (:func:`dataset_card`); grid.png: sample images
+    status.json, events.jsonl, log.txt, CANCEL   run-directory files (:mod:`diffmix.runs`)
+
+``datasets.load_dataset("imagefolder", data_dir=out)`` opens it as well (one row per image, the
+metadata as columns).
+
+**Rows** (:data:`ROW_FIELD_DOCS` documents every field with its unit and range). The label a
+row carries is read by the rule it names (``label_rule``, :mod:`diffmix.labels`):
+``diffmix-gamma`` rows (diff-mix, real-mix, ti-mix) hold ``(1 - s^γ, s^γ)`` over (source,
+target) and training recomputes them with its own γ; ``pixel-share`` rows (mixup, cutmix) hold
+the exact pixel share of the target image and are used as written; ``hard`` rows are one-hot
+on the target.
+
+**Writing** (:func:`append_rows`, :func:`save_png`, :func:`fsync_write`): each image is written
+atomically (temp file, fsync, ``os.replace``), then a batch's rows are appended with one write +
+flush + fsync. A crash therefore leaves at most: temp files, images without a row, and one torn
+last line -- all of which :func:`repair` removes.
+
+**Reading** (:func:`read_rows`, :func:`read_folder`, :func:`tail_rows`): one read of the file,
+torn or unparsable lines skipped; whether a row's image exists is answered from one listing of
+the class folders (:func:`image_files`), not a ``stat`` per row, so a 60k-image folder scans in
+one pass. :func:`scan` is the resume scan (finished tasks, rows of every rank file);
+:func:`merge` / :func:`repair` turn its result into one clean ``metadata.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.jsonl"
+PLAN_FILE = "plan.jsonl"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+GRID_FILE = "grid.png"
+#: ``config.json``'s ``format`` of a generation folder.
+FORMAT = "diffmix-synthetic/1"
+TMP_SUFFIX = ".tmp"
+#: File name of a task's image (``<class>/<task:07d>.png``).
+TASK_PNG = re.compile(r"^\d{7,}\.png$")
+#: Files a run directory may hold before its config is written (a run stopped very early).
+RUN_FILES = frozenset(
+    {"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log"}
+)
+
+#: Every field of a metadata row, in the order written, with its meaning, unit and range.
+ROW_FIELD_DOCS: dict[str, str] = {
+    "file_name": "image path relative to the folder, '<target class dir>/<task:07d>.png'",
+    "task": "plan task id, int in [0, planned); unique in a folder",
+    "batch": "plan batch, int >= 0 (one shared denoising loop; the unit of exactness)",
+    "source_index": "index of the source image in the train split, int >= 0; null for *-gen",
+    "source_id": "stable id of the source image (dataset item id); null for *-gen",
+    "source_class": "class name of the source (*-gen: the target class)",
+    "target_class": "class name the image was translated toward (its prompt's class)",
+    "strength": "img2img strength s in (0, 1] (mixup/cutmix: the requested target pixel "
+    "share; *-gen: 1)",
+    "seed": "the image's generator seed, int in [0, 2^32) (generate.task_seed)",
+    "strategy": "strategy name (diffmix.translate.STRATEGIES), e.g. diff-mix, mixup",
+    "prompt": "text prompt of the target (empty for mixup/cutmix)",
+    "soft_label": "{class name: weight}, weights in [0, 1] summing to 1: diff-mix rows "
+    "(1 - s^γ) on the source and s^γ on the target; mixup/cutmix the exact pixel share; "
+    "hard rows 1 on the target",
+    "label_rule": "how training reads the label (diffmix.labels.LABEL_RULES): "
+    "'diffmix-gamma' (recomputed with the run's γ), 'pixel-share' (used as written), 'hard'",
+    "faithfulness": "judge probability of the target class in [0, 1]; null when not scored",
+    "diversity": "distance of the image to its source in [0, 2] (LPIPS or 1 - feature "
+    "cosine); null when not scored or without a source",
+    "judge": "the judge that scored the row (e.g. lite0, color); null when not scored",
+    "kept": "bool: false = dropped by the faithfulness filter (file stays, training skips it)",
+    "partner_index": "mixup/cutmix partner image index in the train split; else null",
+    "partner_id": "mixup/cutmix partner image id; else null",
+    "steps_run": "denoising steps actually run, int >= 0 (int(steps·s); 0 for mixup/cutmix)",
+    "num_inference_steps": "timestep grid size at s = 1, int in [1, 1000]",
+    "guidance_scale": "classifier-free guidance scale, float >= 0 (<= 1: off)",
+    "gamma": "soft-label exponent γ > 0 the stored diff-mix soft_label was written with",
+    "model": "base model spec (nano, a diffusers folder or a hub id)",
+    "model_fingerprint": "16-hex sha256 of the model folder's files, or 'hub:<id>'",
+    "adapter": "adapter folder of diff-*/ti-* strategies; else null",
+    "adapter_fingerprint": "16-hex sha256 of the adapter's files; null without adapter",
+    "dataset_fingerprint": "fingerprint of the train split the sources come from",
+    "width": "image width in pixels, int >= 1",
+    "height": "image height in pixels, int >= 1",
+}
+#: Keys of every metadata row, in order.
+ROW_FIELDS = tuple(ROW_FIELD_DOCS)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def tmp_path(path: Path) -> Path:
+    """The temp file a write of ``path`` goes through (hidden, per process)."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def fsync_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def save_png(image, path: Path) -> None:
+    """Save a PIL image as PNG atomically (a half-written image never has the final name)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    fsync_write(path, buf.getvalue())
+
+
+def rows_text(rows: Iterable[dict]) -> str:
+    """JSONL text of ``rows`` (one object per line)."""
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Append rows to a JSONL file in one write, then flush + fsync."""
+    text = rows_text(rows)
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_rows(path: Path, rows: Sequence[dict], current: str | None = None) -> bool:
+    """Replace a JSONL file by ``rows`` atomically, only if its text changes; True if written.
+
+    ``current``: the file's text when the caller has just read it (saves a read), else read.
+    """
+    text = rows_text(rows)
+    if current is None and path.is_file():
+        current = path.read_text()
+    if current == text or (not rows and current is None):
+        return False
+    fsync_write(path, text.encode())
+    return True
+
+
+def class_dir(name: str) -> str:
+    """A folder name for a class (path separators and leading dots replaced)."""
+    safe = name.replace("/", "_").replace("\\", "_").strip()
+    return safe.lstrip(".") or "class"
+
+
+def image_name(target_class: str, task: int) -> str:
+    """``file_name`` of a task's image: ``<class dir>/<task:07d>.png``."""
+    return f"{class_dir(target_class)}/{task:07d}.png"
+
+
+def rank_file(out: Path, rank: int, world: int) -> Path:
+    """The rows file a process appends to: ``metadata.jsonl`` alone, else per rank."""
+    return out / (METADATA_FILE if world == 1 else f"metadata.{rank}.jsonl")
+
+
+def rank_files(out: Path) -> list[Path]:
+    """The per-process rows files of a multi-process run not merged yet."""
+    return sorted(out.glob("metadata.*.jsonl"))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _parse(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """``(lineno, value)`` of each parsable non-empty line, ``(lineno, error)`` of the rest."""
+    good, bad = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            good.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            bad.append((lineno, str(e)))
+    return good, bad
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Task rows of a JSONL file (objects with a ``task``); a torn or unparsable line (a crash
+    mid-write) is skipped; a missing file has none."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        return []
+    good, _ = _parse(text)
+    return [r for _, r in good if isinstance(r, dict) and "task" in r]
+
+
+def image_files(out: Path) -> frozenset[str]:
+    """Relative paths ``<dir>/<file>`` of the files one folder below ``out`` (one listing per
+    class folder, no ``stat`` per file)."""
+    found = []
+    try:
+        tops = list(os.scandir(out))
+    except OSError:
+        return frozenset()
+    for d in tops:
+        if not d.is_dir():
+            continue
+        try:
+            with os.scandir(d.path) as it:
+                found.extend(f"{d.name}/{e.name}" for e in it if e.is_file())
+        except OSError:
+            continue
+    return frozenset(found)
+
+
+def has_image(out: Path, row: dict, files: frozenset[str]) -> bool:
+    """Whether ``row``'s image is on disk (``files`` from :func:`image_files`)."""
+    rel = str(row.get("file_name") or "")
+    if not rel:
+        return False
+    if rel.count("/") == 1 and "\\" not in rel and not rel.startswith("."):
+        return rel in files
+    return (out / rel).is_file()  # an unusual name: ask the file system
+
+
+@dataclass
+class FolderRows:
+    """The rows of a synthetic folder as a reader sees them (:func:`read_folder`).
+
+    Attributes:
+        root: the folder.
+        rows: every parsable row, in file order.
+        where: ``"<metadata path>:<line>"`` of each row (for messages).
+        bad_lines: unparsable lines skipped (a torn last line of a killed run).
+        files: the image files on disk (:func:`image_files`).
+    """
+
+    root: Path
+    rows: list[dict[str, Any]]
+    where: list[str]
+    bad_lines: int = 0
+    files: frozenset[str] = field(default_factory=frozenset)
+
+    def has_image(self, row: dict) -> bool:
+        """Whether ``row``'s image file exists."""
+        return has_image(self.root, row, self.files)
+
+
+def read_folder(root: str | os.PathLike) -> FolderRows:
+    """Read a synthetic folder's ``metadata.jsonl`` once: rows, their lines, the image listing.
+
+    Unparsable lines are skipped with a warning each. Raises ``ValueError`` when ``root`` holds
+    no ``metadata.jsonl``.
+    """
+    root = Path(root).expanduser()
+    path = root / METADATA_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{str(root)!r} is not a synthetic dataset folder (no {METADATA_FILE}); "
+            "give a folder written by 'diffmix generate'"
+        )
+    good, bad = _parse(path.read_text())
+    for lineno, err in bad:
+        logger.warning("%s:%d: not valid JSON (%s); row skipped", path, lineno, err)
+    rows = [(n, r) for n, r in good if isinstance(r, dict)]
+    return FolderRows(
+        root=root,
+        rows=[r for _, r in rows],
+        where=[f"{path}:{n}" for n, _ in rows],
+        bad_lines=len(bad) + len(good) - len(rows),
+        files=image_files(root),
+    )
+
+
+def folder_rows(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every parsable row of a synthetic folder, for browsing (the Inspect page): unparsable
+    lines (a torn last line of a growing folder) skipped silently, no image check. Raises
+    ``ValueError`` naming the folder (its name, not its path) when it has no metadata.jsonl."""
+    folder = Path(folder)
+    try:
+        text = (folder / METADATA_FILE).read_text()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ValueError(
+            f"{folder.name!r} is not a synthetic dataset (no {METADATA_FILE})"
+        ) from None
+    return [r for _, r in _parse(text)[0]]
+
+
+def read_record(root: str | os.PathLike) -> dict[str, Any]:
+    """A synthetic folder's ``config.json`` (``ValueError`` when absent or not a JSON object)."""
+    path = Path(root).expanduser() / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{str(path.parent)!r} is not a synthetic dataset folder (no {CONFIG_FILE}); "
+            "give a folder written by 'diffmix generate'"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{str(path)!r} does not hold a JSON object")
+    return record
+
+
+def check_classes(root: str | os.PathLike, class_names: Sequence[str]) -> None:
+    """Refuse a folder that is not a synthetic dataset or was made for other classes."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"synthetic dataset folder not found: {str(root)!r}")
+    if not (root / METADATA_FILE).is_file():
+        raise ValueError(
+            f"{str(root)!r} is not a synthetic dataset folder (no {METADATA_FILE}); "
+            "give a folder written by 'diffmix generate'"
+        )
+    record = read_record(root)
+    theirs = record.get("class_names")
+    if not isinstance(theirs, list):
+        raise ValueError(f"{str(root / CONFIG_FILE)!r} has no 'class_names' list")
+    only_theirs = [c for c in theirs if c not in class_names]
+    only_ours = [c for c in class_names if c not in theirs]
+    if only_theirs or only_ours:
+        raise ValueError(
+            f"synthetic dataset {str(root)!r} was made for other classes than the training "
+            f"dataset: only in the synthetic data: {only_theirs}; only in the training data: "
+            f"{only_ours}; generate it from this dataset"
+        )
+    if list(theirs) != list(class_names):
+        logger.info("%s lists the classes in another order; labels are matched by name", root)
+
+
+def tail_rows(path: Path, n: int = 12, chunk: int = 1 << 16) -> list[dict[str, Any]]:
+    """The last ``n`` complete JSON rows of a (possibly growing) JSONL file, newest first.
+
+    Reads only the end of the file (doubling the window until ``n`` rows are found), so a poll
+    stays cheap however many images the folder holds; a torn last line is skipped.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return []
+    window = chunk
+    while True:
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, size - window))
+                data = f.read(window)
+        except OSError:
+            return []
+        lines = data.decode("utf-8", "replace").splitlines()
+        if size > window:
+            lines = lines[1:]  # the first line may be cut
+        rows = []
+        for line in reversed(lines):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+            if len(rows) == n:
+                return rows
+        if window >= size:
+            return rows
+        window *= 2
+
+
+# --------------------------------------------------------------------------- resume scan
+
+
+@dataclass
+class Scan:
+    """What a generation folder holds now (:func:`scan`).
+
+    Attributes:
+        rows: one finished row per task (a row whose image exists; the first such row of a
+            task wins), sorted by task.
+        read: rows read over ``metadata.jsonl`` and every rank file (torn lines excluded).
+        files: the image files on disk.
+        current: ``metadata.jsonl``'s text (None when absent), to skip an unchanged rewrite.
+    """
+
+    rows: list[dict[str, Any]]
+    read: int
+    files: frozenset[str]
+    current: str | None
+
+    @property
+    def done(self) -> set[int]:
+        """The finished task ids."""
+        return {r["task"] for r in self.rows}
+
+
+def scan(out: Path, planned: set[int] | None = None) -> Scan:
+    """One pass over a generation folder: rows of ``metadata.jsonl`` and the rank files, and one
+    listing of the images. ``planned``: keep only these tasks (rows of another plan dropped)."""
+    main = out / METADATA_FILE
+    try:
+        current: str | None = main.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        current = None
+    texts = [current or ""] + [p.read_text() for p in rank_files(out)]
+    files = image_files(out)
+    by_task: dict[int, dict] = {}
+    read = 0
+    for text in texts:
+        good, _ = _parse(text)
+        for _, row in good:
+            if not isinstance(row, dict) or "task" not in row:
+                continue
+            read += 1
+            t = row["task"]
+            if not isinstance(t, int) or (planned is not None and t not in planned):
+                continue
+            if t not in by_task and has_image(out, row, files):
+                by_task[t] = row
+    return Scan([by_task[t] for t in sorted(by_task)], read, files, current)
+
+
+def merge(out: Path, planned: set[int] | None = None) -> Scan:
+    """Merge rank files into one ``metadata.jsonl`` (atomically): torn lines, rows without an
+    image and duplicate tasks dropped; rank files removed. Returns the scan it wrote."""
+    s = scan(out, planned)
+    write_rows(out / METADATA_FILE, s.rows, current=s.current)
+    for p in rank_files(out):
+        p.unlink()
+    if s.read != len(s.rows):
+        logger.info("metadata: %d row(s) kept of %d read (torn, duplicate or imageless dropped)",
+                    len(s.rows), s.read)  # fmt: skip
+    return s
+
+
+def repair(out: Path, planned: set[int]) -> Scan:
+    """Start-of-run cleanup: temp files removed; rows merged (:func:`merge`); task images
+    without a row (the batch in flight of a killed run) removed -- they are made again."""
+    for tmp in [*out.glob(f".*{TMP_SUFFIX}"), *out.glob(f"*/.*{TMP_SUFFIX}")]:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    s = merge(out, planned)
+    listed = {str(r.get("file_name")) for r in s.rows}
+    orphans = [
+        rel for rel in s.files
+        if TASK_PNG.match(rel.rsplit("/", 1)[-1]) and rel not in listed
+    ]  # fmt: skip
+    for rel in orphans:
+        with contextlib.suppress(OSError):
+            (out / rel).unlink()
+    if orphans:
+        logger.info("removed %d image(s) without a metadata row (a batch in flight)", len(orphans))
+    return s
+
+
+def count_done(out: Path) -> int:
+    """Finished images in a folder: tasks with a row (in any rows file) and an image."""
+    return len(scan(out).rows)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def folder_fingerprint(path: Path, files: Iterable[Path]) -> str:
+    """sha256 (16 hex) over relative paths, sizes and contents (head+tail of big files)."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}:{size}\n".encode())
+        with open(f, "rb") as fh:
+            if size <= 64 << 20:
+                h.update(fh.read())
+            else:  # multi-GB weights: the first and last MiB identify them
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: str) -> str:
+    """Fingerprint of a base model: its folder's files (local), ``hub:<id>`` otherwise."""
+    from diffmix.pipeline import resolve_model
+
+    ref = resolve_model(model)
+    if not ref.local:
+        return f"hub:{ref.source}"
+    root = Path(ref.source)
+    return folder_fingerprint(root, [p for p in root.rglob("*") if p.is_file()])
+
+
+def adapter_fingerprint(adapter: str | None) -> str | None:
+    """Fingerprint of an adapter folder: adapter.json, the LoRA and the token embeddings."""
+    if not adapter:
+        return None
+    from diffmix.personalize import ADAPTER_FILE, LORA_FILE
+
+    root = Path(adapter).expanduser()
+    files = [root / ADAPTER_FILE, root / LORA_FILE, *(root / "embeddings").glob("*.safetensors")]
+    return folder_fingerprint(root, [f for f in files if f.is_file()])
+
+
+# --------------------------------------------------------------------------- summary and card
+
+
+def summary(rows: Sequence[dict], out: Path, planned: int) -> dict[str, Any]:
+    """Counts of a folder's rows: images, planned, kept, per target class, per strength."""
+    per_class = Counter(r["target_class"] for r in rows)
+    per_strength = Counter(str(r["strength"]) for r in rows)
+    return {
+        "out": str(out),
+        "images": len(rows),
+        "planned": planned,
+        "kept": sum(1 for r in rows if r.get("kept", True)),
+        "per_class": dict(sorted(per_class.items())),
+        "per_strength": dict(sorted(per_strength.items())),
+    }
+
+
+def write_grid(out: Path, rows: Sequence[dict], class_names: Sequence[str],
+               per_class: int = 6, max_classes: int = 12, thumb: int = 64) -> None:  # fmt: skip
+    """``grid.png``: up to ``per_class`` kept images (columns) for up to ``max_classes``
+    target classes (rows), each fitted into a ``thumb`` px square."""
+    from PIL import Image, ImageOps
+
+    picks: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("kept", True) and len(picks.setdefault(r["target_class"], [])) < per_class:
+            picks[r["target_class"]].append(r)
+    classes = [c for c in class_names if picks.get(c)][:max_classes]
+    if not classes:
+        return
+    grid = Image.new("RGB", (per_class * thumb, len(classes) * thumb), (255, 255, 255))
+    for y, c in enumerate(classes):
+        for x, r in enumerate(picks[c]):
+            with Image.open(out / r["file_name"]) as im:
+                small = ImageOps.contain(im.convert("RGB"), (thumb, thumb))
+            grid.paste(small, (x * thumb + (thumb - small.width) // 2,
+                               y * thumb + (thumb - small.height) // 2))  # fmt: skip
+    save_png(grid, out / GRID_FILE)
+
+
+def _mean(xs: Iterable[float | None]) -> str:
+    vals = [x for x in xs if x is not None]
+    return f"{sum(vals) / len(vals):.3f}" if vals else "-"
+
+
+def _card_header(rows: Sequence[dict], record: dict, planned: int) -> list[str]:
+    kept = sum(1 for r in rows if r.get("kept", True))
+    adapter = (
+        f", adapter `{record['adapter']}` (`{record['adapter_fingerprint']}`)"
+        if record.get("adapter")
+        else ""
+    )
+    lines = [
+        f"# Synthetic dataset: {record['strategy']} on `{record['dataset']}`",
+        "",
+        f"Made by `diffmix generate` (Diff-Mix Studio): {len(rows)} of {planned} planned "
+        f"images, {kept} kept. Model `{record['model']}` "
+        f"(fingerprint `{record['model_fingerprint']}`)" + adapter
+        + f"; {record['num_inference_steps']} steps, guidance {record['guidance_scale']}, "
+        f"γ = {record['gamma']}, strengths {record['strengths']} ({record['strength_sampling']}), "
+        f"targets {record['targets']}, multiplier {record['multiplier']}.",
+        "",
+        "```",
+        record["command"],
+        "```",
+        "",
+    ]  # fmt: skip
+    j = record.get("judge")
+    if j:
+        seen = "this run's subset" if j["fit_on"] == "subset" else "the whole train split"
+        lines += [
+            f"Scores: faithfulness by the `{j['judge']}` judge fitted on {j['train_images']} "
+            f"labelled images ({seen}); diversity: `{j['diversity_metric']}`.",
+            "",
+        ]
+    if record.get("filter_bottom"):
+        lines += [
+            f"The {record['filter_bottom']:.0%} least faithful images are marked `kept: false` "
+            "in `metadata.jsonl` (their files stay on disk); `diffmix train` skips them.",
+            "",
+        ]
+    return lines
+
+
+def dataset_card(rows: Sequence[dict], record: dict, planned: int) -> str:
+    """The folder's ``README.md``: what it is, counts per target class and strength, how to use."""
+    lines = _card_header(rows, record, planned)
+    lines += ["## Per target class", "", "| class | images | kept | faithfulness (mean) |",
+              "|---|---:|---:|---:|"]  # fmt: skip
+    by_class: dict[str, list[dict]] = {}
+    by_strength: dict[float, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(r["target_class"], []).append(r)
+        by_strength.setdefault(r["strength"], []).append(r)
+    for c in record["class_names"]:
+        if rc := by_class.get(c):
+            lines.append(f"| {c} | {len(rc)} | {sum(1 for r in rc if r.get('kept', True))} | "
+                         f"{_mean(r.get('faithfulness') for r in rc)} |")  # fmt: skip
+    lines += ["", "## Per strength", "", "| strength | images | faithfulness | diversity |",
+              "|---:|---:|---:|---:|"]  # fmt: skip
+    for s in sorted(by_strength):
+        rs = by_strength[s]
+        lines.append(f"| {s} | {len(rs)} | {_mean(r.get('faithfulness') for r in rs)} | "
+                     f"{_mean(r.get('diversity') for r in rs)} |")  # fmt: skip
+    lines += [
+        "",
+        "## Samples",
+        "",
+        f"![samples (rows: target classes)]({GRID_FILE})",
+        "",
+        "## Files",
+        "",
+        "- `<target class>/<task>.png`: the images; `metadata.jsonl`: one row per image "
+        "(source, target, strength, seed, prompt, soft label, scores, `kept`, fingerprints);",
+        "- `config.json`: the resolved settings, class names, dataset and subset; `plan.jsonl`: "
+        "every planned task.",
+        '- Open it with `datasets.load_dataset("imagefolder", data_dir=...)`; train with '
+        "`diffmix train ... --synthetic <this folder>`; any row is reproduced exactly by "
+        "`diffmix.generate.regenerate(folder, row)`.",
+        "",
+    ]
+    return "\n".join(lines)
