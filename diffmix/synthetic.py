@@ -390,19 +390,25 @@ def tail_rows(path: Path, n: int = 12, chunk: int = 1 << 16) -> list[dict[str, A
 # --------------------------------------------------------------------------- resume scan
 
 
+#: A whole row line as :func:`rows_text` writes it (``file_name`` then ``task`` first): lets the
+#: resume scan take a row's task and image without parsing the line.
+_ROW_LINE = re.compile(r'^\{"file_name": ("(?:[^"\\\n]|\\.)*"), "task": (\d+), [^\n]*\}$', re.M)
+
+
 @dataclass
 class Scan:
     """What a generation folder holds now (:func:`scan`).
 
     Attributes:
-        rows: one finished row per task (a row whose image exists; the first such row of a
-            task wins), sorted by task.
+        entries: ``(task, file_name, line)`` of one finished row per task (a row whose image
+            exists; the first such row of a task wins), sorted by task; ``line`` is the row's
+            JSON text.
         read: rows read over ``metadata.jsonl`` and every rank file (torn lines excluded).
-        files: the image files on disk.
+        files: the files one folder below ``out`` (:func:`image_files`).
         current: ``metadata.jsonl``'s text (None when absent), to skip an unchanged rewrite.
     """
 
-    rows: list[dict[str, Any]]
+    entries: list[tuple[int, str, str]]
     read: int
     files: frozenset[str]
     current: str | None
@@ -410,12 +416,52 @@ class Scan:
     @property
     def done(self) -> set[int]:
         """The finished task ids."""
-        return {r["task"] for r in self.rows}
+        return {t for t, _, _ in self.entries}
+
+    @property
+    def text(self) -> str:
+        """The merged ``metadata.jsonl`` text (one line per finished task, by task)."""
+        return "".join(line + "\n" for _, _, line in self.entries)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The finished rows, parsed."""
+        return [json.loads(line) for _, _, line in self.entries]
+
+
+def _task_lines(text: str) -> list[tuple[int, str, str]]:
+    """``(task, file_name, line)`` of each task row of a rows file (torn lines skipped).
+
+    Lines as :func:`rows_text` writes them are found by one regex pass (no JSON parse); the
+    last line (the only one a crash can tear) and any other line are parsed in full.
+    """
+    body = text.rstrip("\n")
+    cut = body.rfind("\n") + 1
+    body, tail = body[:cut], body[cut:]
+    out: list[tuple[int, str, str]] = []
+    pos = 0
+    for m in _ROW_LINE.finditer(body):
+        if m.start() > pos:
+            out += _parsed_task_lines(body[pos : m.start()])
+        name = m.group(1)
+        out.append((int(m.group(2)), json.loads(name) if "\\" in name else name[1:-1], m.group()))
+        pos = m.end() + 1
+    return out + _parsed_task_lines(body[pos:]) + _parsed_task_lines(tail)
+
+
+def _parsed_task_lines(text: str) -> list[tuple[int, str, str]]:
+    """``(task, file_name, line)`` of the task rows among ``text``'s lines, each parsed."""
+    out = []
+    for _, row in _parse(text)[0]:
+        if isinstance(row, dict) and "task" in row:
+            out.append((row["task"], str(row.get("file_name") or ""), json.dumps(row)))
+    return out
 
 
 def scan(out: Path, planned: set[int] | None = None) -> Scan:
-    """One pass over a generation folder: rows of ``metadata.jsonl`` and the rank files, and one
-    listing of the images. ``planned``: keep only these tasks (rows of another plan dropped)."""
+    """One pass over a generation folder: the rows of ``metadata.jsonl`` and the rank files, and
+    one listing of the images (no ``stat`` per row, no full parse of well-formed rows).
+    ``planned``: keep only these tasks (rows of another plan dropped)."""
     main = out / METADATA_FILE
     try:
         current: str | None = main.read_text()
@@ -423,19 +469,16 @@ def scan(out: Path, planned: set[int] | None = None) -> Scan:
         current = None
     texts = [current or ""] + [p.read_text() for p in rank_files(out)]
     files = image_files(out)
-    by_task: dict[int, dict] = {}
+    by_task: dict[int, tuple[int, str, str]] = {}
     read = 0
     for text in texts:
-        good, _ = _parse(text)
-        for _, row in good:
-            if not isinstance(row, dict) or "task" not in row:
-                continue
-            read += 1
-            t = row["task"]
+        entries = _task_lines(text)
+        read += len(entries)
+        for t, name, line in entries:
             if not isinstance(t, int) or (planned is not None and t not in planned):
                 continue
-            if t not in by_task and has_image(out, row, files):
-                by_task[t] = row
+            if t not in by_task and (name in files or has_image(out, {"file_name": name}, files)):
+                by_task[t] = (t, name, line)
     return Scan([by_task[t] for t in sorted(by_task)], read, files, current)
 
 
@@ -443,30 +486,31 @@ def merge(out: Path, planned: set[int] | None = None) -> Scan:
     """Merge rank files into one ``metadata.jsonl`` (atomically): torn lines, rows without an
     image and duplicate tasks dropped; rank files removed. Returns the scan it wrote."""
     s = scan(out, planned)
-    write_rows(out / METADATA_FILE, s.rows, current=s.current)
+    text = s.text
+    if s.current != text and (s.entries or s.current is not None):
+        fsync_write(out / METADATA_FILE, text.encode())
     for p in rank_files(out):
         p.unlink()
-    if s.read != len(s.rows):
+    if s.read != len(s.entries):
         logger.info("metadata: %d row(s) kept of %d read (torn, duplicate or imageless dropped)",
-                    len(s.rows), s.read)  # fmt: skip
+                    len(s.entries), s.read)  # fmt: skip
     return s
 
 
 def repair(out: Path, planned: set[int]) -> Scan:
-    """Start-of-run cleanup: temp files removed; rows merged (:func:`merge`); task images
-    without a row (the batch in flight of a killed run) removed -- they are made again."""
-    for tmp in [*out.glob(f".*{TMP_SUFFIX}"), *out.glob(f"*/.*{TMP_SUFFIX}")]:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Start-of-run cleanup: rows merged (:func:`merge`); temp files and task images without a
+    row (the batch in flight of a killed run) removed -- they are made again."""
     s = merge(out, planned)
-    listed = {str(r.get("file_name")) for r in s.rows}
+    listed = {name for _, name, _ in s.entries}
+    tmps = [out / rel for rel in s.files if rel.rsplit("/", 1)[-1].startswith(".")
+            and rel.endswith(TMP_SUFFIX)]  # fmt: skip
     orphans = [
-        rel for rel in s.files
+        out / rel for rel in s.files
         if TASK_PNG.match(rel.rsplit("/", 1)[-1]) and rel not in listed
     ]  # fmt: skip
-    for rel in orphans:
+    for p in [*out.glob(f".*{TMP_SUFFIX}"), *tmps, *orphans]:
         with contextlib.suppress(OSError):
-            (out / rel).unlink()
+            p.unlink()
     if orphans:
         logger.info("removed %d image(s) without a metadata row (a batch in flight)", len(orphans))
     return s
@@ -474,7 +518,7 @@ def repair(out: Path, planned: set[int]) -> Scan:
 
 def count_done(out: Path) -> int:
     """Finished images in a folder: tasks with a row (in any rows file) and an image."""
-    return len(scan(out).rows)
+    return len(scan(out).entries)
 
 
 # --------------------------------------------------------------------------- fingerprints

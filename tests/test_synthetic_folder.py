@@ -196,3 +196,18 @@ def test_pages_read_through_the_core_reader():
     generate = pytest.importorskip("pages.generate")
     assert inspect.read_rows is syn.folder_rows
     assert generate.tail_rows is syn.tail_rows
+
+
+def test_scan_reads_escaped_names_and_rows_written_by_other_tools(tmp_path):
+    root = tmp_path / "u"
+    rows = [_diffmix(t, "ant", "bee", 0.5) for t in range(3)]
+    rows[1]["file_name"] = 'bée "x"/0000001.png'  # json.dumps escapes both
+    for r in rows:
+        (root / r["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / r["file_name"])
+    text = syn.rows_text(rows[:2]) + json.dumps(rows[2], indent=None, separators=(",", ":")) + "\n"
+    (root / syn.METADATA_FILE).write_text(text)
+    s = syn.scan(root)
+    assert s.done == {0, 1, 2} and s.rows == rows
+    syn.repair(root, {0, 1, 2})  # the odd line is rewritten in the writer's form
+    assert (root / syn.METADATA_FILE).read_text() == syn.rows_text(rows)

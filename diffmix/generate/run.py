@@ -95,8 +95,8 @@ def generate(
     t_start = time.time()
     job = _prepare(config, out, resume, dist)
     with job.run.lifecycle("generate", report=dist.is_main, progress=0.0, message="preparing"):
-        _start(job)
-        work = _work(job, resume)
+        repaired = _start(job)
+        work = _work(job, resume, repaired)
         clf = _judge(job, work)
         t_loop = _loop(job, work, clf, progress)
         return _done(job, work, t_start, t_loop)
@@ -146,16 +146,18 @@ def _prepare(config: GenerateConfig, out, resume: bool, dist: _Dist) -> _Job:
     return _Job(cfg, st, ds, subset, plan, out, record, dist, RunDir(out), common)
 
 
-def _start(job: _Job) -> None:
-    """2. The main process writes config and plan and repairs the folder; all wait for it."""
+def _start(job: _Job) -> syn.Scan | None:
+    """2. The main process writes config and plan and repairs the folder; all wait for it.
+    Returns the main process's scan of the repaired folder (None on the other processes)."""
     out, plan, run = job.out, job.plan, job.run
+    repaired = None
     if job.dist.is_main:
         try:
             run.write_config(job.record)
             if not (out / syn.PLAN_FILE).is_file():
                 syn.fsync_write(out / syn.PLAN_FILE, plan_text(plan).encode())
             run.clear_stale_cancel()
-            syn.repair(out, {t.task for t in plan})
+            repaired = syn.repair(out, {t.task for t in plan})
         except OSError as e:
             raise _io_error(out, e, syn.count_done(out)) from e
         run.set_status("running", progress=0.0, step=0, total=len(plan),
@@ -163,12 +165,14 @@ def _start(job: _Job) -> None:
         run.event("plan", tasks=len(plan), batches=plan[-1].batch + 1,
                   strategy=job.st.name, strengths=job.cfg.strengths)  # fmt: skip
     job.dist.barrier()
+    return repaired
 
 
-def _work(job: _Job, resume: bool) -> _Work:
-    """3. What is left for this process: whole plan batches b with b mod world == rank."""
+def _work(job: _Job, resume: bool, repaired: syn.Scan | None) -> _Work:
+    """3. What is left for this process: whole plan batches b with b mod world == rank
+    (finished tasks: the main process's repair scan, else one scan of the repaired folder)."""
     dist = job.dist
-    done = syn.scan(job.out).done
+    done = (repaired if repaired is not None else syn.scan(job.out)).done
     by_batch: dict[int, list[PlannedTask]] = {}
     for t in job.plan:
         by_batch.setdefault(t.batch, []).append(t)
