@@ -35,6 +35,10 @@ torn or unparsable lines skipped; whether a row's image exists is answered from 
 the class folders (:func:`image_files`), not a ``stat`` per row, so a 60k-image folder scans in
 one pass. :func:`scan` is the resume scan (finished tasks, rows of every rank file);
 :func:`merge` / :func:`repair` turn its result into one clean ``metadata.jsonl``.
+
+(Longer than ~400 lines on purpose: it is the whole contract -- the documented row format,
+writer, readers, resume scan, fingerprints and card -- kept together so that writer and
+reader cannot drift apart.)
 """
 
 from __future__ import annotations

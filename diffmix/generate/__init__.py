@@ -14,7 +14,8 @@ Diff-Mix's data-making stage (Wang et al., CVPR 2024, arXiv 2403.19600), in four
   :func:`diffmix.translate.translate` call (one shared denoising loop) per plan batch.
   ``grouping="strength"`` sorts each window of ``batch_size × |strengths|`` tasks by strength so
   every UNet call of a batch's loop runs on the whole batch (``benchmarks/generate.py`` measures
-  both groupings). :mod:`~diffmix.generate.dist`: the processes of a multi-GPU run.
+  both groupings). :mod:`~diffmix.generate.dist`: the processes of a multi-GPU run;
+  :mod:`~diffmix.generate.record`: what ``config.json`` holds and when a rerun may continue.
 - :mod:`~diffmix.generate.regen`: :func:`regenerate` makes any row again bit-exactly (same
   machine type, torch version, device and dtype) by re-running the row's whole plan batch, since
   batching changes pixels by float round-off. Because a batch is also the unit of work of a

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import time
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from diffmix import synthetic as syn
-from diffmix.generate.config import RERUN_FREE_FIELDS, GenerateConfig, command_for
+from diffmix.generate.config import GenerateConfig
 from diffmix.generate.dist import _Dist
 from diffmix.generate.plan import PlannedTask, bottom_fraction_mask, make_plan, plan_text
+from diffmix.generate.record import check_filter_judge, check_rerun, config_record, judge_indices
 from diffmix.runs import DISK_FULL, Cancelled, RunDir
 from diffmix.translate import get_strategy
 
@@ -134,9 +134,9 @@ def _prepare(config: GenerateConfig, out, resume: bool, dist: _Dist) -> _Job:
 
     out = Path(out).expanduser()
     _prepare_out(out)
-    record = _config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out)
+    record = config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out)
     if dist.is_main:
-        _check_rerun(out, record, plan, resume)
+        check_rerun(out, record, plan, resume)
     common = {
         "strategy": st.name, "num_inference_steps": cfg.num_inference_steps,
         "guidance_scale": cfg.guidance_scale, "gamma": cfg.gamma, "model": cfg.model,
@@ -198,7 +198,7 @@ def _judge(job: _Job, work: _Work):
 
     clf = None
     if job.cfg.score and work.rounds:
-        clf = score.reference_classifier(job.ds, indices=_judge_indices(job.cfg, job.subset))
+        clf = score.reference_classifier(job.ds, indices=judge_indices(job.cfg, job.subset))
     job.common["judge"] = None if clf is None else clf.judge
     return clf
 
@@ -357,46 +357,6 @@ def _prepare_out(out: Path) -> None:
         raise _io_error(out, bare, syn.count_done(out) if out.is_dir() else None) from e
 
 
-def _check_rerun(out: Path, record: dict, plan: Sequence[PlannedTask], resume: bool) -> None:
-    """Refuse a folder that holds a generation with another config or plan."""
-    old_path = out / syn.CONFIG_FILE
-    if not old_path.is_file():
-        other = [p.name for p in out.iterdir()
-                 if p.name not in syn.RUN_FILES and not p.name.startswith(".")]  # fmt: skip
-        if other:
-            raise ValueError(
-                f"{str(out)!r} is not empty and holds no generation (found {sorted(other)[:3]}); "
-                "choose an empty or new --out"
-            )
-        if resume:
-            logger.info("nothing to resume in %s: starting a new generation", out)
-        return
-    try:
-        old = json.loads(old_path.read_text())
-    except json.JSONDecodeError:
-        old = None
-    if not isinstance(old, dict) or old.get("format") != syn.FORMAT:
-        raise ValueError(
-            f"{str(out)!r} holds another job's config.json (not a generation); choose an empty "
-            "or new --out"
-        )
-    keys = [k for k in GenerateConfig.model_fields if k not in RERUN_FREE_FIELDS]
-    keys += ["model_fingerprint", "adapter_fingerprint", "dataset_fingerprint"]
-    diff = [k for k in keys if old.get(k) != record.get(k)]
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in diff[:4])
-        raise ValueError(
-            f"{str(out)!r} holds a generation made with other settings ({shown}); rerun with "
-            "the same settings to continue it, or choose a new --out"
-        )
-    plan_path = out / syn.PLAN_FILE
-    if plan_path.is_file() and plan_path.read_text() != plan_text(plan):
-        raise ValueError(
-            f"the plan saved in {str(out)!r} differs from the one this config makes now (did "
-            "the dataset change?); choose a new --out"
-        )
-
-
 def _source_items(tasks: Sequence[PlannedTask], ds, strategy) -> tuple[list, list]:
     from diffmix.translate import TranslationItem
 
@@ -450,73 +410,10 @@ def _row(t: PlannedTask, r, rel: str, st, common: dict, faith, div) -> dict[str,
     return row
 
 
-def _judge_indices(cfg, subset) -> list[int] | None:
-    """The train indices the judge may see: the run's subset (few-shot / long-tail), else all."""
-    return None if cfg.shots is None and cfg.imbalance is None else list(subset.indices)
-
-
-def _judge_record(cfg, ds, subset) -> dict[str, Any] | None:
-    """What judged the rows (``config.json``'s ``judge``): kind, images seen, diversity metric."""
-    if not cfg.score:
-        return None
-    from diffmix import score
-
-    kind = score.default_judge(ds.spec)
-    seen = _judge_indices(cfg, subset)
-    return {
-        "judge": kind,
-        "fit_on": "train" if seen is None else "subset",
-        "train_images": len(ds) if seen is None else len(seen),
-        "size": score.LITE0_JUDGE_SIZE if kind == "lite0" else None,
-        "diversity_metric": (
-            "lpips" if score.lpips_available()
-            else f"{'lite0-imagenet' if kind == 'lite0' else kind}-feature-cosine"
-        ),
-    }  # fmt: skip
-
-
-def _check_filter_judge(cfg, rows: Sequence[dict[str, Any]]) -> None:
-    """Refuse to filter a few-shot / long-tail run by scores of a judge that saw other labels.
-
-    Rows without a ``judge`` were scored by an earlier version whose judge was fitted on the
-    whole train split -- labels outside the run's K shots; filtering by them leaks those
-    labels into the synthetic set.
-    """
-    if not cfg.filter_bottom or (cfg.shots is None and cfg.imbalance is None):
-        return
-    leaky = [r for r in rows if r.get("faithfulness") is not None and not r.get("judge")]
-    if leaky:
-        raise ValueError(
-            f"filter_bottom={cfg.filter_bottom}: {len(leaky)} image(s) were scored by a judge "
-            "fitted on the whole train split (labels outside this run's subset); regenerate "
-            "into a new --out to score them with a judge fitted on the subset, or use "
-            "filter_bottom 0"
-        )
-
-
-def _config_record(cfg, ds, subset, plan, fp_model, fp_adapter, out) -> dict[str, Any]:
-    """What ``config.json`` holds: the resolved config + what a reader needs."""
-    return {
-        "format": syn.FORMAT,
-        **json.loads(cfg.model_dump_json()),
-        "strength_sampling": cfg.strength_sampling,
-        "class_names": list(ds.class_names),
-        "superclass_resolved": cfg.superclass or ds.superclass,
-        "dataset_fingerprint": ds.fingerprint,
-        "subset": subset.to_dict(),
-        "model_fingerprint": fp_model,
-        "adapter_fingerprint": fp_adapter,
-        "planned": len(plan),
-        "batches": plan[-1].batch + 1 if plan else 0,
-        "judge": _judge_record(cfg, ds, subset),
-        "command": command_for(cfg, out),
-    }
-
-
 def _finish(out: Path, cfg: GenerateConfig, ds, plan, record: dict) -> dict[str, Any]:
     """Merge rank files, mark the filter, write the card and the grid; the summary."""
     rows = syn.merge(out, {t.task for t in plan}).rows
-    _check_filter_judge(cfg, rows)
+    check_filter_judge(cfg, rows)
     scored = [r for r in rows if r.get("faithfulness") is not None]
     keep = bottom_fraction_mask([r["faithfulness"] for r in scored], cfg.filter_bottom)
     for r in rows:
