@@ -79,6 +79,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from diffmix import costs
 from diffmix.recipes import RECIPES
 from diffmix.runs import Cancelled, RunDir
 
@@ -124,31 +125,9 @@ _CONTROLLED = {
               "gamma", "arch", "resolution", "epochs", "batch_size", "lr", "num_threads"},
 }  # fmt: skip
 
-# -- rough costs behind the time estimate (2 CPU cores, nano-SD, 64 px) ----------------------
-#: Seconds per image of a personalization batch (≈ 0.2 s per step at batch 8: 300 steps took
-#: 52-58 s on an idle 2-core machine).
-PERSONALIZE_S_PER_IMAGE = 0.2 / 8
-#: Seconds per image per denoising step actually run (≈ 8 images/s at 25 steps, s = 1).
-GENERATE_S_PER_IMAGE_STEP = 0.005
-#: Seconds per synthetic set on top of the images (pipeline + adapter load, scoring, card).
-GENERATE_OVERHEAD_S = 10.0
-#: Seconds to fit the scoring judge (:func:`diffmix.score.reference_classifier`) once per
-#: dataset (demo: 355 s on 1 busy thread) -- counted on the first scored synthetic set unless
-#: the workspace already holds one for the dataset.
-REFERENCE_FIT_S = 240.0
-#: Classifier training / evaluation images per second at 64 px (ResNet-18 at batch 16,
-#: measured on 1 thread of a busy 2-core machine; smallcnn is ~20% faster): scaled by
-#: (64 / resolution)^2.
-TRAIN_IMAGES_PER_S = 70.0
-EVAL_IMAGES_PER_S = 300.0
-#: Seconds per training run on top of the epochs (data, model, checkpoints, files).
-TRAIN_OVERHEAD_S = 8.0
-#: Seconds per epoch for the per-epoch checkpoint (ResNet-18 + momentum: ~90 MB).
-TRAIN_S_PER_EPOCH = 0.2
-#: The same four costs (train, eval images/s, s/epoch, overhead s) for the small CNN, measured
-#: on an idle 2-core machine (174 train images/s; 50 epochs of 60 shots + 5 evaluations of 360
-#: test images: 21-24 s a run).
-SMALLCNN_TRAIN_COSTS = (170.0, 1000.0, 0.05, 3.0)
+# -- the time estimate: diffmix.costs (one cost model, calibrated on this machine) ------------
+#: Seconds to fit the scoring judge once per dataset (see :data:`diffmix.costs.REFERENCE_FIT_S`).
+REFERENCE_FIT_S = costs.REFERENCE_FIT_S
 #: Images in the test split when the dataset is not loaded yet (the demo's).
 _DEFAULT_TEST_IMAGES = 360
 #: Seconds between two looks of the watcher at a running stage (cancel, progress).
@@ -422,6 +401,7 @@ class Stage:
     config: BaseModel
     estimate_s: float = 0.0
     repeat: int = 0
+    estimate_measured: bool = False
 
     @property
     def name(self) -> str:
@@ -503,11 +483,15 @@ def _estimate_all(
     num_classes: int | None,
     test_images: int | None,
     fingerprint: str | None = None,
+    calibrate: bool = False,
 ) -> None:
     """Set every stage's ``estimate_s`` (+ the one-time judge fit on the first scored set,
-    unless the workspace holds a judge for the dataset of ``fingerprint``)."""
+    unless the workspace holds a judge for the dataset of ``fingerprint``); ``calibrate``
+    measures this machine's rates first where none are stored (:mod:`diffmix.costs`)."""
     for s in stages:
-        s.estimate_s = estimate_seconds(s, num_classes=num_classes, test_images=test_images)
+        s.estimate_s = estimate_seconds(
+            s, num_classes=num_classes, test_images=test_images, calibrate=calibrate
+        )
     scored = [s for s in stages if s.kind == "generate" and s.config.score and not s.finished()]
     if scored and not (fingerprint and _judge_cached(fingerprint)):
         scored[0].estimate_s += REFERENCE_FIT_S
@@ -522,39 +506,32 @@ def _judge_cached(fingerprint: str) -> bool:
 
 
 def estimate_seconds(
-    stage: Stage, *, num_classes: int | None = None, test_images: int | None = None
+    stage: Stage,
+    *,
+    num_classes: int | None = None,
+    test_images: int | None = None,
+    calibrate: bool = False,
 ) -> float:
-    """Rough seconds a stage takes on 2 CPU cores with nano-SD (constants of this module).
+    """Seconds a stage takes on this machine, from :mod:`diffmix.costs` (measured rates when
+    this machine was calibrated for the stage's setup -- ``calibrate`` measures them now -- else
+    rough ones); sets ``stage.estimate_measured``.
 
-    Personalization: steps × batch × :data:`PERSONALIZE_S_PER_IMAGE`. Generation: images ×
-    steps run (``int(steps·s)``) × :data:`GENERATE_S_PER_IMAGE_STEP` + overhead, with
-    ``images = multiplier × shots × classes`` (12 classes when unknown). Training: epochs ×
-    real images / :data:`TRAIN_IMAGES_PER_S` + evaluations / :data:`EVAL_IMAGES_PER_S`
-    (both scaled by (64 / resolution)^2) + overhead (:data:`SMALLCNN_TRAIN_COSTS` for the
-    small CNN). Other base models or a GPU: unknown.
+    Generation makes ``multiplier × shots × classes`` images, training sees ``shots × classes``
+    real images an epoch (12 classes when unknown; ``test_images`` default: the demo's 360).
     """
     c = stage.config
     classes = num_classes or 12
     if stage.kind == "personalize":
-        return c.steps * c.batch_size * c.grad_accum * PERSONALIZE_S_PER_IMAGE
-    if stage.kind == "generate":
-        steps_run = min(int(c.num_inference_steps * max(c.strengths)), c.num_inference_steps)
-        images = c.multiplier * c.shots * classes
-        return images * max(steps_run, 1) * GENERATE_S_PER_IMAGE_STEP + GENERATE_OVERHEAD_S
-    scale = (c.resolution / 64) ** 2
-    real = c.shots * classes
-    evals = math.ceil(c.epochs / c.eval_every)
-    tests = test_images or _DEFAULT_TEST_IMAGES
-    train_rate, eval_rate, per_epoch, overhead = (
-        SMALLCNN_TRAIN_COSTS
-        if c.arch == "smallcnn"
-        else (TRAIN_IMAGES_PER_S, EVAL_IMAGES_PER_S, TRAIN_S_PER_EPOCH, TRAIN_OVERHEAD_S)
-    )
-    return (
-        c.epochs * (real * scale / train_rate + per_epoch)
-        + evals * tests * scale / eval_rate
-        + overhead
-    )
+        est = costs.personalize_estimate(c, calibrate=calibrate)
+    elif stage.kind == "generate":
+        est = costs.generate_estimate(c, images=c.multiplier * c.shots * classes,
+                                      calibrate=calibrate)  # fmt: skip
+    else:
+        est = costs.train_estimate(c, train_images=c.shots * classes,
+                                   test_images=test_images or _DEFAULT_TEST_IMAGES,
+                                   num_classes=classes, calibrate=calibrate)  # fmt: skip
+    stage.estimate_measured = est.rates.measured
+    return est.seconds
 
 
 def format_estimate(stages: Sequence[Stage], budget_minutes: float | None = None) -> str:
@@ -571,7 +548,11 @@ def format_estimate(stages: Sequence[Stage], budget_minutes: float | None = None
         f"estimated time: ~{total / 60:.0f} min for {len(left)} stage(s)"
         + (f": {parts}" if parts else "")
         + (f"; {done} already finished" if done else "")
-        + " (rough: nano-SD on 2 CPU cores)"
+        + (
+            " (measured rates on this machine)"
+            if left and all(s.estimate_measured for s in left)
+            else " (partly a rough guess: not every stage was measured on this machine)"
+        )
     )
     if budget_minutes is not None and total / 60 > budget_minutes:
         text += (
@@ -787,7 +768,7 @@ def plan_experiment(
     test_ds = load_dataset(config.dataset, split="test")
     stages = plan_stages(config, out, test_images=len(test_ds))
     _estimate_all(stages, num_classes=train_ds.num_classes, test_images=len(test_ds),
-                  fingerprint=train_ds.fingerprint)  # fmt: skip
+                  fingerprint=train_ds.fingerprint, calibrate=True)  # fmt: skip
     expected: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
         sub = make_subset(train_ds, shots=config.shots, seed=seed).to_dict()
