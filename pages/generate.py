@@ -3,8 +3,9 @@
 The plan (strategy, multiplier, strengths, target sampling, filter) is checked with
 :class:`diffmix.generate.GenerateConfig` and turned into ``diffmix generate`` arguments with the
 core's own :func:`~diffmix.generate.command_for`, so the page and the CLI cannot drift. Before
-starting, :func:`estimate` gives the number of images, the time (from a measured 1-image probe,
-:func:`probe`, or a per-model constant) and the disk space. The job writes
+starting, :func:`estimate` gives the number of images, the time (:mod:`diffmix.costs`: rates
+measured once on this machine by :func:`probe` -- "Measure speed" -- or a rough guess that says
+so) and the disk space. The job writes
 ``<workspace>/synthetic/<name>`` (images per target class + ``metadata.jsonl``); the page shows
 its progress and the newest images as they appear.
 
@@ -39,8 +40,6 @@ TITLE = "Generate"
 PATH = "generate"
 STAGE = "generate"
 TARGET_RULES = ("uniform", "tail", "confusion")
-#: Seconds per image at 25 steps and strength 1 on this kind of device, when nothing was measured.
-SECONDS_PER_IMAGE = {"nano": {"cpu": 0.4, "gpu": 0.05}, "other": {"cpu": 25.0, "gpu": 0.6}}
 #: Metadata bytes per image (one JSON row).
 ROW_BYTES = 1200
 #: PNG bytes per pixel assumed before a probe measured it.
@@ -166,12 +165,6 @@ def planned_images(config, selection: dict[str, Any]) -> int:
     return min(total, config.limit) if config.limit else total
 
 
-def _device_kind() -> str:
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
 def estimate(
     config,
     selection: dict[str, Any],
@@ -181,36 +174,28 @@ def estimate(
 ) -> dict[str, Any]:
     """Images, seconds and bytes a plan will take.
 
-    Seconds per image come from ``probe_result`` (a 1-image measurement of the same model,
-    strategy and steps) when it matches, else from :data:`SECONDS_PER_IMAGE` scaled by the
-    steps actually run (``steps × mean strength``). Bytes: measured PNG size, or
-    :data:`PNG_BYTES_PER_PIXEL` × ``pixels`` (of a source image), plus one metadata row each.
+    Seconds: :func:`diffmix.costs.generate_estimate` (this machine's measured rates for the
+    plan's model, device, dtype and batch when :func:`probe` or a run measured them, else a rough
+    guess; ``basis`` says which). Bytes: the PNG size :func:`probe` measured for the same model,
+    or :data:`PNG_BYTES_PER_PIXEL` × ``pixels`` (of a source image), plus one metadata row each.
     """
+    from diffmix import costs
+
     n = planned_images(config, selection)
-    mean_s = sum(config.strengths) / len(config.strengths)
-    work = max(config.num_inference_steps * mean_s / 25.0, 0.04)
-    key = {"model": config.model, "strategy": config.strategy,
-           "steps": config.num_inference_steps, "strengths": list(config.strengths)}  # fmt: skip
-    measured = bool(probe_result) and all(probe_result.get(k) == v for k, v in key.items())
-    if measured:
-        per_image = float(probe_result["seconds_per_image"])
-        basis = "measured on 1 image"
-    else:
-        table = SECONDS_PER_IMAGE["nano" if config.model == "nano" else "other"]
-        per_image = table[_device_kind()] * work
-        basis = f"typical for {'nano' if config.model == 'nano' else 'this model'} on {_device_kind().upper()}"
-    if config.strategy in ("mixup", "cutmix"):
-        per_image = 0.01
-    if probe_result and probe_result.get("bytes_per_image"):
+    est = costs.generate_estimate(config, images=n)
+    per_image = (est.seconds - est.rates["generate_overhead"]) / max(n, 1)
+    same_model = bool(probe_result) and probe_result.get("model") == config.model
+    if same_model and probe_result.get("bytes_per_image"):
         per_bytes = float(probe_result["bytes_per_image"])
     else:
         per_bytes = pixels * PNG_BYTES_PER_PIXEL
     return {
         "images": n,
-        "seconds": n * per_image,
+        "seconds": est.seconds,
         "seconds_per_image": per_image,
         "bytes": int(n * (per_bytes + ROW_BYTES)),
-        "basis": basis,
+        "basis": est.rates.basis,
+        "measured": est.rates.measured,
     }
 
 
@@ -222,6 +207,8 @@ def estimate_markdown(est: dict[str, Any], config=None) -> str:
         f"**{est['images']} images** · about **{jobs_ui.format_eta(est['seconds']) or '0 s'}** "
         f"({est['seconds_per_image']:.2f} s/image, {est['basis']}) · about **{size}** on disk."
     )
+    if not est.get("measured", True):
+        text += " Press **Measure speed** for an estimate measured on this machine."
     if config is not None:
         text += f"\n\n`{' '.join(['diffmix', 'generate', *generate_args(config)])}`"
     return text
@@ -236,7 +223,13 @@ def source_pixels(selection: dict[str, Any], settings: Settings) -> int:
 
 
 def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str, Any]:
-    """Translate one image with the plan's model, strategy and steps in-process; time it."""
+    """Measure this machine's generation rates for the plan (:func:`diffmix.costs.
+    calibrate_generate`: a few UNet steps at the plan's batch, stored for every later estimate)
+    and the PNG size of one translated image."""
+    from diffmix import costs
+
+    costs.calibrate_generate(config.model, batch=config.batch_size, device=config.device,
+                             dtype=config.dtype)  # fmt: skip
     ds, subset = common.open_selection(selection, settings)
     indices = list(subset.indices) if subset is not None else list(range(len(ds)))
     first = indices[0]
@@ -254,18 +247,10 @@ def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str,
         [1.0 if gen else mean_s], 0, config.strategy, config.model, config.adapter,
         config.num_inference_steps, partner,
     )  # fmt: skip
-    translate.run_translation(req)  # warm-up: loads and caches the model
     preview = translate.run_translation(req)
     buf = io.BytesIO()
     preview.results[0].image.save(buf, format="PNG")
-    return {
-        "model": config.model,
-        "strategy": config.strategy,
-        "steps": config.num_inference_steps,
-        "strengths": list(config.strengths),
-        "seconds_per_image": preview.seconds,
-        "bytes_per_image": len(buf.getvalue()),
-    }
+    return {"model": config.model, "bytes_per_image": len(buf.getvalue())}
 
 
 def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, str]]:
@@ -340,7 +325,7 @@ def _estimate_action(settings: Settings):
 
 def _probe_action(settings: Settings):
     def generate_probe(owner: str | None, *values: Any) -> tuple[Any, str]:
-        """Measure seconds per image on one image, then estimate the plan with it."""
+        """Measure this machine's speed for the plan, then estimate the plan with it."""
         try:
             cfg = _config_from(settings, owner, values)
             result = probe(cfg, values[0], settings=settings)
@@ -441,7 +426,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                             elem_id="gen-score")  # fmt: skip
                 with gr.Row():
                     est_btn = gr.Button("Estimate", elem_id="gen-estimate-btn")
-                    probe_btn = gr.Button("Measure speed (1 image)", elem_id="gen-probe")
+                    probe_btn = gr.Button("Measure speed", elem_id="gen-probe")
                 est = gr.Markdown(elem_id="gen-estimate")
                 panel = jobs_ui.job_panel(STAGE, "gen", start_label="Start generation",
                                           name_placeholder="<strategy>-<date>-<time>")  # fmt: skip

@@ -439,20 +439,20 @@ def test_generate_plan_errors(fewshot: dict, private: Settings) -> None:
     assert cfg.confusion == str(run / "confusion.json")
 
 
-def test_estimate_uses_the_probe_when_it_matches(fewshot: dict, private: Settings) -> None:
+def test_estimate_uses_the_probe_when_it_matches(fewshot: dict, private: Settings, tmp_path,
+                                                 monkeypatch) -> None:
+    from diffmix import costs
+
+    monkeypatch.setattr(costs, "_store_path", lambda: tmp_path / "calibration.json")  # unmeasured
     cfg = generate.generate_config(fewshot, None, strategy="real-mix", multiplier=3,
                                    strengths="0.5", steps=20, settings=private)  # fmt: skip
     n = 3 * 60
     guess = generate.estimate(cfg, fewshot, None, pixels=64 * 64)
-    assert guess["images"] == n and "typical" in guess["basis"]
+    assert guess["images"] == n and "rough guess" in guess["basis"]
     assert guess["bytes"] == n * (64 * 64 * generate.PNG_BYTES_PER_PIXEL + generate.ROW_BYTES)
-    probe = {"model": cfg.model, "strategy": "real-mix", "steps": 20, "strengths": [0.5],
-             "seconds_per_image": 0.5, "bytes_per_image": 1000}  # fmt: skip
+    probe = {"model": cfg.model, "bytes_per_image": 1000}
     est = generate.estimate(cfg, fewshot, probe)
-    assert est["seconds"] == pytest.approx(n * 0.5) and est["basis"] == "measured on 1 image"
     assert est["bytes"] == n * (1000 + generate.ROW_BYTES)
-    other = generate.estimate(cfg, fewshot, {**probe, "steps": 25})  # another plan: not used
-    assert other["basis"] != "measured on 1 image"
     limited = generate.generate_config(fewshot, None, strategy="real-mix", multiplier=3,
                                        strengths="0.5", limit=10, settings=private)  # fmt: skip
     assert generate.estimate(limited, fewshot)["images"] == 10
@@ -464,8 +464,8 @@ def test_probe_times_one_image(fewshot: dict, private: Settings) -> None:
     cfg = generate.generate_config(fewshot, None, strategy="real-mix", multiplier=1,
                                    strengths="0.5", steps=6, settings=private)  # fmt: skip
     result = generate.probe(cfg, fewshot, settings=private)
-    assert result["seconds_per_image"] > 0 and result["bytes_per_image"] > 100
-    assert generate.estimate(cfg, fewshot, result)["basis"] == "measured on 1 image"
+    assert result["bytes_per_image"] > 100
+    assert "measured on this machine" in generate.estimate(cfg, fewshot, result)["basis"]
 
 
 def test_tail_rows_and_newest_images(tmp_path: Path) -> None:
