@@ -271,7 +271,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     meta = read_adapter(out)
     _write(
         f"adapter:  {out}\nclasses:  {len(meta['class_tokens'])}\n"
-        f"template: {meta['prompt_template']}\nloss:     {meta['final_loss']:.4f}\n"
+        f"template: {meta['prompt_template']}\nloss (EMA): {meta['final_loss']:.4f}\n"
     )
     if args.json:
         _write(json.dumps({"adapter": str(out), "class_tokens": meta["class_tokens"],

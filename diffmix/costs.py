@@ -291,7 +291,7 @@ def describe(seconds: float, rates: Rates) -> str:
 def format_duration(seconds: float) -> str:
     """``45 s``, ``12 min``, ``2.5 h``."""
     if seconds < 90:
-        return f"{max(1, round(seconds))} s"
+        return f"{max(0, round(seconds))} s"
     if seconds < 90 * 60:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"

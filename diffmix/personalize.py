@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tqdm.auto import tqdm
 
+from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
     RunDir,
@@ -652,7 +652,8 @@ def personalize(
             message=f"training (resumed at step {start})" if resume else "training",
             step=start, progress=start / cfg.steps,
         )  # fmt: skip
-        bar = tqdm(total=cfg.steps, initial=start, desc="personalize", unit="step", disable=None)
+        bar = ProgressReporter(cfg.steps, initial=start, desc="personalize", unit="step")
+        ema = LossEMA()
         for step in range(start, cfg.steps):
             if _any_process(accel, run.cancel_requested()):  # all stop at the same step
                 if accel.is_main_process and step > start:  # a clean step boundary: keep the work
@@ -719,12 +720,11 @@ def personalize(
                         w = accel.unwrap_model(text_encoder).get_input_embeddings().weight
                         w[keep] = frozen_rows[keep]
             losses.append(float(loss.detach()))
+            loss_avg = ema.update(losses[-1])  # the one loss figure: status, events, table, CLI
             done = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(1, loss=loss_avg)
             if done % 10 == 0 or done == cfg.steps:
                 rate = (done - start) / max(time.time() - t0, 1e-9)
-                loss_avg = float(np.mean(losses[-10:]))
                 run.event("progress", step=done, total=cfg.steps, loss=loss_avg, steps_per_s=rate)
                 run.set_status(step=done, progress=done / cfg.steps, loss=loss_avg,
                                eta_s=(cfg.steps - done) / max(rate, 1e-9),
@@ -786,7 +786,7 @@ def personalize(
                 "subset": subset.to_dict(),
                 "resolution": size,
                 "config": json.loads(cfg.model_dump_json()),
-                "final_loss": float(np.mean(losses[-50:])) if losses else None,
+                "final_loss": ema.value,  # the same figure as the status and the CLI lines
             }
             tmp = out / f".{ADAPTER_FILE}.tmp"  # adapter.json marks a finished adapter: atomic
             tmp.write_text(json.dumps(meta, indent=2) + "\n")

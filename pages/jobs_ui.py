@@ -306,7 +306,9 @@ def status_text(st: dict[str, Any], name: str | None = None) -> str:
         parts.append(f"epoch {st['epoch']}/{st['epochs']}")
     elif st.get("total"):
         parts.append(f"step {st.get('step') or 0}/{st['total']}")
-    for key, label in (("loss", "loss"), ("train_loss", "loss")):
+    # One loss figure: the running EMA (diffmix.progress.LOSS_NAME) of personalization and
+    # training; a finished epoch's mean only when no running figure exists.
+    for key, label in (("loss", "loss (EMA)"), ("train_loss", "epoch loss (mean)")):
         if isinstance(st.get(key), (int, float)):
             parts.append(f"{label} {st[key]:.4f}")
             break

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 TITLE = "Personalize"
 PATH = "personalize"
 STAGE = "personalize"
-ADAPTER_COLUMNS = ["name", "state", "steps", "final loss", "base model", "dataset", "created"]
+ADAPTER_COLUMNS = ["name", "state", "steps", "final loss (EMA)", "base model", "dataset", "created"]
 _SAMPLE_RE = re.compile(r"^step-(\d+)\.png$")
 
 
@@ -177,7 +177,8 @@ def _balanced(value: str | bool | None) -> bool | None:
 
 
 def loss_figure(events: list[dict[str, Any]], *, title: str = "Training loss") -> go.Figure:
-    """The loss curve from ``progress`` events (step, loss; mean of the last 10 steps)."""
+    """The loss curve from ``progress`` events (step, loss: the run's EMA, the figure the status
+    line, the adapter table and the CLI show)."""
     pts = [(e["step"], e["loss"]) for e in events if e.get("loss") is not None and "step" in e]
     fig = go.Figure()
     fig.add_scatter(
@@ -192,7 +193,7 @@ def loss_figure(events: list[dict[str, Any]], *, title: str = "Training loss") -
         height=320,
         margin={"l": 50, "r": 20, "t": 50, "b": 45},
         xaxis_title="step",
-        yaxis_title="loss (mean of 10 steps)",
+        yaxis_title="loss (EMA)",
         template="plotly_white",
         showlegend=False,
     )

@@ -113,7 +113,7 @@ def test_status_line_progress_bar_and_errors() -> None:
     st = {"state": "running", "step": 30, "total": 100, "loss": 0.1234, "eta_s": 150,
           "message": "training <b>"}  # fmt: skip
     text = jobs_ui.status_text(st, "r1")
-    assert text.startswith("`r1` · **running** · step 30/100 · loss 0.1234")
+    assert text.startswith("`r1` · **running** · step 30/100 · loss (EMA) 0.1234")
     assert "ETA 2 min" in text and "&lt;b&gt;" in text
     assert "epoch 2/5" in jobs_ui.status_text({"state": "done", "epoch": 2, "epochs": 5})
     bar = jobs_ui.progress_html(0.3, "running")
@@ -269,7 +269,7 @@ def test_adapters_are_listed_chosen_and_resolved(private: Settings, public: Sett
     runs = jobs_ui.list_runs("personalize", owner=owner, settings=public)
     table = personalize.adapter_rows(runs)
     row = table[table["name"] == done].iloc[0]
-    assert row["state"] == "done" and row["steps"] == "20/20" and row["final loss"] == "0.1250"
+    assert row["state"] == "done" and row["steps"] == "20/20" and row["final loss (EMA)"] == "0.1250"
     assert row["dataset"] == "demo (5-shot)"
     assert done in personalize.adapter_choices(runs) and busy not in personalize.adapter_choices(
         runs

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from diffmix.classify.config import RUN_ONLY_FIELDS, TrainConfig
 from diffmix.classify.data import (
@@ -72,6 +71,7 @@ from diffmix.classify.models import (
     split_head,
 )
 from diffmix.mixing import mix_batch
+from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
     RunDir,
@@ -135,6 +135,7 @@ def train(
         contextlib.ExitStack() as cleanup,
     ):
         cleanup.callback(torch.set_num_threads, torch.get_num_threads())
+        run.set_status(phase="loading data", message="loading data")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         run.write_config(cfg_json)
@@ -170,7 +171,7 @@ def train(
         test_labels = torch.tensor(test_ds.labels, dtype=torch.long)
         counts = torch.bincount(real_labels, minlength=num_classes)
         cache_dir = workspace.subdir("cache", "classify") if cfg.cache else None
-        run.set_status(message="decoding images")
+        run.set_status(message="loading data (decoding images)", phase="loading data")
         train_x = cached_images(train_ds, indices, cfg.resolution, cache_dir)
         test_x = cached_images(test_ds, range(len(test_ds)), cfg.resolution, cache_dir)
 
@@ -281,10 +282,13 @@ def train(
             cfg.resolution, cfg.epochs, steps_per_epoch,
         )  # fmt: skip
         model.train()
-        run.set_status(message="training", epoch=start_epoch, epochs=cfg.epochs,
+        run.set_status(message=_epoch_phase(start_epoch, cfg.epochs),
+                       phase=_epoch_phase(start_epoch, cfg.epochs),
+                       epoch=start_epoch, epochs=cfg.epochs,
                        step=start_epoch * steps_per_epoch + start_step, total=total_steps)  # fmt: skip
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_step,
-                   desc="train", unit="step", disable=None)  # fmt: skip
+        bar = ProgressReporter(total_steps, initial=start_epoch * steps_per_epoch + start_step,
+                               desc="train", unit="step")  # fmt: skip
+        ema = LossEMA()  # the one running loss figure (status, CLI lines)
         last_preds: torch.Tensor | None = None
         for epoch in range(start_epoch, cfg.epochs):
             plan = plan_epoch(
@@ -305,6 +309,8 @@ def train(
                 drw_weights if cfg.loss == "drw" and epoch >= drw_start_epoch(cfg.epochs) else None
             )
             lr_used = optimizer.param_groups[0]["lr"]
+            phase = _epoch_phase(epoch, cfg.epochs)
+            run.set_status(message=phase, phase=phase)
             for step, pos in enumerate(loader):
                 if step < first:
                     continue
@@ -350,11 +356,12 @@ def train(
                 seen += len(pos)
                 syn_seen += int(rep.sum())
                 busy += time.perf_counter() - t0
-                bar.update(1)
+                loss_ema = ema.update(float(loss.detach()))
+                bar.update(1, loss=loss_ema)
                 done = epoch * steps_per_epoch + step + 1
                 if done % 10 == 0:
                     rate = seen / max(busy, 1e-9)
-                    run.set_status(step=done, progress=done / total_steps,
+                    run.set_status(step=done, progress=done / total_steps, loss=loss_ema,
                                    eta_s=(total_steps - done) * cfg.batch_size / max(rate, 1e-9))  # fmt: skip
 
             # 5d. End of epoch: evaluate, checkpoint, then log (a logged epoch is always saved).
@@ -368,10 +375,14 @@ def train(
                 "time_s": busy,
             }
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                phase = f"evaluating (epoch {epoch + 1}/{cfg.epochs})"
+                run.set_status(message=phase, phase=phase, eta_s=None)
                 last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size, frozen)
                 metrics.update(_figures(last_preds, test_labels, num_classes, groups))
             history.append(metrics)
             if accel.is_main_process:
+                phase = f"saving a checkpoint (epoch {epoch + 1}/{cfg.epochs})"
+                run.set_status(message=phase, phase=phase, eta_s=None)
                 _checkpoint(out, accel, model, optimizer, scheduler, epoch + 1, 0,
                             steps_per_epoch, history, None)  # fmt: skip
                 run.event("epoch", **metrics)
@@ -386,6 +397,8 @@ def train(
                 metrics["images_per_s"],
             )  # fmt: skip
             run.set_status(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
+                           message=_epoch_phase(epoch + 1, cfg.epochs),
+                           phase=_epoch_phase(epoch + 1, cfg.epochs),
                            progress=(epoch + 1) / cfg.epochs, train_loss=metrics["train_loss"],
                            test_accuracy=metrics.get("test_accuracy"))  # fmt: skip
             if callback is not None:
@@ -393,6 +406,7 @@ def train(
         bar.close()
 
         # 6. Final figures: the last epoch's (re-evaluated if this call trained nothing).
+        run.set_status(message="writing the report", phase="writing the report", eta_s=None)
         if last_preds is None:
             last_preds = _predict(accel, model, test_x, mean, std, cfg.eval_batch_size, frozen)
         conf = confusion_matrix(last_preds, test_labels, num_classes)
@@ -437,6 +451,11 @@ def train(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _epoch_phase(epoch: int, epochs: int) -> str:
+    """``training epoch 3/30`` for the epoch starting after ``epoch`` finished ones."""
+    return f"training epoch {min(epoch + 1, epochs)}/{epochs}"
 
 
 def _synthetic_sources(

@@ -210,8 +210,7 @@ def _loop(job: _Job, work: _Work, clf, progress) -> float:
     cancel file alone, processes stopped at different batches and the ones still running
     waited forever at the final barrier.
     """
-    from tqdm.auto import tqdm
-
+    from diffmix.progress import ProgressReporter
     from diffmix.translate import TranslateConfig
 
     cfg, dist, run, plan = job.cfg, job.dist, job.run, job.plan
@@ -222,8 +221,8 @@ def _loop(job: _Job, work: _Work, clf, progress) -> float:
         dtype=cfg.dtype,
     )  # fmt: skip
     superclass = cfg.superclass or job.ds.superclass
-    bar = tqdm(total=work.n_mine, initial=work.n_mine - work.n_left, desc="generate",
-               unit="img", disable=None)  # fmt: skip
+    bar = ProgressReporter(work.n_mine, initial=work.n_mine - work.n_left, desc="generate",
+                           unit="img")  # fmt: skip
     made, t_loop = 0, time.time()
     for r in range(work.rounds):
         if dist.any(run.cancel_requested()):
