@@ -260,7 +260,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from diffmix.runs import Cancelled
 
     fields = _stage_fields(args, PersonalizeConfig, "personalize")
-    cfg = PersonalizeConfig(**fields)
+    cfg = PersonalizeConfig(**_sized_personalize_fields(fields, args))
+    _log_estimate("personalize", cfg)
     try:
         out = personalize(cfg, args.out, resume=args.resume)
     except Cancelled:
@@ -277,6 +278,49 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         _write(json.dumps({"adapter": str(out), "class_tokens": meta["class_tokens"],
                            "prompt_template": meta["prompt_template"], "final_loss": meta["final_loss"]}) + "\n")  # fmt: skip
     return 0
+
+
+def _sized_personalize_fields(fields: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Fill ``steps`` when neither a flag nor the YAML set it: a resumed run keeps its recorded
+    steps; a new one gets the hardware-sized default (:func:`diffmix.costs.personalize_defaults`,
+    measured once on this machine), and the log says where the number comes from."""
+    if fields.get("steps") is not None:
+        return fields
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        try:
+            steps = json.loads(saved.read_text()).get("steps")
+        except (OSError, ValueError):
+            steps = None
+        if steps:
+            return {**fields, "steps": int(steps)}
+    from diffmix import costs
+
+    found = costs.personalize_defaults(
+        str(fields.get("model") or "nano"), batch=int(fields.get("batch_size") or 8),
+        resolution=fields.get("resolution"), calibrate=True,
+    )  # fmt: skip
+    logger.info("personalize: --steps not given: %s", found["source"])
+    return {**fields, "steps": found["steps"]}
+
+
+def _log_estimate(stage: str, cfg) -> None:
+    """Log the stage's estimated time before it starts (:mod:`diffmix.costs`; this machine's
+    speed is measured once, the first time, in a few seconds). An estimate that cannot be made
+    (a dataset that does not load yet) is skipped: the stage then says what is wrong."""
+    from diffmix import costs
+
+    try:
+        if stage == "personalize":
+            est = costs.personalize_estimate(cfg, calibrate=True)
+        elif stage == "train":
+            est = costs.estimate_train_config(cfg, calibrate=True)
+        else:
+            est = costs.estimate_generate_config(cfg, calibrate=True)
+    except (ValueError, OSError, RuntimeError) as err:
+        logger.debug("no time estimate for %s: %s", stage, err)
+        return
+    logger.info("%s: estimated time %s", stage, est.text())
 
 
 # --------------------------------------------------------------------------- diffmix translate
@@ -506,6 +550,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fields = _stage_fields(args, TrainConfig, "train")
     cfg = TrainConfig(**fields)
+    _log_estimate("train", cfg)
     try:
         result = train(cfg, args.out, resume=args.resume)
     except Cancelled:
@@ -611,6 +656,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     extra = {"strengths": [args.strength]} if args.strength is not None else None
     fields = _stage_fields(args, GenerateConfig, "generate", extra)
     cfg = GenerateConfig(**fields)  # a ValidationError becomes one line in main()
+    _log_estimate("generate", cfg)
     try:
         summary = generate(cfg, args.out, resume=args.resume)
     except Cancelled:

@@ -639,3 +639,81 @@ def train_estimate(
                          test_images=test_images, eval_every=config.eval_every,
                          start_epoch=start_epoch)  # fmt: skip
     return Estimate(secs, rates)
+
+
+# --------------------------------------------------------------------------- from configs alone
+
+
+def _subset_size(
+    spec: str, *, shots, imbalance, seed: int, test_fraction=None
+) -> tuple[int, int, int]:
+    """(subset images, test images, classes) of a dataset spec, as the stages draw the subset."""
+    from diffmix.data import load_dataset, make_subset
+
+    kw = {} if test_fraction is None else {"test_fraction": test_fraction}
+    train_ds = load_dataset(spec, split="train", **kw)
+    test_ds = load_dataset(spec, split="test", **kw)
+    sub = make_subset(train_ds, shots=shots, imbalance=imbalance, seed=seed)
+    return len(sub.indices), len(test_ds), train_ds.num_classes
+
+
+def estimate_train_config(config, *, calibrate: bool = False) -> Estimate:
+    """:func:`train_estimate` of a TrainConfig, with its dataset's real sizes."""
+    cfg = config.resolved()
+    n, tests, classes = _subset_size(cfg.dataset, shots=cfg.shots, imbalance=cfg.imbalance,
+                                     seed=cfg.subset_seed, test_fraction=cfg.test_fraction)  # fmt: skip
+    return train_estimate(cfg, train_images=n, test_images=tests, num_classes=classes,
+                          calibrate=calibrate)  # fmt: skip
+
+
+def estimate_generate_config(config, *, calibrate: bool = False) -> Estimate:
+    """:func:`generate_estimate` of a GenerateConfig: ``multiplier × subset`` images (``limit``
+    caps them)."""
+    cfg = config.resolved() if hasattr(config, "resolved") else config
+    n, _, _ = _subset_size(cfg.dataset, shots=cfg.shots, imbalance=cfg.imbalance,
+                           seed=cfg.subset_seed)  # fmt: skip
+    images = cfg.multiplier * n
+    if cfg.limit:
+        images = min(images, cfg.limit)
+    return generate_estimate(cfg, images=images, calibrate=calibrate)
+
+
+# --------------------------------------------------------------------------- learning from runs
+
+
+def _record(key: str, keys: tuple[str, ...], updates: dict[str, float], rough: Rates) -> None:
+    """Store ``updates`` under ``key``, keeping the other stored (else rough) rates."""
+    found = load_calibration(key)
+    values = dict(found["values"]) if found else {}
+    for k in keys:
+        values.setdefault(k, rough.values[k])
+    values.update(updates)
+    save_calibration(key, values)
+
+
+def record_personalize_run(model: str, *, batch: int, resolution: int, step_s: float) -> None:
+    """A finished personalization ran ``step_s`` seconds a step (its own measured rate, checkpoints
+    and grids included): the next estimates of the same setup use it. Only a CPU run is recorded
+    (a GPU's rate depends on its mixed precision, which the key does not name)."""
+    dev = device_kind(None)
+    if dev != "cpu" or step_s <= 0:
+        return
+    key = calibration_key("personalize", model_key(model), device=dev, dtype="float32",
+                          resolution=resolution, batch=batch)  # fmt: skip
+    rough = personalize_rates(model_key(model), device=dev, dtype="float32",
+                              resolution=resolution, batch=batch)  # fmt: skip
+    keys = ("personalize_image", "generate_image_step", "personalize_overhead")
+    _record(key, keys, {"personalize_image": step_s / batch}, rough)
+
+
+def record_train_run(arch: str, *, batch: int, resolution: int, train_image_s: float) -> None:
+    """A finished training run trained ``train_image_s`` seconds per image: the next estimates of
+    the same setup use it."""
+    if train_image_s <= 0:
+        return
+    dev = device_kind(None)
+    key = calibration_key("train", arch, device=dev, dtype="fp32", resolution=resolution,
+                          batch=batch)  # fmt: skip
+    rough = train_rates(arch, device=dev, resolution=resolution, batch=batch)
+    keys = ("train_image", "eval_image", "train_epoch", "train_overhead")
+    _record(key, keys, {"train_image": train_image_s}, rough)

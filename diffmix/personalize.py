@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from diffmix import costs
 from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
@@ -792,6 +793,10 @@ def personalize(
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(tmp, out / ADAPTER_FILE)
             prune_checkpoints(_checkpoints(out), keep=1)  # resume needs only the newest
+            if cfg.steps > start:  # this machine's measured speed feeds the next estimates
+                step_s = (time.time() - t0) / (cfg.steps - start) / cfg.grad_accum
+                costs.record_personalize_run(cfg.model, batch=cfg.batch_size, resolution=size,
+                                             step_s=step_s)  # fmt: skip
         run.set_status("done", progress=1.0, step=cfg.steps, message="finished")
         run.event("done", step=cfg.steps)
         if return_pipeline:

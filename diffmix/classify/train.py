@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from diffmix import costs
 from diffmix.classify.config import RUN_ONLY_FIELDS, TrainConfig
 from diffmix.classify.data import (
     augment_batch,
@@ -443,6 +444,10 @@ def train(
             _write_json(out / METRICS_FILE, result)
             _save_model(out, accel.unwrap_model(model), cfg, class_names, mean, std)
             prune_checkpoints(_checkpoints(out), keep=1)  # resume needs only the newest
+            rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
+            if rates:  # this machine's measured speed feeds the next estimates
+                costs.record_train_run(cfg.arch, batch=cfg.batch_size, resolution=cfg.resolution,
+                                       train_image_s=1.0 / (sum(rates) / len(rates)))  # fmt: skip
         accel.wait_for_everyone()
         run.event("done", test_accuracy=result["test_accuracy"], epochs=cfg.epochs)
         run.set_status("done", progress=1.0, message="finished", eta_s=0.0,
