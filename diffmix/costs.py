@@ -67,8 +67,9 @@ SD_FACTOR = 60.0
 GPU_SPEEDUP = 8.0
 #: Seconds to fit the scoring judge once per dataset (demo: 355 s on 1 busy thread).
 REFERENCE_FIT_S = 240.0
-#: A grid costs this many UNet image evaluations (personalize.GRID_MAX_CLASSES x GRID_STEPS x 2).
-GRID_IMAGE_STEPS = 12 * 25 * 2
+#: A sample grid costs this many guided image-steps (personalize.GRID_MAX_CLASSES x GRID_STEPS;
+#: guidance, the x 2, is inside the image-step rate).
+GRID_IMAGE_STEPS = 12 * 25
 #: Measured estimates are expected within this factor of the real run (tested on tiny runs).
 MEASURED_FACTOR = 2.0
 

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from diffmix.data import open_rgb  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, jobs_ui  # noqa: E402
+from pages import common, estimates, jobs_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,25 @@ def check_model(model: str | None, settings: Settings) -> str:
     return resolve_model(model).name
 
 
-def model_defaults(model: str) -> dict[str, Any]:
-    """Steps and LoRA learning rate the core uses for ``model`` (nano vs Stable Diffusion)."""
+def model_defaults(model: str, batch: int = 8) -> dict[str, Any]:
+    """Steps, sample-grid spacing and LoRA learning rate for ``model`` on this machine.
+
+    Steps and grids are sized to the hardware (:func:`diffmix.costs.personalize_defaults`: the
+    full default on a GPU, what fits ~15 min on a CPU at its measured speed -- measured here for
+    nano, a few seconds once); ``source`` says where they come from. The learning rate is the
+    core's (nano vs Stable Diffusion).
+    """
+    from diffmix import costs
     from diffmix.personalize import PersonalizeConfig
 
     cfg = PersonalizeConfig(model=model).resolved()
-    return {"steps": cfg.steps, "lr": cfg.lr}
+    try:
+        sized = costs.personalize_defaults(model, batch=batch, calibrate=model == "nano")
+    except (ValueError, OSError, RuntimeError) as err:  # an unloadable model: the core's numbers
+        logger.info("no hardware-sized defaults for %s: %s", model, err)
+        sized = {"steps": cfg.steps, "sample_every": 0, "source": f"{cfg.steps}: the core default"}
+    return {"steps": sized["steps"], "sample_every": sized["sample_every"],
+            "source": sized["source"], "lr": cfg.lr}  # fmt: skip
 
 
 def selection_subset(
@@ -514,11 +527,16 @@ def _on_open(settings: Settings):
     return on_open
 
 
-def _defaults_for(model: str | None) -> tuple[Any, Any]:
-    """The model's default steps and learning rate when another base model is typed."""
+def _defaults_for(model: str | None) -> tuple[Any, Any, Any]:
+    """The model's default steps, grid spacing and learning rate when another base model is
+    typed (sized to this machine; the steps' description says where they come from)."""
     name = (model or "").strip() or "nano"
-    d = model_defaults("nano" if name == "nano" else "sd")
-    return gr.update(value=d["steps"]), gr.update(value=d["lr"])
+    d = model_defaults(name if name == "nano" else "sd")
+    return (
+        gr.update(value=d["steps"], info=d["source"]),
+        gr.update(value=d["sample_every"]),
+        gr.update(value=d["lr"]),
+    )
 
 
 # --------------------------------------------------------------------------- layout
@@ -547,7 +565,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Row():
                     steps = gr.Number(
                         defaults["steps"], label="Steps", precision=0, minimum=1,
-                        elem_id="pz-steps", info="1500 for nano, 5000 for SD by default",
+                        elem_id="pz-steps", info=defaults["source"],
                     )  # fmt: skip
                     rank = gr.Number(10, label="LoRA rank", precision=0, minimum=1,
                                      elem_id="pz-rank")  # fmt: skip
@@ -557,7 +575,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pz-seed")
                 with gr.Accordion("More options", open=False):
                     sample_every = gr.Number(
-                        50, label="Sample grid every N steps (0: never)", precision=0,
+                        defaults["sample_every"], label="Sample grid every N steps (0: never)",
+                        info="default: about 4 grids a run (each costs ~50 training steps)",
+                        precision=0,
                         minimum=0, elem_id="pz-sample-every",
                     )  # fmt: skip
                     batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1,
@@ -569,6 +589,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                         label="Class-balanced sampling", elem_id="pz-balanced",
                         info="draw each class equally often; the authors always do on long-tail data",
                     )  # fmt: skip
+                estimate = gr.Markdown(elem_id="pz-estimate")
                 panel = jobs_ui.job_panel(
                     STAGE, "pz", start_label="Start personalization",
                     name_placeholder="adapter-<date>-<time>",
@@ -630,7 +651,15 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         use.click(use_fn, [use_name, owner], [adapter, chosen, use_msg], api_name="use_adapter")
         clear.click(clear_fn, None, [adapter, chosen, use_msg], api_name="clear_adapter")
         relist.click(list_fn, owner, [table, use_name], api_name="list_adapters")
-        model.input(_defaults_for, model, [steps, lr], queue=False, api_visibility="private")
+        model.input(_defaults_for, model, [steps, sample_every, lr], queue=False,
+                    api_visibility="private")  # fmt: skip
+        start_values = [selection, model, steps, rank, lr, seed, sample_every, batch_size,
+                        ti_only, class_balanced]  # fmt: skip
+        estimate_fn = estimates.estimate_action(STAGE, _build_args(settings), settings)
+        page.load(estimate_fn, [owner, *start_values], estimate, api_visibility="private")
+        for widget in (model, steps, batch_size, sample_every, ti_only):
+            widget.change(estimate_fn, [owner, *start_values], estimate,
+                          show_progress="hidden", api_visibility="private")  # fmt: skip
     return page
 
 

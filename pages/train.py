@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, jobs_ui, personalize  # noqa: E402
+from pages import common, estimates, jobs_ui, personalize  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -486,6 +486,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     balanced = gr.Checkbox(False, label="Class-balanced sampling (long tail)",
                                            elem_id="tn-balanced")  # fmt: skip
                     loss = gr.Radio(list(LOSSES), value="ce", label="Loss", elem_id="tn-loss")
+                estimate = gr.Markdown(elem_id="tn-estimate")
                 panel = jobs_ui.job_panel(STAGE, "tn", start_label="Start training",
                                           name_placeholder="<arch>-<kind>-s<seed>-<date>-<time>")  # fmt: skip
             with gr.Column(scale=2):
@@ -511,6 +512,13 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             on_open=_on_open(settings), open_inputs=[selection],
             open_outputs=[current, synthetic],
         )  # fmt: skip
+        start_values = [selection, synthetic, p, gamma, arch, epochs, resolution, batch_size, lr,
+                        seed, threads, mix, balanced, loss]  # fmt: skip
+        estimate_fn = estimates.estimate_action(STAGE, _build_args(settings), settings)
+        page.load(estimate_fn, [owner, *start_values], estimate, api_visibility="private")
+        for widget in (synthetic, arch, epochs, resolution, batch_size, threads):
+            widget.change(estimate_fn, [owner, *start_values], estimate,
+                          show_progress="hidden", api_visibility="private")  # fmt: skip
         compare_btn.click(_compare_action(settings), owner, [table, synthetic],
                           api_name="train_compare")  # fmt: skip
         recipe.change(_recipe_action, recipe, [p, gamma, recipe_note], queue=False,
