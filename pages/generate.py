@@ -253,6 +253,28 @@ def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str,
     return {"model": config.model, "bytes_per_image": len(buf.getvalue())}
 
 
+def settings_from_config(config: dict[str, Any]) -> list[Any]:
+    """The plan widgets' values (:data:`RESTORED_PARAMS` order) of a run's ``config.json``: a
+    reload of the page shows the watched run's settings, not the defaults."""
+    strengths = config.get("strengths") or []
+    return [
+        config.get("strategy"),
+        config.get("multiplier"),
+        ", ".join(f"{float(s):g}" for s in strengths),
+        config.get("targets") or "uniform",
+        float(config.get("filter_bottom") or 0.0),
+        config.get("limit"),
+        config.get("num_inference_steps"),
+        config.get("seed"),
+        bool(config.get("score", True)),
+    ]
+
+
+#: The widgets :func:`settings_from_config` fills, in its order.
+RESTORED_PARAMS = ("strategy", "multiplier", "strengths", "targets", "filter_bottom", "limit",
+                   "steps", "seed", "score")  # fmt: skip
+
+
 def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, str]]:
     """The newest ``n`` images of a generation folder, newest first, captioned."""
     if run_dir is None:
@@ -447,6 +469,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             start_inputs=plan, view=_view, view_outputs=[gallery, summary],
             on_open=_on_open(settings), open_inputs=[selection, adapter],
             open_outputs=[current, strategy, confusion_run, adapter],
+            restore=settings_from_config,
+            restore_outputs=[strategy, multiplier, strengths, targets, filter_bottom, limit,
+                             steps, seed, score],
         )  # fmt: skip
         targets.change(_targets_visibility, targets, confusion_run, queue=False,
                        api_visibility="private")  # fmt: skip

@@ -474,6 +474,8 @@ def wire(
     on_open: Callable[..., Sequence[Any]] | None = None,
     open_inputs: Sequence[Any] = (),
     open_outputs: Sequence[Any] = (),
+    restore: Callable[[dict[str, Any]], Sequence[Any]] | None = None,
+    restore_outputs: Sequence[Any] = (),
 ) -> None:
     """Connect a :class:`JobPanel` to its page.
 
@@ -483,7 +485,10 @@ def wire(
     ``view(run_dir, owner) -> values`` fills ``view_outputs`` (curves, images) for the watched
     run (``run_dir`` None when there is none). ``on_open(owner, *open_values)`` fills
     ``open_outputs`` when the page loads (after the owner token exists). Listeners: Start /
-    Cancel / Resume / Refresh, the run picker, the poll timer.
+    Cancel / Resume / Refresh, the run picker, the poll timer. ``restore(config) -> values``
+    fills ``restore_outputs`` (the page's settings widgets) from the watched run's
+    ``config.json`` when the page (re)loads and when another run is picked, so a reload shows
+    the settings of the run it watches, not the defaults.
     """
     stage = panel.stage
     owner_state = owner
@@ -569,6 +574,17 @@ def wire(
         """Watch another run."""
         return [name, *_view_values(_watched(name, owner), owner)]
 
+    def restore_settings(name: str | None, owner: str | None) -> list[Any]:
+        """The watched run's settings in the page's widgets (unchanged when none is watched)."""
+        skip = [gr.skip()] * len(restore_outputs)
+        path = _watched(name, owner)
+        try:
+            config = RunDir(path).read_config() if path is not None else None
+            return list(restore(config)) if config and restore is not None else skip
+        except Exception:  # an old or foreign config must not break the page
+            logger.exception("%s: cannot show the settings of %s", stage, name)
+            return skip
+
     def open_page(owner: str | None, name: str | None, *values: Any) -> list[Any]:
         """The page's state when it opens: the runs, the watched run, the page's own values."""
         extra = list(on_open(owner, *values)) if on_open is not None else []
@@ -578,7 +594,7 @@ def wire(
     if on_open is not None:
         with_params(open_page, ["owner", "name", *param_names(on_open, skip=1)])
     private = {"api_visibility": "private"}
-    page.load(common.ensure_owner, owner_state, owner_state, queue=False, **private).then(
+    opened = page.load(common.ensure_owner, owner_state, owner_state, queue=False, **private).then(
         open_page,
         [owner_state, panel.run, *open_inputs],
         [panel.runs, *outs, *open_outputs],
@@ -601,7 +617,11 @@ def wire(
     panel.refresh.click(status, [panel.run, owner_state], outs, api_name=f"{stage}_status").then(
         runs, [owner_state, panel.run], panel.runs, api_name=f"{stage}_runs"
     )
-    panel.runs.input(pick, [panel.runs, owner_state], [panel.run, *outs], **private)
+    picked = panel.runs.input(pick, [panel.runs, owner_state], [panel.run, *outs], **private)
+    if restore is not None:
+        for event in (opened, picked):
+            event.then(restore_settings, [panel.run, owner_state], list(restore_outputs),
+                       **private)  # fmt: skip
     panel.timer.tick(
         status, [panel.run, owner_state], outs, show_progress="hidden", queue=False, **private
     )

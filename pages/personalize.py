@@ -527,6 +527,26 @@ def _on_open(settings: Settings):
     return on_open
 
 
+def settings_from_config(config: dict[str, Any], *, public: bool = False) -> list[Any]:
+    """The settings widgets' values (model, steps, rank, lr, seed, sample every, batch size,
+    tokens only, class-balanced) of a run's ``config.json``, so a reload shows the watched run's
+    settings. ``public``: the model box keeps its value (a server path is not shown)."""
+    balanced = config.get("class_balanced")
+    auto = balanced is None or bool(balanced) == (config.get("imbalance") is not None)
+    choice = next(k for k, v in BALANCED_CHOICES.items() if v == (None if auto else balanced))
+    return [
+        gr.skip() if public else config.get("model"),
+        config.get("steps"),
+        config.get("rank"),
+        config.get("lr"),
+        config.get("seed"),
+        config.get("sample_every"),
+        config.get("batch_size"),
+        bool(config.get("ti_only")),
+        choice,
+    ]
+
+
 def _defaults_for(model: str | None) -> tuple[Any, Any, Any]:
     """The model's default steps, grid spacing and learning rate when another base model is
     typed (sized to this machine; the steps' description says where they come from)."""
@@ -646,7 +666,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             on_open=_on_open(settings),
             open_inputs=[selection, adapter],
             open_outputs=[current, seed, table, use_name, chosen, adapter],
-        )
+            restore=lambda config: settings_from_config(config, public=settings.public),
+            restore_outputs=[model, steps, rank, lr, seed, sample_every, batch_size, ti_only,
+                             class_balanced],
+        )  # fmt: skip
         use_fn, clear_fn, list_fn = _use_action(settings)
         use.click(use_fn, [use_name, owner], [adapter, chosen, use_msg], api_name="use_adapter")
         clear.click(clear_fn, None, [adapter, chosen, use_msg], api_name="clear_adapter")

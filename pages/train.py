@@ -371,6 +371,27 @@ def _build_args(settings: Settings):
     return build
 
 
+def settings_from_config(config: dict[str, Any]) -> list[Any]:
+    """The settings widgets' values (synthetic sets, p, γ, backbone, epochs, resolution, batch
+    size, lr, seed, threads, mixing, balanced sampling, loss) of a run's ``config.json``, so a
+    reload shows the watched run's settings. Synthetic folders show as their set names."""
+    return [
+        [Path(str(f)).name for f in config.get("synthetic") or []],
+        config.get("p") if config.get("p") is not None else 0.0,
+        config.get("gamma"),
+        config.get("arch") or AUTO_ARCH,
+        config.get("epochs"),
+        config.get("resolution"),
+        config.get("batch_size"),
+        config.get("lr"),
+        config.get("seed"),
+        config.get("num_threads"),
+        config.get("mix") or "none",
+        bool(config.get("balanced_sampling")),
+        config.get("loss") or "ce",
+    ]
+
+
 def _view(settings: Settings):
     def view(path: Path | None, owner: str | None) -> list[Any]:
         curves, per_class, conf = live_figures(path)
@@ -511,6 +532,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             view=_view(settings), view_outputs=[curves, per_class, conf, table],
             on_open=_on_open(settings), open_inputs=[selection],
             open_outputs=[current, synthetic],
+            restore=settings_from_config,
+            restore_outputs=[synthetic, p, gamma, arch, epochs, resolution, batch_size, lr, seed,
+                             threads, mix, balanced, loss],
         )  # fmt: skip
         start_values = [selection, synthetic, p, gamma, arch, epochs, resolution, batch_size, lr,
                         seed, threads, mix, balanced, loss]  # fmt: skip
