@@ -664,6 +664,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 130
     if int(os.environ.get("RANK", "0")) != 0:  # other processes of `accelerate launch`
         return 0
+    if summary.get("generated") and summary.get("images_per_s"):  # feeds the next estimates
+        from diffmix import costs
+
+        costs.record_generate_run(cfg.resolved(), images_per_s=float(summary["images_per_s"]))
     _write(
         f"folder:   {summary['out']}\n"
         f"images:   {summary['images']} of {summary['planned']} planned "

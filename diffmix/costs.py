@@ -718,3 +718,30 @@ def record_train_run(arch: str, *, batch: int, resolution: int, train_image_s: f
     rough = train_rates(arch, device=dev, resolution=resolution, batch=batch)
     keys = ("train_image", "eval_image", "train_epoch", "train_overhead")
     _record(key, keys, {"train_image": train_image_s}, rough)
+
+
+def record_generate_run(config, *, images_per_s: float) -> None:
+    """A finished generation made ``images_per_s`` images a second (scoring and files
+    included): the image-step and per-image rates of its setup are rescaled so the next estimate
+    of the same plan predicts that speed."""
+    if images_per_s <= 0 or config.strategy in ("mixup", "cutmix"):
+        return
+    from diffmix.pipeline import pick_device, pick_dtype
+
+    dev = pick_device(config.device)
+    dt = _dtype_name(pick_dtype(dev, config.dtype))
+    res = model_resolution(config.model)
+    key = calibration_key("generate", model_key(config.model), device=dev.type, dtype=dt,
+                          resolution=res, batch=config.batch_size)  # fmt: skip
+    rates = generate_rates(model_key(config.model), device=dev.type, dtype=dt, resolution=res,
+                           batch=config.batch_size)  # fmt: skip
+    strengths = list(config.strengths or [0.7])
+    predicted = generate_seconds({**rates.values, "generate_overhead": 0.0}, images=1,
+                                 num_inference_steps=config.num_inference_steps,
+                                 strengths=strengths, guidance=config.guidance_scale > 1)  # fmt: skip
+    if getattr(config, "score", False):
+        predicted += rates["generate_image"]
+    factor = (1.0 / images_per_s) / max(predicted, 1e-9)
+    keys = ("generate_image_step", "generate_image", "generate_overhead")
+    _record(key, keys, {"generate_image_step": rates["generate_image_step"] * factor,
+                        "generate_image": rates["generate_image"] * factor}, rates)  # fmt: skip
