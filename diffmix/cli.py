@@ -641,6 +641,9 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma", type=float, metavar="G", help="soft-label exponent (0.5)")
     p.add_argument("--seed", type=int, metavar="N", help="plan seed (0)")
     p.add_argument("--superclass", metavar="WORD", help="word after class names in prompts")
+    p.add_argument("--prompt-template", metavar="TEXT",
+                   help="prompt replacing the strategy's own; {token} = the target's token or "
+                        "name, {superclass} (default: the strategy's prompt)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     p.add_argument("--dtype", help="auto, fp32, fp16, bf16")
     _add_resume_json(p, "continue the generation in --out")

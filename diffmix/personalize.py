@@ -200,13 +200,14 @@ TEMPLATE_FIELDS = frozenset({"token", "superclass"})
 MAX_TEMPLATE_CHARS = 300
 
 
-def check_prompt_template(template: object) -> str:
+def check_prompt_template(template: object, *, require_token: bool = True) -> str:
     """An adapter's ``prompt_template``, checked before it reaches ``str.format``.
 
     Only the fields ``{token}`` and ``{superclass}`` are allowed, with no format spec, conversion,
     attribute or index (``{token:>30000000}`` would build a 30 MB prompt, ``{token.__class__}``
     reads attributes), and ``{token}`` must appear; at most :data:`MAX_TEMPLATE_CHARS`
-    characters. Raises :class:`AdapterError` naming the problem.
+    characters. Raises :class:`AdapterError` naming the problem. A prompt a user typed
+    (``require_token=False``) may leave ``{token}`` out.
     """
     import string
 
@@ -231,7 +232,7 @@ def check_prompt_template(template: object) -> str:
                 f"{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
             )
         names.append(name)
-    if "token" not in names:
+    if require_token and "token" not in names:
         raise AdapterError(f"prompt_template {template!r} must contain {{token}}")
     return template
 

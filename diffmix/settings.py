@@ -328,6 +328,32 @@ FIELD_LIMITS: dict[str, str] = {
 }
 #: Config fields naming a file or folder on the server (checked like dataset folders).
 PATH_FIELDS = ("adapter", "confusion", "config", "source", "synthetic")
+#: Config fields holding a prompt a user typed (checked by :func:`check_prompt`).
+PROMPT_FIELDS = ("prompt", "prompt_template")
+#: Longest prompt a request may carry, in characters: the adapters' template limit
+#: (``diffmix.personalize.MAX_TEMPLATE_CHARS``); CLIP reads only 77 tokens anyway.
+MAX_PROMPT_CHARS = 300
+
+
+def check_prompt(prompt: object, settings: Settings, *, what: str = "prompt") -> str:
+    """A prompt typed by a user, refused with a ``ValueError`` when it is too long
+    (:data:`MAX_PROMPT_CHARS`), holds control characters or, on a public deployment, names a
+    server path (prompts are plain text; the message never repeats the path)."""
+    text = str(prompt)
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{what} is {len(text)} characters long, more than {MAX_PROMPT_CHARS} (the text "
+            "encoder reads only its first 77 tokens); shorten it"
+        )
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"{what} holds a control character ({bad!r}); type plain text")
+    if settings.public and workspace.ABS_PATH.search(text):
+        raise ValueError(
+            f"{what} refused: it names a server path, and this deployment takes plain-text "
+            "prompts only; remove the path"
+        )
+    return text
 
 
 def check_request(stage: str, fields: Mapping[str, object], settings: Settings) -> None:
@@ -337,7 +363,7 @@ def check_request(stage: str, fields: Mapping[str, object], settings: Settings) 
     keys are ignored). Checked: the dataset spec (:func:`check_spec`; files the app staged in
     ``<workspace>/uploads`` are allowed), the base model and every server path
     (:func:`check_path`; ``pretrained`` too unless it is ``timm``, the built-in ``lite0`` /
-    ``scratch`` or a Hub id), and every
+    ``scratch`` or a Hub id), a typed prompt (:func:`check_prompt`), and every
     number against :attr:`Settings.limits`. The page, the job launcher and the command line
     all call this, so none of them can skip it.
     """
@@ -358,6 +384,10 @@ def check_request(stage: str, fields: Mapping[str, object], settings: Settings) 
         for v in values if isinstance(values, (list, tuple)) else [values]:
             if str(v).strip():
                 check_path(str(v).strip(), key, settings)
+    for key in PROMPT_FIELDS:
+        value = fields.get(key)
+        if value not in (None, ""):
+            check_prompt(value, settings, what=key)
     pretrained = fields.get("pretrained")
     if pretrained not in (None, "", "timm", "lite0", "scratch"):  # built-in names: no file
         check_model(str(pretrained), settings, what="pretrained weights")

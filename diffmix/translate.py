@@ -41,7 +41,8 @@ the model resolution is used as is.
 
 Public API: :class:`Strategy`, :data:`STRATEGIES`, :func:`get_strategy`, :class:`TranslateConfig`,
 :class:`TranslationItem`, :class:`Translation`, :func:`translate`, :func:`denoise_batch`,
-:func:`img2img_start`, :func:`build_prompt`, :func:`load_adapted_pipeline`. The soft label is
+:func:`img2img_start`, :func:`build_prompt` (:func:`prompt_word`, :func:`template_from_prompt`
+for a user's prompt), :func:`load_adapted_pipeline`. The soft label is
 :func:`diffmix.labels.soft_label` (re-exported here as :func:`soft_label`); mixup/cutmix are
 :mod:`diffmix.mixing`. Each :class:`Translation` names its ``label_rule``.
 """
@@ -168,23 +169,56 @@ def img2img_start(num_inference_steps: int, strength: float) -> tuple[int, int]:
     return t_start, num_inference_steps - t_start
 
 
+def prompt_word(
+    strategy: str | Strategy, target_class: str, *, adapter_meta: dict | None = None
+) -> str:
+    """What ``{token}`` stands for in a prompt of ``target_class``: the class's token for
+    personalized strategies (``<demo-3>``), its name (underscores as spaces) otherwise."""
+    st = get_strategy(strategy)
+    if st.prompt == "adapter":
+        if adapter_meta is None:
+            raise AdapterError(f"strategy {st.name!r} needs an adapter to build its prompt")
+        tokens = adapter_meta.get("class_tokens", {})
+        if target_class not in tokens:
+            raise ValueError(
+                f"unknown class {target_class!r}; the adapter knows: {', '.join(tokens)}"
+            )
+        return str(tokens[target_class])
+    return target_class.replace("_", " ").strip()
+
+
+def template_from_prompt(prompt: str, word: str) -> str:
+    """A prompt template of a typed prompt: braces escaped, ``word`` (the target's token or
+    name, :func:`prompt_word`) made ``{token}``, so that ``template.format(token=word)`` gives
+    ``prompt`` back and other target classes get their own token."""
+    escaped = prompt.replace("{", "{{").replace("}", "}}")
+    return escaped.replace(word, "{token}") if word else escaped
+
+
 def build_prompt(
     strategy: str | Strategy,
     target_class: str,
     *,
     adapter_meta: dict | None = None,
     superclass: str | None = None,
+    template: str | None = None,
 ) -> str:
     """The prompt a strategy uses for ``target_class``.
 
     Personalized strategies: ``adapter_meta["prompt_template"].format(token=class_tokens[target])``.
     Base-model strategies: ``"a photo of a {class name} {superclass}"`` (underscores in the name
     become spaces; no superclass word when unknown), as the paper's Real-* baselines.
-    Classic mixing strategies have no prompt (``""``).
+    Classic mixing strategies have no prompt (``""``). ``template`` (a user's prompt, checked by
+    :func:`~diffmix.personalize.check_prompt_template` with ``{token}`` optional) replaces the
+    strategy's own: ``{token}`` is :func:`prompt_word`, ``{superclass}`` the superclass word.
     """
     st = get_strategy(strategy)
     if st.prompt == "none":
         return ""
+    if template is not None:
+        template = check_prompt_template(template, require_token=False)
+        word = prompt_word(st, target_class, adapter_meta=adapter_meta)
+        return template.format(token=word, superclass=superclass or "object").strip()
     if st.prompt == "adapter":
         if adapter_meta is None:
             raise AdapterError(f"strategy {st.name!r} needs an adapter to build its prompt")
@@ -218,6 +252,11 @@ class TranslateConfig(BaseModel):
         "have 1000 training timesteps, so at most 1000)",
     )
     guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance (<= 1: off)")
+    prompt_template: str | None = Field(
+        None,
+        description="prompt replacing the strategy's own: {token} = the target's token (or "
+        "name for base-model strategies), {superclass}; None = the strategy's prompt",
+    )
     gamma: float = Field(
         0.5, gt=0, description="soft-label exponent γ; 0.5 = the authors' (4aa0ec8:run.sh:23)"
     )
@@ -700,8 +739,10 @@ def translate(
         pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     prompts = [
-        build_prompt(st, it.target_class, adapter_meta=meta, superclass=superclass) for it in items
-    ]
+        build_prompt(st, it.target_class, adapter_meta=meta, superclass=superclass,
+                     template=config.prompt_template)
+        for it in items
+    ]  # fmt: skip
 
     # 5. Sample in chunks, each one shared denoising loop
     N = config.num_inference_steps

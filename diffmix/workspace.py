@@ -51,6 +51,8 @@ _UPLOAD_TOKEN = re.compile(r"^upload:([0-9a-f]{8,64})/([^/\\\x00]+)$")
 #: An absolute POSIX path in free text: starts the text or follows a space, a quote, ``(``,
 #: ``[`` or ``=`` (so ``<folder>/train``, URLs and relative paths are left alone).
 _ABS_PATH = re.compile(r"(?<![^\s'\"`(\[=])/[^\s'\"`<>|,;()\[\]{}]+")
+#: An absolute path inside free text (what :func:`redact_paths` rewrites).
+ABS_PATH = _ABS_PATH
 
 
 def upload_token(path: str | os.PathLike, home: str | os.PathLike) -> str | None:

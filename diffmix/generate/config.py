@@ -71,6 +71,11 @@ class GenerateConfig(BaseModel):
         description="classifier-free guidance (<= 1: off); 7.5 = the authors' "
         "(a81337b:augmentation/diff_mix.py:86)",
     )  # fmt: skip
+    prompt_template: str | None = Field(
+        None,
+        description="prompt replacing the strategy's own: {token} = the target's token (or "
+        "class name for base-model strategies), {superclass}; None = the strategy's prompt",
+    )
     gamma: float = Field(
         0.5, gt=0,
         description="soft-label exponent γ written into diff-mix rows (training recomputes "
@@ -169,6 +174,7 @@ def command_for(config: GenerateConfig, out: str | os.PathLike | None = None) ->
         "grouping": "--grouping", "num_inference_steps": "--steps",
         "guidance_scale": "--guidance-scale", "gamma": "--gamma", "seed": "--seed",
         "superclass": "--superclass", "device": "--device", "dtype": "--dtype",
+        "prompt_template": "--prompt-template",
     }  # fmt: skip
     for key, flag in flags.items():
         value = getattr(c, key)

@@ -52,7 +52,8 @@ def regenerate(out: str | os.PathLike, row: dict[str, Any] | int):
     tcfg = TranslateConfig(
         strategy=cfg.strategy, model=cfg.model, adapter=cfg.adapter,
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-        gamma=cfg.gamma, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+        prompt_template=cfg.prompt_template, gamma=cfg.gamma, batch_size=cfg.batch_size,
+        device=cfg.device, dtype=cfg.dtype,
     )  # fmt: skip
     results, _ = _translate_batch(batch, ds, tcfg, record.get("superclass_resolved"))
     return results[[t.task for t in batch].index(task)].image

@@ -217,8 +217,8 @@ def _loop(job: _Job, work: _Work, clf, progress) -> float:
     tcfg = TranslateConfig(
         strategy=job.st.name, model=cfg.model, adapter=cfg.adapter,
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-        gamma=cfg.gamma, batch_size=cfg.batch_size, device=cfg.device or dist.device,
-        dtype=cfg.dtype,
+        prompt_template=cfg.prompt_template, gamma=cfg.gamma, batch_size=cfg.batch_size,
+        device=cfg.device or dist.device, dtype=cfg.dtype,
     )  # fmt: skip
     superclass = cfg.superclass or job.ds.superclass
     bar = ProgressReporter(work.n_mine, initial=work.n_mine - work.n_left, desc="generate",
