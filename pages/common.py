@@ -107,6 +107,32 @@ def adapter_state() -> gr.BrowserState:
     return gr.BrowserState(None, storage_key=ADAPTER_KEY, secret=_SELECTION_SECRET)
 
 
+#: localStorage key of the plan Translate's "Send to Generate" hands to the Generate page.
+PLAN_KEY = "diffmix-send-generate"
+
+
+def plan_state() -> gr.BrowserState:
+    """A plan sent from Translate to Generate (strategy, strength, guidance, prompt template,
+    source / target), or None. Kept in the browser like :func:`selection_state` (same
+    mechanism as the selection and the adapter); Generate fills its fields from it once and
+    clears it, so a later visit starts from Generate's own defaults."""
+    return gr.BrowserState(None, storage_key=PLAN_KEY, secret=_SELECTION_SECRET)
+
+
+def empty_figure(message: str = "no data yet", *, height: int = 260) -> Any:
+    """A plotly figure with no axes and one short ``message`` (instead of meaningless axes
+    before there is anything to plot)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font={"size": 15, "color": "#78909c"})  # fmt: skip
+    fig.update_layout(height=height, template="plotly_white",
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis={"visible": False}, yaxis={"visible": False})  # fmt: skip
+    return fig
+
+
 def owner_state() -> gr.BrowserState:
     """This browser's job-owner token (see :func:`ensure_owner`).
 
@@ -452,6 +478,8 @@ __all__ = [
     "ensure_owner",
     "owner_state",
     "clear_dataset_cache",
+    "empty_figure",
+    "plan_state",
     "client_spec",
     "display_path",
     "display_spec",

@@ -30,7 +30,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffmix.data import open_rgb  # noqa: E402
-from diffmix.settings import Settings  # noqa: E402
+from diffmix.settings import Settings, check_prompt  # noqa: E402
 from diffmix.synthetic import tail_rows  # noqa: E402
 from pages import common, jobs_ui, personalize, translate  # noqa: E402
 
@@ -94,11 +94,18 @@ def generate_config(
     steps: float | None = 25,
     seed: float | None = 0,
     score: bool = True,
+    guidance: float | None = None,
+    prompt_template: str | None = None,
     settings: Settings,
     owner: str | None = None,
 ):
-    """The :class:`~diffmix.generate.GenerateConfig` of the page's values (checked)."""
+    """The :class:`~diffmix.generate.GenerateConfig` of the page's values (checked).
+
+    ``guidance`` defaults to the config's 7.5; ``prompt_template`` (empty: the strategy's own
+    prompt) is checked as a typed prompt (:func:`diffmix.settings.check_prompt`).
+    """
     from diffmix.generate import GenerateConfig
+    from diffmix.personalize import check_prompt_template
     from diffmix.translate import get_strategy
 
     sub = personalize.selection_subset(selection, settings)
@@ -142,6 +149,12 @@ def generate_config(
         "seed": translate._whole(seed, "seed", 0),
         "score": bool(score),
     }
+    if guidance not in (None, ""):
+        fields["guidance_scale"] = float(guidance)
+    template = (prompt_template or "").strip()
+    if template:
+        check_prompt(template, settings, what="prompt template")
+        fields["prompt_template"] = check_prompt_template(template, require_token=False)
     return GenerateConfig(**fields).resolved()
 
 
@@ -310,7 +323,8 @@ def done_summary(run_dir: Path | None) -> str:
 
 #: The plan's widget values, in the order the listeners (and the API) take them after ``owner``.
 PLAN_PARAMS = ("selection", "adapter", "strategy", "multiplier", "strengths", "targets",
-               "confusion_run", "filter_bottom", "limit", "steps", "seed", "score")  # fmt: skip
+               "confusion_run", "filter_bottom", "limit", "steps", "seed", "score", "guidance",
+               "prompt_template")  # fmt: skip
 
 
 def _config_from(settings: Settings, owner: str | None, values: Sequence[Any]):
@@ -365,8 +379,42 @@ def _view(path: Path | None, owner: str | None) -> list[Any]:
     return [newest_images(path), done_summary(path)]
 
 
+def sent_plan_line(plan: dict[str, Any]) -> str:
+    """What a plan sent from Translate set here, in one line (and what Generate does with the
+    source / target choice: it translates every selected image, toward drawn target classes)."""
+    src = plan.get("source_index")
+    where = f"source #{int(src)} ({plan.get('source_class')})" if src not in (None, "") else "an upload"
+    prompt = f", prompt “{plan['prompt']}”" if plan.get("prompt") else ""
+    return (
+        f"**From Translate:** {plan.get('strategy')}, strength {plan.get('strengths')}, guidance "
+        f"{plan.get('guidance')}{prompt}; you previewed {where} → {plan.get('target_class')}. "
+        "Generate translates every selected image, each toward target classes drawn by the "
+        "rule below; the prompt template puts each target's own token in."
+    )
+
+
+def plan_updates(plan: dict[str, Any] | None, adapter: dict[str, Any] | None) -> list[Any]:
+    """Updates of strategy, strengths, guidance and prompt template for a plan sent from
+    Translate (:func:`pages.translate.generate_plan`); without one, the strategy's default and
+    the other fields unchanged."""
+    if not isinstance(plan, dict) or plan.get("from") != "translate":
+        return [gr.update(value=translate.default_strategy(adapter)), gr.update(), gr.update(),
+                gr.update()]  # fmt: skip
+    return [gr.update(value=plan.get("strategy") or translate.default_strategy(adapter)),
+            gr.update(value=str(plan.get("strengths") or "0.7")),
+            gr.update(value=float(plan.get("guidance") or translate.DEFAULT_GUIDANCE)),
+            gr.update(value=plan.get("prompt_template") or "")]  # fmt: skip
+
+
 def _on_open(settings: Settings):
-    def on_open(owner: str | None, selection: dict | None, adapter: dict | None) -> list[Any]:
+    def on_open(
+        owner: str | None,
+        selection: dict | None,
+        adapter: dict | None,
+        sent: dict | None = None,
+    ) -> list[Any]:
+        """Runs with a confusion matrix, the carried adapter, and a plan sent from Translate
+        (used once: the stored plan is cleared)."""
         runs = jobs_ui.list_runs("train", owner=owner, settings=settings)
         with_conf = [r["name"] for r in runs if (Path(r["path"]) / "confusion.json").is_file()]
         adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
@@ -374,8 +422,11 @@ def _on_open(settings: Settings):
         reason = unavailable_reason()
         if reason:
             line += "\n\n" + common.error_box(f"Generation is not available: {reason}.", settings)
-        return [line, gr.update(value=translate.default_strategy(adapter)),
-                gr.update(choices=with_conf), adapter]  # fmt: skip
+        strategy, strengths, guidance, template = plan_updates(sent, adapter)
+        if isinstance(sent, dict) and sent.get("from") == "translate":
+            line += "\n\n" + sent_plan_line(sent)
+        return [line, strategy, gr.update(choices=with_conf), strengths, guidance, template,
+                None, adapter]  # fmt: skip
 
     return on_open
 
@@ -406,6 +457,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         # A hidden JSON value, not gr.State: any gr.State makes Gradio hold a heartbeat
         # connection open on every page of the app.
         probe_state = gr.JSON(None, visible=False)
+        sent = common.plan_state()
         gr.Markdown(
             "## 4 · Generate\nMake a synthetic dataset: every selected training image is "
             "translated `multiplier` times toward other classes. The job runs in the "
@@ -446,6 +498,15 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                          elem_id="gen-seed")  # fmt: skip
                         score = gr.Checkbox(True, label="Score images (faithfulness, diversity)",
                                             elem_id="gen-score")  # fmt: skip
+                    with gr.Row():
+                        guidance = gr.Number(translate.DEFAULT_GUIDANCE, minimum=0, maximum=50,
+                                             label="Guidance scale (7.5: the authors')",
+                                             elem_id="gen-guidance")  # fmt: skip
+                        prompt_template = gr.Textbox(
+                            "", label="Prompt template (empty: the strategy's own)", max_lines=2,
+                            info="{token} = each target class's token (or name); {superclass}",
+                            elem_id="gen-prompt-template",
+                        )  # fmt: skip
                 with gr.Row():
                     est_btn = gr.Button("Estimate", elem_id="gen-estimate-btn")
                     probe_btn = gr.Button("Measure speed", elem_id="gen-probe")
@@ -463,12 +524,13 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
 
         plan = [selection, adapter, strategy, multiplier, strengths, targets, confusion_run,
-                filter_bottom, limit, steps, seed, score]  # fmt: skip
+                filter_bottom, limit, steps, seed, score, guidance, prompt_template]  # fmt: skip
         jobs_ui.wire(
             panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),
             start_inputs=plan, view=_view, view_outputs=[gallery, summary],
-            on_open=_on_open(settings), open_inputs=[selection, adapter],
-            open_outputs=[current, strategy, confusion_run, adapter],
+            on_open=_on_open(settings), open_inputs=[selection, adapter, sent],
+            open_outputs=[current, strategy, confusion_run, strengths, guidance, prompt_template,
+                          sent, adapter],
             restore=settings_from_config,
             restore_outputs=[strategy, multiplier, strengths, targets, filter_bottom, limit,
                              steps, seed, score],
@@ -480,7 +542,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         estimate_fn = _estimate_action(settings)
         est_btn.click(estimate_fn, [probe_state, owner, *plan], est, api_name="generate_estimate")
         page.load(estimate_fn, [probe_state, owner, *plan], est, api_visibility="private")
-        for widget in (strategy, multiplier, strengths, targets, limit, steps):
+        for widget in (strategy, multiplier, strengths, targets, limit, steps, guidance,
+                       prompt_template):
             widget.change(estimate_fn, [probe_state, owner, *plan], est, show_progress="hidden",
                           api_visibility="private")  # fmt: skip
         probe_btn.click(_probe_action(settings), [owner, *plan], [probe_state, est],

@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -40,7 +41,8 @@ from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset  # noqa: E402
 from diffmix.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
-from diffmix.settings import Settings, check_limit  # noqa: E402
+from diffmix.grid import check_grid  # noqa: E402
+from diffmix.settings import Settings, check_limit, check_prompt  # noqa: E402
 from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,16 @@ SWEEP_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SOURCE_MODES = ("Dataset image", "Upload")
 #: Smallest side the page displays images at (small images are enlarged, pixels kept sharp).
 DISPLAY_SIDE = 256
+#: Guidance weight shown first: the core's default, 7.5 (the authors', a81337b:augmentation/
+#: diff_mix.py:86; also diffusers' img2img default).
+DEFAULT_GUIDANCE = 7.5
+#: Strengths and seeds a new grid starts with (3 × 3 = 9 images).
+GRID_STRENGTHS = "0.3, 0.5, 0.7"
+GRID_SEEDS = "0, 1, 2"
+#: Source thumbnails per gallery page (a 200-class dataset is never laid out at once).
+SOURCES_PER_PAGE = 24
+#: Class-menu entry that shows every class in the source gallery.
+ALL_CLASSES = "(all classes)"
 ProgressFn = Callable[..., Any]
 
 
@@ -69,6 +81,21 @@ class Request:
     adapter: str | None
     steps: int
     partner: Image.Image | None = None
+    #: classifier-free guidance weight (the core's default: 7.5, the authors').
+    guidance: float = DEFAULT_GUIDANCE
+    #: the typed prompt as a template (:func:`diffmix.translate.template_from_prompt`); None =
+    #: the strategy's own prompt.
+    prompt_template: str | None = None
+    #: a grid's seeds (rows; ``None``: the one ``seed``); columns are ``strengths``.
+    seeds: list[int] | None = None
+    source_index: int | None = None
+    partner_index: int | None = None
+    selection: dict[str, Any] | None = None
+
+    @property
+    def row_seeds(self) -> list[int]:
+        """The seeds of the rows (one row of ``seed`` for a plain preview)."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
 
 @dataclass
@@ -121,6 +148,45 @@ def source_gallery(
     return thumbs, chosen
 
 
+def source_page(
+    ds: ImageDataset,
+    indices: Sequence[int],
+    *,
+    class_name: str | None = None,
+    page: int = 0,
+    per_page: int = SOURCES_PER_PAGE,
+) -> tuple[list[tuple[Image.Image, str]], list[int], int, int]:
+    """One page of source thumbnails: ``(thumbs, indices, page, pages)``.
+
+    ``class_name`` (one of ``ds.class_names``; ``None`` or :data:`ALL_CLASSES` = every class)
+    filters; images are in class order, then index order. ``page`` is clamped to
+    ``0 .. pages - 1``; only that page's images are decoded, so a 200-class dataset costs
+    ``per_page`` thumbnails, not thousands.
+    """
+    if class_name in (None, "", ALL_CLASSES):
+        pool = sorted(indices, key=lambda i: (ds.items[i].label, i))
+    else:
+        if class_name not in ds.class_names:
+            raise ValueError(f"unknown class {class_name!r}; pick one from the class menu")
+        label = ds.class_names.index(class_name)
+        pool = [i for i in indices if ds.items[i].label == label]
+    pages = max(1, -(-len(pool) // per_page))
+    page = min(max(0, int(page or 0)), pages - 1)
+    chosen = pool[page * per_page : (page + 1) * per_page]
+    thumbs = []
+    for i in chosen:
+        img = ds.image(i).copy()
+        img.thumbnail((128, 128))
+        thumbs.append((img, f"#{i} {ds.class_names[ds.items[i].label]}"))
+    return thumbs, chosen, page, pages
+
+
+def page_line(page: int, pages: int, n_shown: int, class_name: str | None) -> str:
+    """``"Page 2 of 9 · 24 images of every class"`` under the source gallery."""
+    what = "every class" if class_name in (None, "", ALL_CLASSES) else f"class {class_name}"
+    return f"Page {page + 1} of {pages} · {n_shown} image(s) of {what}"
+
+
 def other_class(class_names: Sequence[str], source_class: str | None) -> str:
     """A default target: the class after the source class (wrapping)."""
     if not class_names:
@@ -145,9 +211,19 @@ def build_request(
     steps: float | None,
     settings: Settings,
     owner: str | None = None,
+    prompt: str | None = None,
+    guidance: float | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Request:
-    """Check the page's values and turn them into a :class:`Request` (``ValueError`` if bad)."""
-    from diffmix.translate import get_strategy
+    """Check the page's values and turn them into a :class:`Request` (``ValueError`` if bad).
+
+    ``prompt`` is the prompt as typed (empty: the strategy's own); it is checked with
+    :func:`diffmix.settings.check_prompt` (length, no server path on public deployments) and
+    kept as a template in which the target's token (or name) is ``{token}``, so the image is
+    made with exactly the typed text. ``guidance`` defaults to :data:`DEFAULT_GUIDANCE`.
+    """
+    from diffmix.personalize import check_prompt_template
+    from diffmix.translate import get_strategy, prompt_word, template_from_prompt
 
     # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
     #    strategy, model and adapter.
@@ -155,7 +231,7 @@ def build_request(
                 stage="translate")  # fmt: skip
     ds, subset = common.open_selection(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
-    model, adapter_dir = settings.model, None
+    model, adapter_dir, meta = settings.model, None, None
     if st.uses_adapter:
         found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
         if found is None:
@@ -167,11 +243,21 @@ def build_request(
         adapter_dir, meta = str(found[0]), found[1]
         model = str(meta.get("base_model") or settings.model)
     if target_class not in ds.class_names:
-        raise ValueError(f"choose a target class (one of {', '.join(ds.class_names)})")
+        shown = ", ".join(ds.class_names[:12]) + (" …" if len(ds.class_names) > 12 else "")
+        raise ValueError(f"choose a target class (one of {shown})")
+    guidance_f = DEFAULT_GUIDANCE if guidance in (None, "") else float(guidance)
+    if not 0.0 <= guidance_f <= 50.0:
+        raise ValueError(f"guidance scale must be in 0 … 50, got {guidance_f:g}")
+    template = None
+    text = (prompt or "").strip()
+    if text and st.prompt != "none":
+        check_prompt(text, settings)
+        template = template_from_prompt(text, prompt_word(st, target_class, adapter_meta=meta))
+        check_prompt_template(template, require_token=False)
     seed_i = _whole(seed, "seed", 0)
     steps_i = _whole(steps, "steps", 25, minimum=1)
     # 2. Source image and class (none for text-to-image strategies).
-    source, src_class = None, None
+    source, src_class, source_i, partner_i = None, None, None, None
     if st.generative != "txt2img":
         if source_mode == "Upload":
             if upload is None:
@@ -180,10 +266,16 @@ def build_request(
                 raise ValueError("choose the class of the uploaded image (Source class)")
             source, src_class = open_upload(upload), source_class
         else:
-            index = _whole(source_index, "source index", None)
-            if index is None or not 0 <= index < len(ds):
+            index = _whole(source_index, "source index", None, minimum=-(2**62))
+            if index is None:
                 raise ValueError("pick a source image in the gallery first")
+            if not 0 <= index < len(ds):
+                raise ValueError(
+                    f"source index {index} is out of range 0..{len(ds) - 1} (the {ds.split} "
+                    "split); pick an image in the gallery or type an index in that range"
+                )
             source, src_class = ds.image(index), ds.class_names[ds.items[index].label]
+            source_i = index
     # 3. Strengths (text-to-image: 1), partner image for mixup / cutmix.
     values = [float(s) for s in strengths]
     if st.generative == "txt2img":
@@ -197,9 +289,15 @@ def build_request(
         pool = [i for i in pool_ids if ds.class_names[ds.items[i].label] == target_class]
         if not pool:
             raise ValueError(f"no image of {target_class!r} in the selection to mix with")
-        partner = ds.image(random.Random(seed_i).choice(pool))
+        partner_i = random.Random(seed_i).choice(pool)
+        partner = ds.image(partner_i)
+    row_seeds = None
+    if seeds is not None:
+        row_seeds = [int(x) for x in seeds]
+        check_grid(values, row_seeds, settings.limits.max_batch)
     return Request(ds, source, src_class, str(target_class), values, seed_i, st.name, model,
-                   adapter_dir, steps_i, partner)  # fmt: skip
+                   adapter_dir, steps_i, partner, guidance_f, template, row_seeds, source_i,
+                   partner_i, selection)  # fmt: skip
 
 
 def open_upload(upload: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -220,8 +318,19 @@ def open_upload(upload: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ValueError("the uploaded image is gone from the server; upload it again") from None
 
 
+def translate_config(request: Request):
+    """The core :class:`~diffmix.translate.TranslateConfig` of a request."""
+    from diffmix.translate import TranslateConfig
+
+    r = request
+    return TranslateConfig(strategy=r.strategy, model=r.model, adapter=r.adapter,
+                           num_inference_steps=r.steps, guidance_scale=r.guidance,
+                           prompt_template=r.prompt_template)  # fmt: skip
+
+
 def _preview_duration(request: Request, progress: ProgressFn | None = None) -> int:
-    return zerogpu.preview_seconds(len(request.strengths), request.steps or 25)
+    n = len(request.strengths) * len(request.row_seeds)
+    return zerogpu.preview_seconds(n, request.steps or 25)
 
 
 @zerogpu.gpu_call(_preview_duration)
@@ -230,15 +339,14 @@ def run_translation(request: Request, progress: ProgressFn | None = None) -> Pre
 
     On a ZeroGPU Space this call holds a GPU slot for at most ``_preview_duration`` seconds.
     """
-    from diffmix.translate import TranslateConfig, TranslationItem, translate
+    from diffmix.grid import grid_items
+    from diffmix.translate import translate
+
 
     r = request
-    items = [
-        TranslationItem(r.source, r.source_class, r.target_class, s, r.seed, r.partner)
-        for s in r.strengths
-    ]
-    cfg = TranslateConfig(strategy=r.strategy, model=r.model, adapter=r.adapter,
-                          num_inference_steps=r.steps)  # fmt: skip
+    items = grid_items(r.source, r.source_class, r.target_class, r.strengths, r.row_seeds,
+                       r.partner)  # fmt: skip
+    cfg = translate_config(r)
     cb = None
     if progress is not None:
         cb = lambda d, t: progress(d / max(t, 1), desc=f"denoising {d}/{t}")  # noqa: E731
@@ -267,6 +375,195 @@ def score_translation(preview: Preview) -> Preview:
     )
     preview.score_seconds = time.perf_counter() - t0
     return preview
+
+
+def _prompt_word(
+    selection: dict[str, Any] | None,
+    adapter: dict[str, Any] | None,
+    strategy: str | None,
+    target_class: str | None,
+    settings: Settings,
+    owner: str | None,
+) -> tuple[Any, dict | None, str | None]:
+    """``(strategy, adapter meta, superclass)`` for a prompt of ``target_class``; the strategy is
+    None when it has no prompt or nothing to fill it with (no adapter, unknown class)."""
+    from diffmix.translate import get_strategy
+
+    ds, _ = common.open_selection(selection, settings)
+    st = get_strategy(strategy or default_strategy(adapter))
+    if st.prompt == "none" or target_class not in ds.class_names:
+        return None, None, ds.superclass
+    meta = None
+    if st.uses_adapter:
+        found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
+        if found is None:
+            return None, None, ds.superclass
+        meta = found[1]
+    return st, meta, ds.superclass
+
+
+def default_prompt(
+    selection: dict[str, Any] | None,
+    adapter: dict[str, Any] | None,
+    *,
+    strategy: str | None,
+    target_class: str | None,
+    settings: Settings,
+    owner: str | None = None,
+) -> tuple[str, str]:
+    """``(prompt, word)``: the prompt the strategy would use for ``target_class`` (e.g.
+    ``"a photo of a <demo-3> flower"``) and the word in it that names the class (the token, or
+    the class name); ``("", "")`` when the strategy has no prompt (mixup, cutmix)."""
+    from diffmix.translate import build_prompt, prompt_word
+
+    st, meta, superclass = _prompt_word(selection, adapter, strategy, target_class, settings,
+                                        owner)  # fmt: skip
+    if st is None:
+        return "", ""
+    text = build_prompt(st, str(target_class), adapter_meta=meta, superclass=superclass)
+    return text, prompt_word(st, str(target_class), adapter_meta=meta)
+
+
+def retarget_prompt(current: str | None, old_word: str | None, new_prompt: str, new_word: str) -> str:
+    """The prompt box after the target (or strategy) changed: the new default when the box is
+    empty or was never filled, the user's text with the old class word swapped for the new
+    one when it names the old class, else the user's text unchanged."""
+    text = (current or "").strip()
+    if not text or not old_word:
+        return new_prompt
+    if old_word in text and new_word:
+        return text.replace(old_word, new_word)
+    return text
+
+
+def soft_label_text(label: dict[str, float]) -> str:
+    """``"b 71% · a 29%"`` (largest first)."""
+    return " · ".join(f"{k} {v:.0%}" for k, v in sorted(label.items(), key=lambda kv: -kv[1]))
+
+
+def grid_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
+    """The grid's cells, row-major (rows = seeds, columns = strengths), captioned."""
+    out = []
+    for k, t in enumerate(preview.results):
+        cap = f"seed {t.seed} · s={t.strength:g}"
+        if preview.faithfulness is not None:
+            cap += f" · f={preview.faithfulness[k]:.2f}"
+        if preview.diversity is not None:
+            cap += f" · d={preview.diversity[k]:.2f}"
+        out.append((display(t.image, 128), cap))
+    return out
+
+
+GRID_COLUMNS = ["seed", "strength s", "soft label (s^γ)", "faithfulness", "diversity"]
+
+
+def grid_table(preview: Preview) -> list[list[Any]]:
+    """One row per cell: seed, strength, soft label, faithfulness and diversity ("…" while
+    the scores are still being computed)."""
+    rows = []
+    for k, t in enumerate(preview.results):
+        f = f"{preview.faithfulness[k]:.3f}" if preview.faithfulness is not None else "…"
+        d = f"{preview.diversity[k]:.3f}" if preview.diversity is not None else "…"
+        if preview.faithfulness is not None and preview.diversity is None:
+            d = "—"
+        rows.append([t.seed, t.strength, soft_label_text(t.soft_label), f, d])
+    return rows
+
+
+def bundle_settings(preview: Preview, settings: Settings) -> dict[str, Any]:
+    """What every cell of a preview shares, for its download's ``metadata.json``: the core
+    translate config (adapter and model shown as this deployment shows paths), the dataset
+    (spec, split, fingerprint), the source and the mixing partner (train-split indices)."""
+    r = preview.request
+    cfg = translate_config(r).model_dump()
+    for key in ("adapter", "model"):
+        if cfg.get(key) and (key == "adapter" or Path(str(cfg[key])).exists()):
+            cfg[key] = common.display_path(str(cfg[key]), settings)
+    sel = r.selection or {}
+    return {
+        "translate": cfg,
+        "dataset": {"spec": common.display_spec(str(sel.get("spec", "")), settings),
+                    "split": sel.get("split", "train"), "fingerprint": r.ds.fingerprint,
+                    "subset": sel.get("subset_fingerprint") or sel.get("label")},
+        "source_index": r.source_index,
+        "source_class": r.source_class,
+        "target_class": r.target_class,
+        "partner_index": r.partner_index,
+        "strengths": list(r.strengths),
+        "seeds": r.row_seeds,
+        "superclass": r.ds.superclass,
+        "regenerate": "diffmix.grid.bundle_config(meta) + diffmix.grid.bundle_item(cell, "
+                      "source.png) -> diffmix.translate.translate([item], config, "
+                      "class_names=...); pixels match up to float round-off of batching",
+    }  # fmt: skip
+
+
+def _bundle_dir() -> Path:
+    root = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / "diffmix-previews"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def write_preview_bundle(preview: Preview, settings: Settings, *, keep: int = 64) -> Path:
+    """The preview's download: a zip of its images (+ source, contact sheet) and
+    ``metadata.json`` with every setting each image needs to be made again
+    (:mod:`diffmix.grid`). Old bundles beyond the ``keep`` newest are removed."""
+    from diffmix.grid import write_bundle
+
+    r = preview.request
+    cells = []
+    for k, t in enumerate(preview.results):
+        cell = t.record()
+        cell["faithfulness"] = preview.faithfulness[k] if preview.faithfulness else None
+        cell["diversity"] = preview.diversity[k] if preview.diversity else None
+        cell["judge"] = preview.judge or None
+        cell["guidance_scale"] = r.guidance
+        cell["num_inference_steps"] = r.steps
+        cells.append(cell)
+    root = _bundle_dir()
+    old = sorted(root.glob("*.zip"), key=lambda q: q.stat().st_mtime)
+    for q in old[: max(0, len(old) - keep + 1)]:
+        q.unlink(missing_ok=True)
+    name = f"diffmix-{r.strategy}-{uuid.uuid4().hex[:8]}.zip"
+    return write_bundle(root / name, [t.image for t in preview.results], cells,
+                        bundle_settings(preview, settings), rows=len(r.row_seeds),
+                        cols=len(r.strengths), source=r.source, partner=r.partner)  # fmt: skip
+
+
+def generate_plan(
+    selection: dict[str, Any] | None,
+    adapter: dict[str, Any] | None,
+    *,
+    strategy: str | None,
+    strength: float | None,
+    guidance: float | None,
+    prompt: str | None,
+    source_index: float | None,
+    source_class: str | None,
+    target_class: str | None,
+    settings: Settings,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """What "Send to Generate" carries: strategy, strength, guidance, the typed prompt as a
+    template (the target's token made ``{token}``, so every target class gets its own), and
+    the source / target shown on Generate. ``ValueError`` for a bad strength or prompt."""
+    from diffmix.personalize import check_prompt_template
+    from diffmix.translate import get_strategy, prompt_word, template_from_prompt
+
+    st = get_strategy(strategy or default_strategy(adapter))
+    s = 1.0 if st.generative == "txt2img" else float(strength if strength is not None else 0.7)
+    if not 0.0 < s <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {s:g}")
+    g = DEFAULT_GUIDANCE if guidance in (None, "") else float(guidance)
+    text, template = (prompt or "").strip(), ""
+    if text and st.prompt != "none":
+        check_prompt(text, settings)
+        found, meta, _ = _prompt_word(selection, adapter, st.name, target_class, settings, owner)
+        word = prompt_word(found, str(target_class), adapter_meta=meta) if found else ""
+        template = check_prompt_template(template_from_prompt(text, word), require_token=False)
+    return {"from": "translate", "strategy": st.name, "strengths": f"{s:g}", "guidance": g,
+            "prompt_template": template, "prompt": text, "source_index": source_index,
+            "source_class": source_class, "target_class": target_class}  # fmt: skip
 
 
 def scores_markdown(preview: Preview, k: int = 0) -> str:
@@ -354,7 +651,8 @@ def _whole(value: Any, name: str, default: int | None, *, minimum: int = 0) -> i
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
     if number != int(number) or number < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+        bound = f" >= {minimum}" if minimum > -(2**31) else ""
+        raise ValueError(f"{name} must be a whole number{bound}, got {value!r}")
     return int(number)
 
 
@@ -420,13 +718,13 @@ def warm_judge(ds: ImageDataset) -> None:
 # --------------------------------------------------------------------------- callbacks
 
 
-def _request(settings: Settings, values: tuple, strengths: Sequence[float]) -> Request:
+def _request(settings: Settings, values: tuple, strengths: Sequence[float], **extra: Any) -> Request:
     (selection, adapter, owner, source_mode, source_index, upload, source_class, target,
      strategy, seed, steps) = values  # fmt: skip
     return build_request(
         selection, adapter, source_mode=source_mode, source_index=source_index, upload=upload,
         source_class=source_class, target_class=target, strengths=strengths, strategy=strategy,
-        seed=seed, steps=steps, settings=settings, owner=owner,
+        seed=seed, steps=steps, settings=settings, owner=owner, **extra,
     )  # fmt: skip
 
 
@@ -464,13 +762,16 @@ def _translate_image(settings: Settings):
         strength: float,
         request: gr.Request = None,  # type: ignore[assignment]
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        prompt: str | None = None,
+        guidance: float | None = None,
     ) -> tuple[Any, ...]:
         """Translate the source to the target class at one strength: the image at once, and a
         token the scoring event (:func:`_score_one`) fills the scores in with."""
         values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
                   target, strategy, seed, steps)  # fmt: skip
         try:
-            preview = run_translation(_request(settings, values, [strength]), progress)
+            req = _request(settings, values, [strength], prompt=prompt, guidance=guidance)
+            preview = run_translation(req, progress)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             logger.info("translate refused: %s", err)
             msg = common.error_box(jobs_ui.readable_error(err), settings)
@@ -487,19 +788,85 @@ def _translate_image(settings: Settings):
     return translate_image
 
 
-def _score_one(token: str | None) -> tuple[Any, ...]:
-    """Scores of the preview ``token`` names, unless a newer preview replaced it."""
+def _score_token(token: str | None) -> Preview | str | None:
+    """Score the preview ``token`` names and forget it: the scored preview; ``None`` when a
+    newer preview replaced it (before or while it was scored); the error text if scoring failed."""
     preview = PREVIEWS.latest(token)
     if preview is None:
-        return gr.skip(), gr.skip()
+        return None
     try:
         score_translation(preview)
     except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-        return common.error_box(f"scoring failed: {err}"), gr.skip()
+        return f"scoring failed: {err}"
     if PREVIEWS.latest(token) is None:  # replaced while it was scored
-        return gr.skip(), gr.skip()
+        return None
     PREVIEWS.drop(token)
+    return preview
+
+
+def _score_one(token: str | None) -> tuple[Any, ...]:
+    """Scores of the preview ``token`` names, unless a newer preview replaced it."""
+    preview = _score_token(token)
+    if preview is None:
+        return gr.skip(), gr.skip()
+    if isinstance(preview, str):
+        return common.error_box(preview), gr.skip()
     return scores_markdown(preview), common.info_box(timing_line(preview))
+
+
+def _bundle(preview: Preview | None, settings: Settings) -> Any:
+    """The download of ``preview`` (a zip path), or no change when there is none / it fails."""
+    if preview is None:
+        return gr.skip()
+    try:
+        return str(write_preview_bundle(preview, settings))
+    except OSError as err:
+        logger.warning("preview download not written: %s", err)
+        return gr.skip()
+
+
+def _page_image(settings: Settings):
+    image = _translate_image(settings)
+
+    def translate_page_image(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        source_mode: str,
+        source_index: float | None,
+        upload: str | None,
+        source_class: str | None,
+        target: str | None,
+        strategy: str | None,
+        seed: float | None,
+        steps: float | None,
+        strength: float,
+        prompt: str | None,
+        guidance: float | None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """:func:`_translate_image`, plus the preview's download (before its scores)."""
+        *shown, token = image(selection, adapter, owner, source_mode, source_index, upload,
+                              source_class, target, strategy, seed, steps, strength, request,
+                              progress, prompt, guidance)  # fmt: skip
+        return (*shown, _bundle(PREVIEWS.latest(token), settings), token)
+
+    return translate_page_image
+
+
+def _page_score(settings: Settings):
+    def score_page(token: str | None) -> tuple[Any, ...]:
+        """:func:`_score_one`, plus the download again with the scores in its metadata."""
+        preview = _score_token(token)
+        if preview is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        if isinstance(preview, str):
+            return common.error_box(preview), gr.skip(), gr.skip()
+        return (scores_markdown(preview), common.info_box(timing_line(preview)),
+                _bundle(preview, settings))  # fmt: skip
+
+    return score_page
 
 
 def _translate_action(settings: Settings):
@@ -519,15 +886,18 @@ def _translate_action(settings: Settings):
         steps: float | None,
         strength: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        prompt: str | None = None,
+        guidance: float | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Translate the source to the target class at one strength; the image, then scores.
 
         The API endpoint (``/translate``): one call gives both. The page itself shows the
-        image from :func:`_translate_image` and scores it in a separate event.
+        image from :func:`_translate_image` and scores it in a separate event. ``prompt``
+        (empty: the strategy's) and ``guidance`` (default 7.5) as on the page.
         """
         *first, token = image(selection, adapter, owner, source_mode, source_index, upload,
                               source_class, target, strategy, seed, steps, strength,
-                              None, progress)  # fmt: skip
+                              None, progress, prompt, guidance)  # fmt: skip
         yield tuple(first)
         if not token:
             return
@@ -565,13 +935,15 @@ def _sweep_images(settings: Settings):
         steps: float | None,
         request: gr.Request = None,  # type: ignore[assignment]
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        prompt: str | None = None,
+        guidance: float | None = None,
     ) -> tuple[Any, ...]:
         """Translate one source at strengths 0.1 … 0.9 in one call: the images, and a token
         for the scoring event (:func:`_score_sweep`)."""
         values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
                   target, strategy, seed, steps)  # fmt: skip
         try:
-            req = _request(settings, values, SWEEP_STRENGTHS)
+            req = _request(settings, values, SWEEP_STRENGTHS, prompt=prompt, guidance=guidance)
             if len(req.strengths) < 2:
                 raise ValueError(f"{req.strategy} draws from pure noise: a strength sweep needs "
                                  "an img2img or mixing strategy")  # fmt: skip
@@ -625,12 +997,14 @@ def _sweep_action(settings: Settings):
         seed: float | None,
         steps: float | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        prompt: str | None = None,
+        guidance: float | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Translate one source at strengths 0.1 … 0.9 in one call; images, then the score curves
         (the API endpoint ``/translate_sweep``; the page scores in a separate event)."""
         *first, token = images(selection, adapter, owner, source_mode, source_index, upload,
                                source_class, target, strategy, seed, steps, None,
-                               progress)  # fmt: skip
+                               progress, prompt, guidance)  # fmt: skip
         yield tuple(first)
         if token:
             yield _score_sweep(token)
@@ -638,11 +1012,185 @@ def _sweep_action(settings: Settings):
     return _releasing(translate_sweep)
 
 
+def _grid_update(preview: Preview) -> Any:
+    return gr.update(value=grid_gallery(preview), columns=len(preview.request.strengths))
+
+
+def _grid_images(settings: Settings):
+    def translate_grid_images(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        source_mode: str,
+        source_index: float | None,
+        upload: str | None,
+        source_class: str | None,
+        target: str | None,
+        strategy: str | None,
+        steps: float | None,
+        prompt: str | None,
+        guidance: float | None,
+        strengths: str | None,
+        seeds: str | None,
+        request: gr.Request = None,  # type: ignore[assignment]
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        """One source at every strength (columns) × seed (rows) in one batched call: the
+        images, the per-cell table, the download, and a token for :func:`_page_score_grid`."""
+        from diffmix.grid import parse_numbers
+
+        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
+                  target, strategy, 0, steps)  # fmt: skip
+        try:
+            row_seeds = parse_numbers(seeds, "seeds", whole=True)
+            req = _request(settings, values, parse_numbers(strengths, "strengths"),
+                           prompt=prompt, guidance=guidance, seeds=row_seeds)  # fmt: skip
+            if len(req.strengths) * len(req.row_seeds) < 1:
+                raise ValueError("the grid is empty")
+            preview = run_translation(req, progress)
+        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+            logger.info("grid refused: %s", err)
+            msg = common.error_box(jobs_ui.readable_error(err), settings)
+            return gr.skip(), gr.skip(), msg, gr.skip(), ""
+        finally:
+            common.release_memory()
+        warm_judge(req.ds)
+        token = PREVIEWS.put(preview, _slot(request, "grid"))
+        line = (f"{len(req.row_seeds)} seeds (rows) × {len(req.strengths)} strengths (columns). "
+                f"{timing_line(preview)} {scores_markdown(preview)}")  # fmt: skip
+        return (_grid_update(preview), grid_table(preview), common.info_box(line, settings),
+                _bundle(preview, settings), token)  # fmt: skip
+
+    return translate_grid_images
+
+
+def _page_score_grid(settings: Settings):
+    def score_grid(token: str | None) -> tuple[Any, ...]:
+        """The grid's captions, table and download again, with the scores."""
+        preview = _score_token(token)
+        if preview is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if isinstance(preview, str):
+            return gr.skip(), gr.skip(), common.error_box(preview), gr.skip()
+        req = preview.request
+        line = (f"{len(req.row_seeds)} seeds (rows) × {len(req.strengths)} strengths (columns). "
+                f"{timing_line(preview)}")  # fmt: skip
+        return (_grid_update(preview), grid_table(preview), common.info_box(line, settings),
+                _bundle(preview, settings))  # fmt: skip
+
+    return score_grid
+
+
+def _grid_action(settings: Settings):
+    images = _grid_images(settings)
+    scored = _page_score_grid(settings)
+
+    def translate_grid(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        source_mode: str,
+        source_index: float | None,
+        upload: str | None,
+        source_class: str | None,
+        target: str | None,
+        strategy: str | None,
+        steps: float | None,
+        prompt: str | None,
+        guidance: float | None,
+        strengths: str | None,
+        seeds: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Iterator[tuple[Any, ...]]:
+        """The strength × seed grid (API ``/translate_grid``): the images, table and download,
+        then the same with the scores. ``strengths`` / ``seeds``: comma-separated lists."""
+        *first, token = images(selection, adapter, owner, source_mode, source_index, upload,
+                               source_class, target, strategy, steps, prompt, guidance,
+                               strengths, seeds, None, progress)  # fmt: skip
+        yield tuple(first)
+        if token:
+            yield scored(token)
+
+    return _releasing(translate_grid)
+
+
+def _prompt_action(settings: Settings):
+    def translate_prompt(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        strategy: str | None,
+        target: str | None,
+        current: str | None,
+        word: str | None,
+    ) -> tuple[Any, Any]:
+        """The prompt box after the target or strategy changed (see :func:`retarget_prompt`),
+        and the class word it now holds."""
+        try:
+            new, new_word = default_prompt(selection, adapter, strategy=strategy,
+                                           target_class=target, settings=settings, owner=owner)  # fmt: skip
+        except (*jobs_ui.USER_ERRORS, RuntimeError):
+            return gr.skip(), gr.skip()
+        return retarget_prompt(current, word, new, new_word), new_word
+
+    return translate_prompt
+
+
+def _send_action(settings: Settings):
+    def send_to_generate(
+        selection: dict | None,
+        adapter: dict | None,
+        owner: str | None,
+        strategy: str | None,
+        strength: float | None,
+        guidance: float | None,
+        prompt: str | None,
+        source_index: float | None,
+        source_class: str | None,
+        target: str | None,
+    ) -> tuple[Any, str]:
+        """The plan Generate opens with (:func:`generate_plan`), kept in the browser; the page
+        then goes to Generate. A bad prompt or strength stays here with its message."""
+        try:
+            plan = generate_plan(selection, adapter, strategy=strategy, strength=strength,
+                                 guidance=guidance, prompt=prompt, source_index=source_index,
+                                 source_class=source_class, target_class=target,
+                                 settings=settings, owner=owner)  # fmt: skip
+        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+            return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
+        return plan, ""
+
+    return send_to_generate
+
+
+#: Opens Generate once the plan is stored (relative link: works under a root path too).
+GO_GENERATE_JS = """(plan, msg) => { if (!msg) { window.location.href = 'generate'; } }"""
+
+
+def _source_page_action(settings: Settings):
+    def translate_sources(
+        selection: dict | None, class_name: str | None, page: float | None
+    ) -> tuple[Any, ...]:
+        """One page of the source gallery (class filter, page number)."""
+        try:
+            ds, subset = common.open_selection(selection, settings)
+            indices = list(subset.indices) if subset is not None else range(len(ds))
+            thumbs, chosen, page_i, pages = source_page(ds, indices, class_name=class_name,
+                                                        page=int(page or 1) - 1)  # fmt: skip
+        except (*jobs_ui.USER_ERRORS, RuntimeError, TypeError) as err:
+            return gr.skip(), gr.skip(), gr.skip(), common.error_box(str(err), settings)
+        return (thumbs, chosen, gr.update(value=page_i + 1, maximum=pages),
+                page_line(page_i, pages, len(chosen), class_name))  # fmt: skip
+
+    return translate_sources
+
+
 def _open_action(settings: Settings):
     def translate_open(
         selection: dict | None, adapter: dict | None, owner: str | None
     ) -> tuple[Any, ...]:
-        """The selection's source gallery, class choices and the default strategy."""
+        """The selection's source gallery (first page), class choices, the default strategy,
+        the carried adapter, then the gallery's class filter and pager and the prompt."""
         adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
         strategy = gr.update(value=default_strategy(adapter))
         line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
@@ -651,13 +1199,20 @@ def _open_action(settings: Settings):
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             keep = gr.skip()
             msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return line, keep, keep, keep, keep, keep, keep, strategy, msg, adapter
+            return (line, keep, keep, keep, keep, keep, keep, strategy, msg, adapter,
+                    keep, keep, keep, keep, keep)  # fmt: skip
         warm_judge(ds)  # the first score then needs no fit (or only the rest of one)
         indices = list(subset.indices) if subset is not None else list(range(len(ds)))
-        thumbs, chosen = source_gallery(ds, indices)
+        thumbs, chosen, _, pages = source_page(ds, indices)
         first = chosen[0] if chosen else None
         src_class = ds.class_names[ds.items[first].label] if first is not None else None
         names = list(ds.class_names)
+        target = other_class(names, src_class)
+        try:
+            prompt, word = default_prompt(selection, adapter, strategy=default_strategy(adapter),
+                                          target_class=target, settings=settings, owner=owner)  # fmt: skip
+        except (*jobs_ui.USER_ERRORS, RuntimeError):
+            prompt, word = "", ""
         return (
             line,
             thumbs,
@@ -665,10 +1220,15 @@ def _open_action(settings: Settings):
             first,
             display(ds.image(first)) if first is not None else None,
             gr.update(choices=names, value=src_class),
-            gr.update(choices=names, value=other_class(names, src_class)),
+            gr.update(choices=names, value=target),
             strategy,
             "",
             adapter,
+            gr.update(choices=[ALL_CLASSES, *names], value=ALL_CLASSES),
+            gr.update(value=1, maximum=pages),
+            page_line(0, pages, len(chosen), None),
+            prompt,
+            word,
         )
 
     return translate_open
@@ -699,6 +1259,31 @@ def _mode_visibility(mode: str) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- layout
 
 
+EXPLAIN_STRENGTH = (
+    "s: how far the image moves toward the target. int(steps · s) denoising steps run: low s "
+    "keeps the source (diversity), high s redraws the target (faithfulness); 1 = from noise."
+)
+EXPLAIN_GUIDANCE = (
+    "Classifier-free guidance: how strongly the prompt steers each step (≤ 1: off). 7.5 is "
+    "the authors' setting (a81337b:augmentation/diff_mix.py:86) and diffusers' default."
+)
+EXPLAIN_PROMPT = (
+    "Pre-filled with the prompt the strategy uses for the target class (its token after "
+    "Personalize, its name for the base model). Edit it freely; Send to Generate keeps your "
+    "wording and puts each target class's own token in."
+)
+EXPLAIN_LABEL = (
+    "**Soft label** = (1 − s^γ)·source + s^γ·target, γ = 0.5 (the authors' run.sh). It follows "
+    "the strength s, **not the image**: a result that still looks like the source is labelled "
+    "toward the target all the same; the faithfulness score is what checks the image."
+)
+EXPLAIN_SCORES = (
+    "Scores appear here after a translation: **faithfulness** = a reference classifier's "
+    "probability of the target class (does it look like the target?), **diversity** = "
+    "distance from the source (0 = unchanged). They are computed after the image is shown."
+)
+
+
 def build(settings: Settings | None = None) -> gr.Blocks:
     """The Translate page as a standalone ``gr.Blocks``."""
     settings = settings or common.get_settings()
@@ -706,39 +1291,57 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         selection = common.selection_state()
         adapter = common.adapter_state()
         owner = common.owner_state()
+        send_plan = common.plan_state()
         # Hidden JSON, not gr.State (a gr.State keeps a heartbeat connection open app-wide).
         indices = gr.JSON([], visible=False)
+        prompt_word_box = gr.Textbox(visible=False)
         gr.Markdown(
             "## 3 · Translate\nMove a real image of one class toward another class. Low "
-            "strength keeps the source (diverse backgrounds), high strength draws the target "
+            "strength s keeps the source (diverse backgrounds), high strength draws the target "
             "(faithful foreground); the soft label mixes both classes as s^γ."
         )
         current = gr.Markdown(personalize.selection_line(None), elem_id="tr-selection")
+        mode = gr.Radio(list(SOURCE_MODES), value=SOURCE_MODES[0], label="Source",
+                        elem_id="tr-source-mode")  # fmt: skip
+        with gr.Group() as pick_box:
+            with gr.Row(equal_height=True):
+                class_filter = gr.Dropdown([ALL_CLASSES], value=ALL_CLASSES, filterable=True,
+                                           label="Show class (type to filter)", scale=3,
+                                           elem_id="tr-class-filter")  # fmt: skip
+                prev_btn = gr.Button("◀ Previous", scale=1, min_width=90, elem_id="tr-prev")
+                page_no = gr.Number(1, label="Page", precision=0, minimum=1, scale=1,
+                                    min_width=90, elem_id="tr-page")  # fmt: skip
+                next_btn = gr.Button("Next ▶", scale=1, min_width=90, elem_id="tr-next")
+                source_index = gr.Number(None, label="Source index (train split)", precision=0,
+                                         scale=2, elem_id="tr-source-index")  # fmt: skip
+            gallery = gr.Gallery(
+                label="Pick a source image", columns=8, height="auto", allow_preview=False,
+                object_fit="contain", elem_id="tr-gallery",
+            )  # fmt: skip
+            pager = gr.Markdown(elem_id="tr-pager", elem_classes=["dm-note"])
+        # The file reaches the listener unread; open_upload decodes it with the limit.
+        upload = common.uploaded_image(label="Upload a source image", sources=["upload"],
+                                       visible=False, height=220, elem_id="tr-upload")  # fmt: skip
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
-                mode = gr.Radio(list(SOURCE_MODES), value=SOURCE_MODES[0], label="Source",
-                                elem_id="tr-source-mode")  # fmt: skip
-                with gr.Group() as pick_box:
-                    gallery = gr.Gallery(
-                        label="Pick a source image", columns=6, height=300, allow_preview=False,
-                        object_fit="contain", elem_id="tr-gallery",
-                    )  # fmt: skip
-                    source_index = gr.Number(None, label="Source index (train split)",
-                                             precision=0, elem_id="tr-source-index")  # fmt: skip
-                # The file reaches the listener unread; open_upload decodes it with the limit.
-                upload = common.uploaded_image(label="Upload a source image", sources=["upload"],
-                                               visible=False, height=220, elem_id="tr-upload")  # fmt: skip
+            with gr.Column(scale=1, min_width=340):
                 with gr.Row():
                     source_class = gr.Dropdown(
-                        [], allow_custom_value=True, label="Source class", elem_id="tr-source-class"
-                    )
+                        [], allow_custom_value=True, filterable=True, label="Source class",
+                        elem_id="tr-source-class",
+                    )  # fmt: skip
                     target = gr.Dropdown(
-                        [], allow_custom_value=True, label="Target class", elem_id="tr-target"
-                    )
+                        [], allow_custom_value=True, filterable=True,
+                        label="Target class (type to filter)", elem_id="tr-target",
+                    )  # fmt: skip
                 strategy = gr.Dropdown(strategy_names(), value="real-mix", label="Strategy",
                                        elem_id="tr-strategy")  # fmt: skip
+                prompt = gr.Textbox("", label="Prompt", lines=2, max_lines=4, info=EXPLAIN_PROMPT,
+                                    elem_id="tr-prompt")  # fmt: skip
                 strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Strength s",
-                                     elem_id="tr-strength")  # fmt: skip
+                                     info=EXPLAIN_STRENGTH, elem_id="tr-strength")  # fmt: skip
+                guidance = gr.Slider(0, 20, value=DEFAULT_GUIDANCE, step=0.5,
+                                     label="Guidance scale", info=EXPLAIN_GUIDANCE,
+                                     elem_id="tr-guidance")  # fmt: skip
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tr-seed")
                     steps = gr.Number(25, label="Denoising steps (at s = 1)", precision=0,
@@ -747,6 +1350,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Row():
                     go_btn = gr.Button("Translate", variant="primary", elem_id="tr-go")
                     sweep_btn = gr.Button("Sweep 0.1 … 0.9", elem_id="tr-sweep")
+                send_btn = gr.Button("Send to Generate →", elem_id="tr-send")
+                send_msg = gr.Markdown(elem_id="tr-send-msg")
             with gr.Column(scale=2):
                 with gr.Row(equal_height=False):
                     source_view = gr.Image(label="Source", type="pil", interactive=False,
@@ -755,45 +1360,78 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     result = gr.ImageSlider(label="Source ↔ result", type="pil", max_height=300,
                                             interactive=False, elem_id="tr-result")  # fmt: skip
                 with gr.Row(equal_height=False):
-                    label = gr.Label(label="Soft label", num_top_classes=3, elem_id="tr-label")
-                    scores = gr.Markdown(elem_id="tr-scores")
+                    with gr.Column():
+                        label = gr.Label(label="Soft label", num_top_classes=3, elem_id="tr-label")
+                        gr.Markdown(EXPLAIN_LABEL, elem_id="tr-label-note",
+                                    elem_classes=["dm-note"])  # fmt: skip
+                    scores = gr.Markdown(EXPLAIN_SCORES, elem_id="tr-scores")
                 info = gr.Markdown(elem_id="tr-info")
+                download = gr.File(label="Download this preview (PNG + metadata.json, zip)",
+                                   interactive=False, elem_id="tr-download")  # fmt: skip
+        gr.Markdown("### Strength × seed grid\nRows are seeds, columns strengths; each cell "
+                    "lists its soft label and, when ready, its scores.")  # fmt: skip
+        cap = settings.limits.max_batch
+        with gr.Row(equal_height=True):
+            grid_strengths = gr.Textbox(GRID_STRENGTHS, label="Strengths (columns)", max_lines=1,
+                                        elem_id="tr-grid-strengths")  # fmt: skip
+            grid_seeds = gr.Textbox(GRID_SEEDS, label="Seeds (rows)", max_lines=1,
+                                    info=f"at most {cap} images per grid" if cap else None,
+                                    elem_id="tr-grid-seeds")  # fmt: skip
+            grid_btn = gr.Button("Make grid", variant="primary", scale=0, min_width=160,
+                                 elem_id="tr-grid-go")  # fmt: skip
+        grid_gallery_box = gr.Gallery(label="Grid (rows = seeds, columns = strengths)", columns=3,
+                                      height="auto", object_fit="contain", allow_preview=True,
+                                      elem_id="tr-grid")  # fmt: skip
+        grid_info = gr.Markdown(elem_id="tr-grid-info")
+        with gr.Row(equal_height=False):
+            grid_tbl = gr.Dataframe(headers=GRID_COLUMNS, interactive=False, scale=3,
+                                    label="Cells (soft label follows s^γ, not the image)",
+                                    elem_id="tr-grid-table")  # fmt: skip
+            grid_download = gr.File(label="Download the grid (PNGs + metadata.json, zip)",
+                                    interactive=False, scale=1, elem_id="tr-grid-download")  # fmt: skip
         gr.Markdown("### Strength sweep")
         with gr.Row(equal_height=False):
             sweep_gallery = gr.Gallery(label="Sweep (source, then s = 0.1 … 0.9)", columns=3,
                                        height="auto", object_fit="contain",
                                        elem_id="tr-sweep-gallery")  # fmt: skip
-            sweep_plot = gr.Plot(label="Scores against strength", elem_id="tr-sweep-plot")
+            sweep_plot = gr.Plot(common.empty_figure("no data yet: press Sweep"),
+                                 label="Scores against strength", elem_id="tr-sweep-plot")  # fmt: skip
         sweep_info = gr.Markdown(elem_id="tr-sweep-info")
         common.next_step(
             "generate", "Generate",
-            "make a synthetic dataset with the same strategy and adapter (the strength you "
-            "liked goes in Generate's Strength(s) box).",
+            "make a synthetic dataset with the same strategy and adapter (Send to Generate "
+            "carries strategy, strength, guidance and prompt).",
         )  # fmt: skip
 
         private = {"api_visibility": "private"}
         page.load(common.ensure_owner, owner, owner, queue=False, **private).then(
             _open_action(settings),
             [selection, adapter, owner],
-            [
-                current,
-                gallery,
-                indices,
-                source_index,
-                source_view,
-                source_class,
-                target,
-                strategy,
-                info,
-                adapter,
-            ],  # fmt: skip
+            [current, gallery, indices, source_index, source_view, source_class, target,
+             strategy, info, adapter, class_filter, page_no, pager, prompt,
+             prompt_word_box],
             api_name="translate_open",
-        )
+        )  # fmt: skip
         mode.change(_mode_visibility, mode, [pick_box, upload], queue=False, **private)
         gallery.select(
             _pick_source(settings), [selection, indices, target],
             [source_index, source_view, source_class, target], **private,
         )  # fmt: skip
+        # The source gallery, one page at a time (class filter, pager).
+        sources = _source_page_action(settings)
+        page_out = [gallery, indices, page_no, pager]
+        class_filter.change(lambda sel, c: sources(sel, c, 1), [selection, class_filter],
+                            page_out, **private)  # fmt: skip
+        for btn, step in ((prev_btn, -1), (next_btn, 1)):
+            btn.click(lambda sel, c, p, d=step: sources(sel, c, int(p or 1) + d),
+                      [selection, class_filter, page_no], page_out, **private)  # fmt: skip
+        page_no.submit(sources, [selection, class_filter, page_no], page_out, **private)
+        # The prompt follows the target class and the strategy (keeping the user's wording).
+        prompt_fn = _prompt_action(settings)
+        for widget in (target, strategy):
+            widget.change(prompt_fn, [selection, adapter, owner, strategy, target, prompt,
+                                     prompt_word_box], [prompt, prompt_word_box],
+                         show_progress="hidden", **private)  # fmt: skip
         inputs = [selection, adapter, owner, mode, source_index, upload, source_class, target,
                   strategy, seed, steps]  # fmt: skip
         # Several previews at once (the core shares the cached pipeline read-only, each call
@@ -805,30 +1443,51 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         # the first fit of a dataset's reference classifier).
         token = gr.Textbox(visible=False)
         sweep_token = gr.Textbox(visible=False)
+        grid_token = gr.Textbox(visible=False)
         scoring = {"concurrency_limit": settings.limits.preview_concurrency,
                    "concurrency_id": "translate-score", "show_progress": "hidden"}  # fmt: skip
-        one = _translate_image(settings)
+        one = _page_image(settings)
         for trigger, extra in ((go_btn.click, {}),
                                (strength.release, {"show_progress": "minimal",
                                                    "trigger_mode": "always_last"})):  # fmt: skip
             # Moving the slider again while a translation runs keeps only the latest position.
-            trigger(one, [*inputs, strength], [result, label, scores, info, token], **run,
-                    **extra, **private).then(
-                _score_one, token, [scores, info], **scoring, **private
+            trigger(one, [*inputs, strength, prompt, guidance],
+                    [result, label, scores, info, download, token], **run, **extra,
+                    **private).then(
+                _page_score(settings), token, [scores, info, download], **scoring, **private
             )  # fmt: skip
-        sweep_btn.click(_sweep_images(settings), inputs,
+        sweep_btn.click(_sweep_images(settings), [*inputs, prompt, guidance],
                         [sweep_gallery, sweep_plot, sweep_info, sweep_token], **run,
                         **private).then(
             _score_sweep, sweep_token, [sweep_gallery, sweep_plot, sweep_info], **scoring,
             **private,
         )  # fmt: skip
+        grid_inputs = [selection, adapter, owner, mode, source_index, upload, source_class,
+                       target, strategy, steps, prompt, guidance, grid_strengths, grid_seeds]  # fmt: skip
+        grid_btn.click(_grid_images(settings), grid_inputs,
+                       [grid_gallery_box, grid_tbl, grid_info, grid_download, grid_token], **run,
+                       **private).then(
+            _page_score_grid(settings), grid_token,
+            [grid_gallery_box, grid_tbl, grid_info, grid_download], **scoring, **private,
+        )  # fmt: skip
+        send_btn.click(_send_action(settings),
+                       [selection, adapter, owner, strategy, strength, guidance, prompt,
+                        source_index, source_class, target],
+                       [send_plan, send_msg], api_name="send_to_generate").then(
+            None, [send_plan, send_msg], None, js=GO_GENERATE_JS, **private,
+        )  # fmt: skip
         # The API: one call gives the image(s), then the scores.
         api_one = gr.Button(visible=False)
-        api_one.click(_translate_action(settings), [*inputs, strength],
+        api_one.click(_translate_action(settings), [*inputs, strength, prompt, guidance],
                       [result, label, scores, info], api_name="translate", **run)  # fmt: skip
         api_sweep = gr.Button(visible=False)
-        api_sweep.click(_sweep_action(settings), inputs, [sweep_gallery, sweep_plot, sweep_info],
-                        api_name="translate_sweep", **run)  # fmt: skip
+        api_sweep.click(_sweep_action(settings), [*inputs, prompt, guidance],
+                        [sweep_gallery, sweep_plot, sweep_info], api_name="translate_sweep",
+                        **run)  # fmt: skip
+        api_grid = gr.Button(visible=False)
+        api_grid.click(_grid_action(settings), grid_inputs,
+                       [grid_gallery_box, grid_tbl, grid_info, grid_download],
+                       api_name="translate_grid", **run)  # fmt: skip
     return page
 
 
