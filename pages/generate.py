@@ -383,7 +383,9 @@ def sent_plan_line(plan: dict[str, Any]) -> str:
     """What a plan sent from Translate set here, in one line (and what Generate does with the
     source / target choice: it translates every selected image, toward drawn target classes)."""
     src = plan.get("source_index")
-    where = f"source #{int(src)} ({plan.get('source_class')})" if src not in (None, "") else "an upload"
+    where = (
+        f"source #{int(src)} ({plan.get('source_class')})" if src not in (None, "") else "an upload"
+    )
     prompt = f", prompt “{plan['prompt']}”" if plan.get("prompt") else ""
     return (
         f"**From Translate:** {plan.get('strategy')}, strength {plan.get('strengths')}, guidance "
@@ -542,8 +544,16 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         estimate_fn = _estimate_action(settings)
         est_btn.click(estimate_fn, [probe_state, owner, *plan], est, api_name="generate_estimate")
         page.load(estimate_fn, [probe_state, owner, *plan], est, api_visibility="private")
-        for widget in (strategy, multiplier, strengths, targets, limit, steps, guidance,
-                       prompt_template):
+        for widget in (
+            strategy,
+            multiplier,
+            strengths,
+            targets,
+            limit,
+            steps,
+            guidance,
+            prompt_template,
+        ):
             widget.change(estimate_fn, [probe_state, owner, *plan], est, show_progress="hidden",
                           api_visibility="private")  # fmt: skip
         probe_btn.click(_probe_action(settings), [owner, *plan], [probe_state, est],

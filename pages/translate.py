@@ -342,7 +342,6 @@ def run_translation(request: Request, progress: ProgressFn | None = None) -> Pre
     from diffmix.grid import grid_items
     from diffmix.translate import translate
 
-
     r = request
     items = grid_items(r.source, r.source_class, r.target_class, r.strengths, r.row_seeds,
                        r.partner)  # fmt: skip
@@ -424,7 +423,9 @@ def default_prompt(
     return text, prompt_word(st, str(target_class), adapter_meta=meta)
 
 
-def retarget_prompt(current: str | None, old_word: str | None, new_prompt: str, new_word: str) -> str:
+def retarget_prompt(
+    current: str | None, old_word: str | None, new_prompt: str, new_word: str
+) -> str:
     """The prompt box after the target (or strategy) changed: the new default when the box is
     empty or was never filled, the user's text with the old class word swapped for the new
     one when it names the old class, else the user's text unchanged."""
@@ -718,7 +719,9 @@ def warm_judge(ds: ImageDataset) -> None:
 # --------------------------------------------------------------------------- callbacks
 
 
-def _request(settings: Settings, values: tuple, strengths: Sequence[float], **extra: Any) -> Request:
+def _request(
+    settings: Settings, values: tuple, strengths: Sequence[float], **extra: Any
+) -> Request:
     (selection, adapter, owner, source_mode, source_index, upload, source_class, target,
      strategy, seed, steps) = values  # fmt: skip
     return build_request(
