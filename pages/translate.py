@@ -1193,7 +1193,8 @@ def _open_action(settings: Settings):
         selection: dict | None, adapter: dict | None, owner: str | None
     ) -> tuple[Any, ...]:
         """The selection's source gallery (first page), class choices, the default strategy,
-        the carried adapter, then the gallery's class filter and pager and the prompt."""
+        the message, the gallery's class filter and pager, the prompt, then the carried
+        adapter (last)."""
         adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
         strategy = gr.update(value=default_strategy(adapter))
         line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
@@ -1202,8 +1203,8 @@ def _open_action(settings: Settings):
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
             keep = gr.skip()
             msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return (line, keep, keep, keep, keep, keep, keep, strategy, msg, adapter,
-                    keep, keep, keep, keep, keep)  # fmt: skip
+            return (line, keep, keep, keep, keep, keep, keep, strategy, msg,
+                    keep, keep, keep, keep, keep, adapter)  # fmt: skip
         warm_judge(ds)  # the first score then needs no fit (or only the rest of one)
         indices = list(subset.indices) if subset is not None else list(range(len(ds)))
         thumbs, chosen, _, pages = source_page(ds, indices)
@@ -1226,12 +1227,12 @@ def _open_action(settings: Settings):
             gr.update(choices=names, value=target),
             strategy,
             "",
-            adapter,
             gr.update(choices=[ALL_CLASSES, *names], value=ALL_CLASSES),
             gr.update(value=1, maximum=pages),
             page_line(0, pages, len(chosen), None),
             prompt,
             word,
+            adapter,
         )
 
     return translate_open
@@ -1411,8 +1412,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             _open_action(settings),
             [selection, adapter, owner],
             [current, gallery, indices, source_index, source_view, source_class, target,
-             strategy, info, adapter, class_filter, page_no, pager, prompt,
-             prompt_word_box],
+             strategy, info, class_filter, page_no, pager, prompt, prompt_word_box,
+             adapter],
             api_name="translate_open",
         )  # fmt: skip
         mode.change(_mode_visibility, mode, [pick_box, upload], queue=False, **private)
