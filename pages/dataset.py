@@ -43,6 +43,13 @@ SPLITS = ("train", "test")
 SUBSETS = ("full", "few-shot", "long-tail")
 SUMMARY_COLUMNS = ["spec", "split", "classes", "images", "fingerprint", "subset", "seed"]
 SKIPPED_COLUMNS = ["path", "reason"]
+#: Beyond this many classes the per-class chart is sorted by count, without a label per bar.
+MAX_LABELLED_CLASSES = 40
+#: Sample browser: classes per page (all classes) and images per page (one class).
+CLASSES_PER_PAGE = 16
+IMAGES_PER_PAGE = 32
+#: Class-menu entry of the sample browser that shows every class.
+ALL_CLASSES = "(all classes)"
 #: A progress callback: ``progress(fraction, desc=...)`` (``gr.Progress`` fits).
 ProgressFn = Callable[..., Any]
 
@@ -227,9 +234,12 @@ def counts_figure(
     profile visible whatever class order the sampler used.
     """
     names = list(full_counts)
-    if subset_counts is not None and sort_by_subset:
+    many = len(names) > MAX_LABELLED_CLASSES
+    if many or (subset_counts is not None and sort_by_subset):
+        # Many classes: sorted by count (a readable profile; names on hover, not 200 labels).
+        key = subset_counts if subset_counts is not None else full_counts
         order = {n: i for i, n in enumerate(names)}
-        names.sort(key=lambda n: (-subset_counts.get(n, 0), order[n]))
+        names.sort(key=lambda n: (-key.get(n, 0), order[n]))
     fig = go.Figure()
     fig.add_bar(
         x=names,
@@ -254,6 +264,10 @@ def counts_figure(
         template="plotly_white",
     )
     fig.update_xaxes(tickangle=-35)
+    if many:
+        fig.update_layout(title=f"Images per class ({len(names)} classes, sorted by count; "
+                          "hover a bar for its class)", margin={"b": 40})  # fmt: skip
+        fig.update_xaxes(showticklabels=False, title="classes")
     if max(full_counts.values(), default=0) <= 10:
         fig.update_yaxes(dtick=1)  # small counts: whole-number ticks only
     return fig
@@ -286,6 +300,45 @@ def sample_grid(
             img.thumbnail((thumb, thumb))
             out.append((img, ds.class_names[label]))
     return out
+
+
+def sample_page(
+    ds: ImageDataset,
+    indices: Sequence[int],
+    *,
+    class_name: str | None = None,
+    page: int = 0,
+    per_class: int = 4,
+    thumb: int = 160,
+) -> tuple[list[tuple[Image.Image, str]], int, int]:
+    """One page of the sample browser: ``(thumbnails, page, pages)``.
+
+    Every class (``class_name`` None or :data:`ALL_CLASSES`): :data:`CLASSES_PER_PAGE` classes
+    per page, up to ``per_class`` images each. One class: :data:`IMAGES_PER_PAGE` of its images
+    per page. ``page`` is clamped; only the page's images are decoded.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i in indices:
+        by_class.setdefault(ds.items[i].label, []).append(i)
+    if class_name in (None, "", ALL_CLASSES):
+        labels = sorted(by_class)
+        pages = max(1, -(-len(labels) // CLASSES_PER_PAGE))
+        page = min(max(0, int(page or 0)), pages - 1)
+        chosen = [i for lab in labels[page * CLASSES_PER_PAGE : (page + 1) * CLASSES_PER_PAGE]
+                  for i in by_class[lab][:per_class]]  # fmt: skip
+    else:
+        if class_name not in ds.class_names:
+            raise ValueError(f"unknown class {class_name!r}; pick one from the class menu")
+        pool = by_class.get(ds.class_names.index(class_name), [])
+        pages = max(1, -(-len(pool) // IMAGES_PER_PAGE))
+        page = min(max(0, int(page or 0)), pages - 1)
+        chosen = pool[page * IMAGES_PER_PAGE : (page + 1) * IMAGES_PER_PAGE]
+    out = []
+    for i in chosen:
+        img = ds.image(i).copy()
+        img.thumbnail((thumb, thumb))
+        out.append((img, ds.class_names[ds.items[i].label]))
+    return out, page, pages
 
 
 def skipped_table(skipped: Sequence[Any]) -> tuple[pd.DataFrame, str]:
@@ -432,6 +485,43 @@ def on_load(
     )
 
 
+def _pager_line(page: int, pages: int, n: int, class_name: str | None) -> str:
+    what = "every class" if class_name in (None, "", ALL_CLASSES) else f"class {class_name}"
+    return f"Page {page + 1} of {pages} · {n} image(s) of {what}"
+
+
+def _samples_action(settings: Settings) -> Callable[..., tuple[Any, ...]]:
+    def dataset_samples(
+        selection: dict | None, class_name: str | None, page: float | None
+    ) -> tuple[Any, ...]:
+        """One page of the sample browser (:func:`sample_page`) of the current selection."""
+        try:
+            ds, sub = common.open_selection(selection, settings)
+            indices = list(sub.indices) if sub is not None else range(len(ds))
+            thumbs, page_i, pages = sample_page(ds, indices, class_name=class_name,
+                                                page=int(page or 1) - 1)  # fmt: skip
+        except (DatasetError, ValueError, OSError, TypeError) as err:
+            return gr.skip(), gr.skip(), common.error_box(str(err), settings)
+        return (thumbs, gr.update(value=page_i + 1, maximum=pages),
+                _pager_line(page_i, pages, len(thumbs), class_name))  # fmt: skip
+
+    return dataset_samples
+
+
+def _browse_reset(settings: Settings) -> Callable[..., tuple[Any, ...]]:
+    samples = _samples_action(settings)
+
+    def reset(selection: dict | None) -> tuple[Any, ...]:
+        """After a load: the class menu of the new dataset and its first page of samples."""
+        if not selection:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        names = list(selection.get("class_names") or [])
+        menu = gr.update(choices=[ALL_CLASSES, *names], value=ALL_CLASSES)
+        return (menu, *samples(selection, ALL_CLASSES, 1))
+
+    return reset
+
+
 def _source_visibility(source: str) -> tuple[Any, ...]:
     """Show the input that belongs to the chosen source."""
     return (
@@ -561,13 +651,28 @@ def _views() -> dict[str, Any]:
         "summary": gr.Dataframe(
             headers=SUMMARY_COLUMNS, label="Summary", interactive=False, elem_id="ds-summary"
         ),
-        "chart": gr.Plot(label="Images per class", elem_id="ds-chart"),
+        "chart": gr.Plot(
+            common.empty_figure("no data yet: load a dataset"),
+            label="Images per class",
+            elem_id="ds-chart",
+        ),  # fmt: skip
     }
 
 
 def _samples() -> dict[str, Any]:
     """The sample grid and the skipped-file report (full width)."""
-    w: dict[str, Any] = {
+    w: dict[str, Any] = {}
+    with gr.Row(equal_height=True):
+        w["class_filter"] = gr.Dropdown(
+            [ALL_CLASSES], value=ALL_CLASSES, filterable=True, scale=3,
+            label="Show class (type to filter)", elem_id="ds-class-filter",
+        )  # fmt: skip
+        w["prev"] = gr.Button("◀ Previous", scale=1, min_width=90, elem_id="ds-prev")
+        w["page"] = gr.Number(1, label="Page", precision=0, minimum=1, scale=1, min_width=90,
+                              elem_id="ds-page")  # fmt: skip
+        w["next"] = gr.Button("Next ▶", scale=1, min_width=90, elem_id="ds-next")
+    w["pager"] = gr.Markdown(elem_id="ds-pager", elem_classes=["dm-note"])
+    w |= {
         "gallery": gr.Gallery(
             label="Samples (up to 4 per class; from the subset when one is chosen)",
             columns=8,
@@ -624,7 +729,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             "seed",
         ]
         outputs = ["status", "summary", "chart", "gallery", "skipped", "skipped_note"]
-        w["load"].click(
+        load_event = w["load"].click(
             _load_action(settings),
             [w[k] for k in inputs],
             [selection, *(w[k] for k in outputs)],
@@ -632,6 +737,18 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id="dataset-load",
         )
+        # The sample browser: a page of classes (or of one class), never every class at once.
+        samples = _samples_action(settings)
+        browse_out = [w["gallery"], w["page"], w["pager"]]
+        load_event.then(_browse_reset(settings), selection,
+                        [w["class_filter"], *browse_out], **private)  # fmt: skip
+        w["class_filter"].change(lambda sel, c: samples(sel, c, 1),
+                                 [selection, w["class_filter"]], browse_out, **private)  # fmt: skip
+        for btn, step in ((w["prev"], -1), (w["next"], 1)):
+            btn.click(lambda sel, c, p, d=step: samples(sel, c, int(p or 1) + d),
+                      [selection, w["class_filter"], w["page"]], browse_out, **private)  # fmt: skip
+        w["page"].submit(samples, [selection, w["class_filter"], w["page"]], browse_out,
+                         **private)  # fmt: skip
         selection.change(_current_line, selection, current, **private)
         page.load(_current_line, selection, current, **private)
     return page

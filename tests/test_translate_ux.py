@@ -263,3 +263,27 @@ def test_page_builds_with_the_new_controls(private: Settings) -> None:
     assert guidance.value == 7.5
     api = json.dumps(page.get_api_info())
     assert "translate_grid" in api and "send_to_generate" in api
+
+
+def test_dataset_page_browses_200_classes_a_page_at_a_time() -> None:
+    from PIL import Image
+
+    decoded: list[int] = []
+
+    def image(i: int) -> Image.Image:
+        decoded.append(i)
+        return Image.new("RGB", (300, 200))
+
+    names = [f"class_{k:03d}" for k in range(200)]
+    ds = SimpleNamespace(items=[SimpleNamespace(label=k % 200) for k in range(6000)],
+                         class_names=names, image=image)  # fmt: skip
+    thumbs, page, pages = dataset.sample_page(ds, range(6000), page=2)
+    assert pages == 200 // dataset.CLASSES_PER_PAGE + 1 and page == 2
+    assert len(thumbs) == len(decoded) == 4 * dataset.CLASSES_PER_PAGE
+    assert thumbs[0][1] == names[2 * dataset.CLASSES_PER_PAGE]
+    one, _, pages = dataset.sample_page(ds, range(6000), class_name="class_199")
+    assert pages == 1 and len(one) == 30 and {c for _, c in one} == {"class_199"}
+    counts = {n: 10 + (k * 7) % 23 for k, n in enumerate(names)}
+    fig = dataset.counts_figure(counts)
+    assert list(fig.data[0].y) == sorted(counts.values(), reverse=True)  # a readable profile
+    assert fig.layout.xaxis.showticklabels is False and "200 classes" in fig.layout.title.text
