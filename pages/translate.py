@@ -1239,19 +1239,28 @@ def _open_action(settings: Settings):
 
 
 def _pick_source(settings: Settings):
+    retarget = _prompt_action(settings)
+
     def pick(
         selection: dict | None, indices: list[int] | None, target: str | None,
-        evt: gr.SelectData,
+        adapter: dict | None = None, owner: str | None = None, strategy: str | None = None,
+        prompt: str | None = None, word: str | None = None,
+        evt: gr.SelectData = None,  # type: ignore[assignment]
     ) -> tuple[Any, ...]:  # fmt: skip
-        """A gallery click: that image becomes the source (and the target moves off its class)."""
+        """A gallery click: that image becomes the source (and the target moves off its class,
+        the prompt with it)."""
         try:
             ds, _ = common.open_selection(selection, settings)
             index = int((indices or [])[evt.index])
-        except (*jobs_ui.USER_ERRORS, IndexError, TypeError):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except (*jobs_ui.USER_ERRORS, IndexError, TypeError, AttributeError):
+            return (gr.skip(),) * 6
         cls = ds.class_names[ds.items[index].label]
         new_target = other_class(ds.class_names, cls) if target in (None, cls) else target
-        return index, display(ds.image(index)), gr.update(value=cls), gr.update(value=new_target)
+        text, new_word = gr.skip(), gr.skip()
+        if new_target != target:
+            text, new_word = retarget(selection, adapter, owner, strategy, new_target, prompt, word)
+        return (index, display(ds.image(index)), gr.update(value=cls),
+                gr.update(value=new_target), text, new_word)  # fmt: skip
 
     return pick
 
@@ -1418,8 +1427,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
         mode.change(_mode_visibility, mode, [pick_box, upload], queue=False, **private)
         gallery.select(
-            _pick_source(settings), [selection, indices, target],
-            [source_index, source_view, source_class, target], **private,
+            _pick_source(settings),
+            [selection, indices, target, adapter, owner, strategy, prompt, prompt_word_box],
+            [source_index, source_view, source_class, target, prompt, prompt_word_box],
+            **private,
         )  # fmt: skip
         # The source gallery, one page at a time (class filter, pager).
         sources = _source_page_action(settings)
@@ -1430,10 +1441,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             btn.click(lambda sel, c, p, d=step: sources(sel, c, int(p or 1) + d),
                       [selection, class_filter, page_no], page_out, **private)  # fmt: skip
         page_no.submit(sources, [selection, class_filter, page_no], page_out, **private)
-        # The prompt follows the target class and the strategy (keeping the user's wording).
+        # The prompt follows the target class and the strategy (keeping the user's wording);
+        # on user input only: the page's own updates (opening, a gallery pick) set it themselves.
         prompt_fn = _prompt_action(settings)
         for widget in (target, strategy):
-            widget.change(prompt_fn, [selection, adapter, owner, strategy, target, prompt,
+            widget.input(prompt_fn, [selection, adapter, owner, strategy, target, prompt,
                                      prompt_word_box], [prompt, prompt_word_box],
                          show_progress="hidden", **private)  # fmt: skip
         inputs = [selection, adapter, owner, mode, source_index, upload, source_class, target,
