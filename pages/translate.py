@@ -556,6 +556,12 @@ def generate_plan(
     if not 0.0 < s <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {s:g}")
     g = DEFAULT_GUIDANCE if guidance in (None, "") else float(guidance)
+    index = _whole(source_index, "source index", None, minimum=-(2**62))
+    if index is not None and selection:
+        ds, _ = common.open_selection(selection, settings)
+        if not 0 <= index < len(ds):
+            raise ValueError(f"source index {index} is out of range 0..{len(ds) - 1}")
+        source_class = ds.class_names[ds.items[index].label]  # the image's own class
     text, template = (prompt or "").strip(), ""
     if text and st.prompt != "none":
         check_prompt(text, settings)
@@ -563,7 +569,7 @@ def generate_plan(
         word = prompt_word(found, str(target_class), adapter_meta=meta) if found else ""
         template = check_prompt_template(template_from_prompt(text, word), require_token=False)
     return {"from": "translate", "strategy": st.name, "strengths": f"{s:g}", "guidance": g,
-            "prompt_template": template, "prompt": text, "source_index": source_index,
+            "prompt_template": template, "prompt": text, "source_index": index,
             "source_class": source_class, "target_class": target_class}  # fmt: skip
 
 
@@ -1265,6 +1271,24 @@ def _pick_source(settings: Settings):
     return pick
 
 
+def _show_index(settings: Settings):
+    def show(selection: dict | None, index: float | None) -> tuple[Any, ...]:
+        """A typed source index: show that image and its class, or say why it cannot be used."""
+        try:
+            ds, _ = common.open_selection(selection, settings)
+            i = _whole(index, "source index", None, minimum=-(2**62))
+            if i is None:
+                return gr.skip(), gr.skip(), ""
+            if not 0 <= i < len(ds):
+                raise ValueError(f"source index {i} is out of range 0..{len(ds) - 1} (the "
+                                 f"{ds.split} split)")  # fmt: skip
+        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+            return gr.skip(), gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
+        return display(ds.image(i)), gr.update(value=ds.class_names[ds.items[i].label]), ""
+
+    return show
+
+
 def _mode_visibility(mode: str) -> tuple[Any, Any]:
     return gr.update(visible=mode != "Upload"), gr.update(visible=mode == "Upload")
 
@@ -1321,10 +1345,12 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 class_filter = gr.Dropdown([ALL_CLASSES], value=ALL_CLASSES, filterable=True,
                                            label="Show class (type to filter)", scale=3,
                                            elem_id="tr-class-filter")  # fmt: skip
-                prev_btn = gr.Button("◀ Previous", scale=1, min_width=90, elem_id="tr-prev")
+                prev_btn = gr.Button("◀ Previous", scale=1, min_width=90, size="sm",
+                                     elem_id="tr-prev")  # fmt: skip
                 page_no = gr.Number(1, label="Page", precision=0, minimum=1, scale=1,
                                     min_width=90, elem_id="tr-page")  # fmt: skip
-                next_btn = gr.Button("Next ▶", scale=1, min_width=90, elem_id="tr-next")
+                next_btn = gr.Button("Next ▶", scale=1, min_width=90, size="sm",
+                                     elem_id="tr-next")  # fmt: skip
                 source_index = gr.Number(None, label="Source index (train split)", precision=0,
                                          scale=2, elem_id="tr-source-index")  # fmt: skip
             gallery = gr.Gallery(
@@ -1392,16 +1418,19 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                     elem_id="tr-grid-seeds")  # fmt: skip
             grid_btn = gr.Button("Make grid", variant="primary", scale=0, min_width=160,
                                  elem_id="tr-grid-go")  # fmt: skip
-        grid_gallery_box = gr.Gallery(label="Grid (rows = seeds, columns = strengths)", columns=3,
-                                      height="auto", object_fit="contain", allow_preview=True,
-                                      elem_id="tr-grid")  # fmt: skip
-        grid_info = gr.Markdown(elem_id="tr-grid-info")
         with gr.Row(equal_height=False):
-            grid_tbl = gr.Dataframe(headers=GRID_COLUMNS, interactive=False, scale=3,
-                                    label="Cells (soft label follows s^γ, not the image)",
-                                    elem_id="tr-grid-table")  # fmt: skip
-            grid_download = gr.File(label="Download the grid (PNGs + metadata.json, zip)",
-                                    interactive=False, scale=1, elem_id="tr-grid-download")  # fmt: skip
+            with gr.Column(scale=3):
+                grid_gallery_box = gr.Gallery(
+                    label="Grid (rows = seeds, columns = strengths)", columns=3, height="auto",
+                    object_fit="contain", allow_preview=True, elem_id="tr-grid",
+                )  # fmt: skip
+            with gr.Column(scale=2):
+                grid_tbl = gr.Dataframe(headers=GRID_COLUMNS, interactive=False,
+                                        label="Cells (soft label follows s^γ, not the image)",
+                                        elem_id="tr-grid-table")  # fmt: skip
+                grid_download = gr.File(label="Download the grid (PNGs + metadata.json, zip)",
+                                        interactive=False, elem_id="tr-grid-download")  # fmt: skip
+        grid_info = gr.Markdown(elem_id="tr-grid-info")
         gr.Markdown("### Strength sweep")
         with gr.Row(equal_height=False):
             sweep_gallery = gr.Gallery(label="Sweep (source, then s = 0.1 … 0.9)", columns=3,
@@ -1432,6 +1461,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             [source_index, source_view, source_class, target, prompt, prompt_word_box],
             **private,
         )  # fmt: skip
+        source_index.submit(_show_index(settings), [selection, source_index],
+                            [source_view, source_class, info], **private)  # fmt: skip
         # The source gallery, one page at a time (class filter, pager).
         sources = _source_page_action(settings)
         page_out = [gallery, indices, page_no, pager]

@@ -222,6 +222,10 @@ def test_out_of_range_source_index_names_the_range(fewshot: dict, private: Setti
     empty = list(translate._translate_action(private)(*_values(fewshot, names[1], index=""),
                                                       0, STEPS, 0.5))  # fmt: skip
     assert "pick a source image" in empty[0][3]
+    # typing an index shows that image and its class, or the range
+    view, cls, msg = translate._show_index(private)(fewshot, fewshot["indices"][3])
+    assert msg == "" and cls["value"] == ds.class_names[ds.items[fewshot["indices"][3]].label]
+    assert "out of range 0.." in translate._show_index(private)(fewshot, len(ds))[2]
 
 
 def test_source_gallery_is_paged_and_filtered_for_200_classes() -> None:
