@@ -291,3 +291,25 @@ def test_dataset_page_browses_200_classes_a_page_at_a_time() -> None:
     fig = dataset.counts_figure(counts)
     assert list(fig.data[0].y) == sorted(counts.values(), reverse=True)  # a readable profile
     assert fig.layout.xaxis.showticklabels is False and "200 classes" in fig.layout.title.text
+
+
+@pytest.mark.slow
+def test_generation_with_a_prompt_template_gives_each_target_its_own_prompt(
+    tmp_path: Path, quick_judge: None
+) -> None:
+    import shlex
+
+    from diffmix.cli import build_parser
+    from diffmix.generate import GenerateConfig, command_for, generate
+
+    cfg = GenerateConfig(dataset="demo", strategy="real-mix", model="nano", shots=1, multiplier=1,
+                         strengths=[0.5], limit=3, num_inference_steps=STEPS, score=False,
+                         guidance_scale=4.0, prompt_template="a sketch of a {token}")  # fmt: skip
+    args = build_parser().parse_args(shlex.split(command_for(cfg, "out"))[1:])
+    assert args.prompt_template == "a sketch of a {token}" and args.guidance_scale == 4.0
+    generate(cfg, tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["prompt"] == f"a sketch of a {row['target_class'].replace('_', ' ')}"
+        assert row["guidance_scale"] == 4.0
