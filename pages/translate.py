@@ -8,9 +8,20 @@ probability of the target class) and diversity (distance from the source), from
 :mod:`diffmix.score`. A *sweep* translates one source at five strengths in one batched call and
 draws faithfulness and diversity against strength.
 
-Plain functions (:func:`source_gallery`, :func:`build_request`, :func:`run_translation`,
-:func:`score_translation`, :func:`sweep_figure`, ...) are tested directly; the listeners
-(``/translate``, ``/translate_sweep``, ``/translate_open``) only format their results.
+What AUTOMATIC1111's img2img users expect is here too: an editable prompt pre-filled with the
+class prompt the strategy would use (the typed text is the prompt used; checked by
+:func:`diffmix.settings.check_prompt`), a guidance scale (7.5, the authors'), a strength × seed
+grid (:mod:`diffmix.grid`; rows = seeds, columns = strengths, at most ``max_batch`` images) with
+each cell's soft label and, when ready, scores, a zip download of a preview or grid whose
+``metadata.json`` regenerates every image, and "Send to Generate" (a plan kept in the browser,
+:func:`pages.common.plan_state`, that the Generate page fills its fields from once). The source
+gallery is paged and filtered by class, so a 200-class dataset is never laid out at once.
+
+Plain functions (:func:`source_page`, :func:`build_request`, :func:`run_translation`,
+:func:`score_translation`, :func:`sweep_figure`, :func:`default_prompt`, :func:`generate_plan`,
+:func:`write_preview_bundle`, ...) are tested directly; the listeners (``/translate``,
+``/translate_sweep``, ``/translate_grid``, ``/translate_open``, ``/send_to_generate``) only
+format their results.
 
 Run alone with ``python pages/translate.py``.
 """
