@@ -43,7 +43,7 @@ def ux_server(workspace_home: Path) -> Iterator[AppServer]:
             if not (dest / f.name).exists():
                 shutil.copy2(f, dest / f.name)
     env = {"DIFFMIX_MODEL": "nano", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    server = start_app(workspace_home, env=env, name="app-translate-ux")
+    server = start_app(workspace_home, env=env, name="app-translate-ux", timeout=400)
     yield server
     server.stop()
 
@@ -85,6 +85,16 @@ def test_prompt_grid_download_and_send_through_the_api(ux_server: AppServer) -> 
                                source_index=sel["indices"][0], source_class=names[0],
                                target=names[1], api_name="/send_to_generate")  # fmt: skip
     assert not msg and "{token}" in plan["prompt_template"] and plan["strengths"] == "0.6"
+    # Generate's plan endpoints take the new fields, and older clients that omit them still work
+    plan_args = dict(probe=None, owner=None, selection=sel, adapter=None, strategy="real-mix",
+                     multiplier=1, strengths="0.6", targets="uniform", confusion_run=None,
+                     filter_bottom=0, limit=None, steps=STEPS, seed=0, score=True)  # fmt: skip
+    plain = client.predict(**plan_args, api_name="/generate_estimate")
+    assert "images**" in plain and "--prompt-template" not in plain, plain
+    carried = client.predict(**plan_args, guidance=plan["guidance"],
+                             prompt_template=plan["prompt_template"],
+                             api_name="/generate_estimate")  # fmt: skip
+    assert "--guidance-scale 6" in carried and "--prompt-template" in carried, carried
 
 
 @pytest.mark.browser
