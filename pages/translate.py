@@ -1168,17 +1168,19 @@ def _send_action(settings: Settings):
         source_index: float | None,
         source_class: str | None,
         target: str | None,
-    ) -> tuple[Any, str]:
-        """The plan Generate opens with (:func:`generate_plan`), kept in the browser; the page
-        then goes to Generate. A bad prompt or strength stays here with its message."""
+    ) -> tuple[Any, str, Any]:
+        """The plan Generate opens with (:func:`generate_plan`), kept in the browser, and no
+        watched generation run (Generate would otherwise restore that run's settings over the
+        plan; the run itself goes on and stays in Generate's run menu); the page then goes to
+        Generate. A bad prompt or strength stays here with its message."""
         try:
             plan = generate_plan(selection, adapter, strategy=strategy, strength=strength,
                                  guidance=guidance, prompt=prompt, source_index=source_index,
                                  source_class=source_class, target_class=target,
                                  settings=settings, owner=owner)  # fmt: skip
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
-        return plan, ""
+            return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings), gr.skip()
+        return plan, "", None
 
     return send_to_generate
 
@@ -1340,6 +1342,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         adapter = common.adapter_state()
         owner = common.owner_state()
         send_plan = common.plan_state()
+        generate_run = jobs_ui.run_browser_state("generate")  # the run Generate watches
         # Hidden JSON, not gr.State (a gr.State keeps a heartbeat connection open app-wide).
         indices = gr.JSON([], visible=False)
         prompt_word_box = gr.Textbox(visible=False)
@@ -1531,7 +1534,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         send_btn.click(_send_action(settings),
                        [selection, adapter, owner, strategy, strength, guidance, prompt,
                         source_index, source_class, target],
-                       [send_plan, send_msg], api_name="send_to_generate").then(
+                       [send_plan, send_msg, generate_run], api_name="send_to_generate").then(
             None, [send_plan, send_msg], None, js=GO_GENERATE_JS, **private,
         )  # fmt: skip
         # The API: one call gives the image(s), then the scores.

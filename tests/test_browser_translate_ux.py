@@ -80,7 +80,7 @@ def test_prompt_grid_download_and_send_through_the_api(ux_server: AppServer) -> 
         (1, 0.4), (1, 0.8), (2, 0.4), (2, 0.8), (5, 0.4), (5, 0.8)]  # fmt: skip
     assert {c["prompt"] for c in meta["cells"]} == {typed}
     assert meta["settings"]["translate"]["guidance_scale"] == 6.0 and len(images) >= 7
-    plan, msg = client.predict(selection=sel, adapter=None, owner=None, strategy="real-mix",
+    plan, msg, _watched = client.predict(selection=sel, adapter=None, owner=None, strategy="real-mix",
                                strength=0.6, guidance=6.0, prompt=typed,
                                source_index=sel["indices"][0], source_class=names[0],
                                target=names[1], api_name="/send_to_generate")  # fmt: skip

@@ -184,11 +184,12 @@ def test_grid_size_is_bounded_by_the_public_limit(fewshot: dict, public: Setting
 def test_send_to_generate_fills_generates_fields(fewshot: dict, private: Settings) -> None:
     names = fewshot["class_names"]
     word = names[2].replace("_", " ")
-    plan, msg = translate._send_action(private)(
+    plan, msg, watched = translate._send_action(private)(
         fewshot, None, None, "real-mix", 0.6, 4.5, f"a sketch of a {word}", fewshot["indices"][0],
         names[0], names[2],
     )  # fmt: skip
     assert msg == "" and plan["prompt_template"] == "a sketch of a {token}"
+    assert watched is None  # Generate then restores no earlier run's settings over the plan
     opened = generate._on_open(private)(None, fewshot, None, plan)
     line, strategy, _conf, strengths, guidance, template, cleared, adapter = opened
     assert strategy["value"] == "real-mix" and strengths["value"] == "0.6"
