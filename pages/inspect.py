@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
 
 from diffmix.data import ImageDataset, open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
@@ -42,8 +46,28 @@ PATH = "inspect"
 STAGE = "generate"
 KEPT_CHOICES = ("all", "kept", "dropped")
 NO_FOLDER = "No synthetic dataset chosen: make one on the **Generate** page, then pick it above."
-PER_PAGE = 36
-TABLE_COLUMNS = ["file", "source", "target", "strength", "faithfulness", "diversity", "kept"]
+#: Gallery (and table) rows per page: a folder of 30,000+ rows is never laid out at once.
+PER_PAGE = 24
+TABLE_COLUMNS = ["file", "source", "target", "strength", "faithfulness", "diversity", "kept", "row"]
+#: Columns of the frame the page filters, sorts and pages (``row``: position in the file).
+FRAME_COLUMNS = ("row", "file_name", "source_class", "target_class", "strength", "faithfulness",
+                 "diversity", "kept")  # fmt: skip
+SCORE_COLUMNS = ("faithfulness", "diversity")
+#: Sort menu -> frame column.
+SORT_CHOICES = {"file order": "row", "faithfulness": "faithfulness", "diversity": "diversity",
+                "strength": "strength", "source class": "source_class",
+                "target class": "target_class"}  # fmt: skip
+#: What the numbers mean, shown where they first appear (the page's top).
+GLOSSARY = (
+    "**Faithfulness** (0-1): the *judge*'s probability that the image shows its target class "
+    "(the judge is a reference classifier fitted on the real training images; chance level is "
+    "1 / number of classes). **Diversity** (0-1): how far the result moved from its source "
+    "image (0 = unchanged; LPIPS, or 1 - cosine of the judge's features). **Kept**: "
+    "generation's filter may mark the least faithful fraction `kept: false` (*Drop the least "
+    "faithful fraction* on Generate); those images stay on disk, but Train skips them. "
+    "**Soft label**: (1 - s^γ)·source + s^γ·target for strength s and the power γ -- it follows "
+    "s^γ, not what the image looks like (mixup/cutmix: the exact pixel share)."
+)
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -66,11 +90,78 @@ def synthetic_names(*, owner: str | None, settings: Settings) -> list[str]:
     ]
 
 
-def _in_range(value: Any, lo: float, hi: float) -> bool:
+def _range_mask(col: pd.Series, lo: float, hi: float) -> pd.Series:
     """Inside [lo, hi]; a missing value passes only an unrestricted [0, 1] range."""
-    if not isinstance(value, (int, float)):
-        return lo <= 0.0 and hi >= 1.0
-    return lo - 1e-9 <= float(value) <= hi + 1e-9
+    inside = col.between(lo - 1e-9, hi + 1e-9)
+    return inside | col.isna() if lo <= 0.0 and hi >= 1.0 else inside
+
+
+def rows_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows' filter and sort columns as a frame (``row``: the row's position in the file).
+
+    Numbers missing or not numeric become NaN; ``kept`` is True unless the row says ``false``.
+    """
+    df = pd.DataFrame.from_records(list(rows), columns=list(FRAME_COLUMNS[1:]))
+    df.insert(0, "row", np.arange(len(df), dtype=np.int64))
+    for col in SCORE_COLUMNS + ("strength",):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["kept"] = ~df["kept"].astype(object).eq(False)
+    for col in ("source_class", "target_class", "file_name"):
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    return df
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame, tuple[dict, ...]]:
+    del mtime_ns, size  # part of the cache key only
+    rows = tuple(read_rows(Path(path).parent))
+    return rows_frame(rows), rows
+
+
+def load_folder(folder: Path) -> tuple[pd.DataFrame, Sequence[dict[str, Any]]]:
+    """The folder's rows and their frame, read once per version of ``metadata.jsonl``.
+
+    Cached by the file's modification time and size, so a growing folder is read again and
+    a filter, sort or page change on a large folder costs no re-parse.
+    """
+    path = folder / METADATA_FILE
+    try:
+        st = path.stat()
+    except OSError:
+        raise ValueError(
+            f"{folder.name!r} is not a synthetic dataset (no {METADATA_FILE})"
+        ) from None
+    return _load_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def filter_frame(
+    df: pd.DataFrame,
+    *,
+    source_classes: Sequence[str] | None = None,
+    target_classes: Sequence[str] | None = None,
+    strength: tuple[float, float] = (0.0, 1.0),
+    faithfulness: tuple[float, float] = (0.0, 1.0),
+    diversity: tuple[float, float] = (0.0, 1.0),
+    kept: str = "all",
+) -> pd.DataFrame:
+    """Rows of ``df`` matching every filter (vectorized; an empty class list means every class).
+
+    Ranges are closed; a row without a score passes only a range left at [0, 1].
+    """
+    if kept not in KEPT_CHOICES:
+        raise ValueError(f"kept must be one of {', '.join(KEPT_CHOICES)}, got {kept!r}")
+    mask = pd.Series(True, index=df.index)
+    if source_classes:
+        mask &= df["source_class"].isin(list(source_classes))
+    if target_classes:
+        mask &= df["target_class"].isin(list(target_classes))
+    for col, rng in (("strength", strength), ("faithfulness", faithfulness),
+                     ("diversity", diversity)):  # fmt: skip
+        lo, hi = sorted(float(x) for x in rng)
+        mask &= _range_mask(df[col], lo, hi)
+    if kept != "all":
+        mask &= df["kept"] if kept == "kept" else ~df["kept"]
+    return df[mask]
 
 
 def filter_rows(
@@ -80,44 +171,96 @@ def filter_rows(
     target_classes: Sequence[str] | None = None,
     strength: tuple[float, float] = (0.0, 1.0),
     faithfulness: tuple[float, float] = (0.0, 1.0),
+    diversity: tuple[float, float] = (0.0, 1.0),
     kept: str = "all",
 ) -> list[dict[str, Any]]:
-    """Rows matching every filter (an empty class list means every class)."""
-    if kept not in KEPT_CHOICES:
-        raise ValueError(f"kept must be one of {', '.join(KEPT_CHOICES)}, got {kept!r}")
-    s_lo, s_hi = sorted(float(x) for x in strength)
-    f_lo, f_hi = sorted(float(x) for x in faithfulness)
-    src, tgt = set(source_classes or []), set(target_classes or [])
-    out = []
-    for r in rows:
-        if src and r.get("source_class") not in src:
-            continue
-        if tgt and r.get("target_class") not in tgt:
-            continue
-        if not _in_range(r.get("strength"), s_lo, s_hi):
-            continue
-        if not _in_range(r.get("faithfulness"), f_lo, f_hi):
-            continue
-        is_kept = r.get("kept", True) is not False
-        if (kept == "kept" and not is_kept) or (kept == "dropped" and is_kept):
-            continue
-        out.append(r)
-    return out
+    """Rows matching every filter, in file order (see :func:`filter_frame`)."""
+    shown = filter_frame(rows_frame(rows), source_classes=source_classes,
+                         target_classes=target_classes, strength=strength,
+                         faithfulness=faithfulness, diversity=diversity, kept=kept)  # fmt: skip
+    return [rows[i] for i in shown["row"]]
+
+
+def sort_frame(df: pd.DataFrame, by: str = "file order", descending: bool = False) -> pd.DataFrame:
+    """``df`` sorted by one of :data:`SORT_CHOICES` (stable; rows without the value last)."""
+    if by not in SORT_CHOICES:
+        raise ValueError(f"sort by one of {', '.join(SORT_CHOICES)}, got {by!r}")
+    col = SORT_CHOICES[by]
+    if col == "row":
+        return df.sort_values("row", ascending=not descending, kind="mergesort")
+    return df.sort_values([col, "row"], ascending=[not descending, True], kind="mergesort",
+                          na_position="last")  # fmt: skip
+
+
+def page_count(n: int, per_page: int = PER_PAGE) -> int:
+    """Pages needed for ``n`` rows (at least 1)."""
+    return max(1, -(-int(n) // per_page))
+
+
+def page_frame(df: pd.DataFrame, page: int, per_page: int = PER_PAGE) -> tuple[pd.DataFrame, int]:
+    """Rows of page ``page`` (1-based, clamped to the pages there are) and that page number."""
+    p = min(max(1, int(page or 1)), page_count(len(df), per_page))
+    start = (p - 1) * per_page
+    return df.iloc[start : start + per_page], p
+
+
+def frame_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows as the page's table (scores rounded to 3 digits; ``row``: position in the file)."""
+
+    def num(col: pd.Series) -> pd.Series:
+        return col.map("{:.3f}".format).where(col.notna(), "")
+
+    return pd.DataFrame({
+        "file": df["file_name"].to_numpy(), "source": df["source_class"].to_numpy(),
+        "target": df["target_class"].to_numpy(),
+        "strength": df["strength"].map("{:g}".format).where(df["strength"].notna(), "").to_numpy(),
+        "faithfulness": num(df["faithfulness"]).to_numpy(),
+        "diversity": num(df["diversity"]).to_numpy(),
+        "kept": np.where(df["kept"].to_numpy(dtype=bool), "yes", "no"),
+        "row": df["row"].to_numpy(),
+    }, columns=TABLE_COLUMNS)  # fmt: skip
 
 
 def rows_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The rows as a table (scores rounded)."""
+    return frame_table(rows_frame(rows))
 
-    def num(x: Any) -> str:
-        return f"{x:.3f}" if isinstance(x, (int, float)) else ""
 
-    data = [
-        [r.get("file_name"), r.get("source_class"), r.get("target_class"), r.get("strength"),
-         num(r.get("faithfulness")), num(r.get("diversity")),
-         "yes" if r.get("kept", True) is not False else "no"]
-        for r in rows
-    ]  # fmt: skip
-    return pd.DataFrame(data, columns=TABLE_COLUMNS)
+def score_histograms(all_rows: pd.DataFrame, shown: pd.DataFrame, bins: int = 20) -> go.Figure:
+    """Faithfulness and diversity histograms: every row (grey) and the filtered rows (blue).
+
+    Counts are binned here (``bins`` equal bins on [0, 1]), so the figure is small whatever
+    the number of rows. Without any score: the axes say "no scores yet".
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("faithfulness", "diversity"),
+                        horizontal_spacing=0.12)  # fmt: skip
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    any_score = False
+    for k, col in enumerate(SCORE_COLUMNS, start=1):
+        every = all_rows[col].dropna().clip(0, 1).to_numpy()
+        if not len(every):
+            fig.add_annotation(text="no scores yet", showarrow=False, x=0.5, y=0.5,
+                               xref=f"x{k if k > 1 else ''} domain",
+                               yref=f"y{k if k > 1 else ''} domain")  # fmt: skip
+            continue
+        any_score = True
+        sel = shown[col].dropna().clip(0, 1).to_numpy()
+        fig.add_bar(x=centers, y=np.histogram(every, edges)[0], width=1 / bins,
+                    marker_color="#cfd8dc", name="all rows", showlegend=k == 1,
+                    row=1, col=k)  # fmt: skip
+        fig.add_bar(x=centers, y=np.histogram(sel, edges)[0], width=1 / bins,
+                    marker_color="#1e88e5", name="matching the filter", showlegend=k == 1,
+                    row=1, col=k)  # fmt: skip
+    fig.update_layout(barmode="overlay", height=240, template="plotly_white",
+                      margin={"l": 45, "r": 15, "t": 40, "b": 35},
+                      legend={"orientation": "h", "y": -0.25, "x": 0})  # fmt: skip
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(title_text="images" if any_score else None, row=1, col=1)
+    if not any_score:
+        fig.update_yaxes(showticklabels=False, showgrid=False)
+        fig.update_xaxes(showticklabels=False, showgrid=False)
+    return fig
 
 
 def source_dataset(record: dict[str, Any], settings: Settings) -> ImageDataset:
@@ -147,21 +290,41 @@ def source_image(ds: ImageDataset, row: dict[str, Any]) -> Image.Image | None:
     return None
 
 
-def pair_image(source: Image.Image | None, result: Image.Image, side: int = 128) -> Image.Image:
-    """Source and result side by side (both fitted to ``side`` px; a grey box for no source)."""
+def pair_image(
+    source: Image.Image | None, result: Image.Image | None, side: int = 128
+) -> Image.Image:
+    """Source and result side by side (both fitted to ``side`` px; a grey box for a missing one)."""
     from PIL import ImageOps
 
     gap = 6
     canvas = Image.new("RGB", (2 * side + gap, side), (255, 255, 255))
-    left = (
-        ImageOps.contain(source.convert("RGB"), (side, side), Image.NEAREST)
-        if source is not None
-        else Image.new("RGB", (side, side), (200, 200, 200))
-    )
-    right = ImageOps.contain(result.convert("RGB"), (side, side), Image.NEAREST)
-    canvas.paste(left, ((side - left.width) // 2, (side - left.height) // 2))
-    canvas.paste(right, (side + gap + (side - right.width) // 2, (side - right.height) // 2))
+    for k, img in enumerate((source, result)):
+        cell = (
+            ImageOps.contain(img.convert("RGB"), (side, side), Image.NEAREST)
+            if img is not None
+            else Image.new("RGB", (side, side), (200, 200, 200))
+        )
+        x0 = k * (side + gap)
+        canvas.paste(cell, (x0 + (side - cell.width) // 2, (side - cell.height) // 2))
     return canvas
+
+
+def caption(row: dict[str, Any]) -> str:
+    """A gallery caption: ``source → target · s=… · f=… · d=…`` (and "dropped")."""
+    cap = f"{row.get('source_class')} → {row.get('target_class')} · s={row.get('strength')}"
+    for key, short in (("faithfulness", "f"), ("diversity", "d")):
+        if isinstance(row.get(key), (int, float)):
+            cap += f" · {short}={row[key]:.2f}"
+    if row.get("kept", True) is False:
+        cap += " · dropped"
+    return cap
+
+
+def _result_image(folder: Path, row: dict[str, Any]) -> Image.Image | None:
+    try:
+        return open_rgb(folder / str(row["file_name"]))
+    except (OSError, KeyError, ValueError):  # ValueError: ImageDecodeError
+        return None
 
 
 def pairs(
@@ -172,22 +335,62 @@ def pairs(
     page: int = 1,
     per_page: int = PER_PAGE,
 ) -> list[tuple[Image.Image, str]]:
-    """Gallery items for one page of rows: ``source | result`` with a caption."""
+    """Gallery items for one page of rows: ``source | result`` with a caption.
+
+    One item per row, in order (an unreadable image is a grey box, so item k is row k of the
+    page: the table and the gallery select the same sample).
+    """
     start = (max(1, page) - 1) * per_page
     out = []
     for r in rows[start : start + per_page]:
-        try:
-            result = open_rgb(folder / str(r["file_name"]))
-        except (OSError, KeyError, ValueError):  # ValueError: ImageDecodeError
-            continue
+        result = _result_image(folder, r)
         src = source_image(ds, r) if ds is not None else None
-        cap = f"{r.get('source_class')} → {r.get('target_class')} · s={r.get('strength')}"
-        if isinstance(r.get("faithfulness"), (int, float)):
-            cap += f" · f={r['faithfulness']:.2f}"
-        if r.get("kept", True) is False:
-            cap += " · dropped"
+        cap = caption(r) + ("" if result is not None else " · image missing")
         out.append((pair_image(src, result), cap))
     return out
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+def detail_markdown(row: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    """One row's full metadata as a Markdown table (every field of its ``metadata.jsonl`` line),
+    headed by the soft label explained and the judge that scored it (from ``config.json``)."""
+    from diffmix.generate import ROW_FIELDS
+
+    lines = [f"**{row.get('file_name')}** · {caption(row)}", ""]
+    soft = row.get("soft_label")
+    if isinstance(soft, dict) and soft:
+        parts = ", ".join(f"{k} {float(v):.3f}" for k, v in soft.items())
+        rule = row.get("label_rule") or "?"
+        why = {
+            "diffmix-gamma": f"(1 - s^γ)·source + s^γ·target with s={row.get('strength')}, "
+            f"γ={row.get('gamma')}: it follows s^γ, not what the image looks like; training "
+            "recomputes it with the run's γ",
+            "pixel-share": "the exact share of the target image's pixels (mixup/cutmix)",
+            "hard": "the target class only",
+        }.get(str(rule), f"rule {rule}")
+        lines += [f"Soft label: {parts} -- {why} (label_rule `{rule}`).", ""]
+    judge = (record or {}).get("judge")
+    if row.get("faithfulness") is not None:
+        j = judge if isinstance(judge, dict) else {}
+        lines += [
+            f"Scored by the `{row.get('judge') or j.get('judge') or '?'}` judge "
+            f"(fitted on {j.get('train_images', '?')} {j.get('fit_on', 'train')} images); "
+            f"diversity metric `{j.get('diversity_metric', '?')}`.",
+            "",
+        ]
+    lines += ["| field | value |", "|---|---|"]
+    keys = [k for k in ROW_FIELDS if k in row] + [k for k in row if k not in ROW_FIELDS]
+    for k in keys:
+        text = _value(row[k]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{k}` | {text} |")
+    return "\n".join(lines)
 
 
 def export_rows(
@@ -241,13 +444,12 @@ def export_rows(
     return dest
 
 
-def summary_line(name: str, rows: Sequence[dict], shown: Sequence[dict], page: int) -> str:
-    """``N of M images match · page p of P``."""
-    pages = max(1, -(-len(shown) // PER_PAGE))
-    kept = sum(1 for r in shown if r.get("kept", True) is not False)
+def summary_line(name: str, total: int, shown: pd.DataFrame, page: int, pages: int) -> str:
+    """``N of M images match (K kept) · page p of P``."""
+    kept = int(shown["kept"].sum())
     return (
-        f"`{name}`: **{len(shown)} of {len(rows)} images** match ({kept} kept) · page "
-        f"{min(max(1, page), pages)} of {pages} · left: source, right: result."
+        f"`{name}`: **{len(shown)} of {total} images** match ({kept} kept) · page {page} of "
+        f"{pages} · left: source, right: result · click an image or a table row for its details."
     )
 
 
@@ -260,34 +462,106 @@ def _folder(name: str | None, owner: str | None, settings: Settings) -> Path:
     return jobs_ui.open_run(STAGE, name, owner=owner, settings=settings)
 
 
+def _filtered(
+    folder: Path, source_classes: Sequence[str] | None, target_classes: Sequence[str] | None,
+    s_min: float, s_max: float, f_min: float, f_max: float, kept: str,
+    sort: str | None = None, descending: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, Sequence[dict[str, Any]]]:  # fmt: skip
+    """``(every row, the matching rows sorted, the rows)`` of a folder under the page's filters."""
+    df, rows = load_folder(folder)
+    shown = filter_frame(df, source_classes=source_classes, target_classes=target_classes,
+                         strength=(s_min, s_max), faithfulness=(f_min, f_max), kept=kept)  # fmt: skip
+    return df, sort_frame(shown, sort or "file order", bool(descending)), rows
+
+
 def _filter_action(settings: Settings):
     def inspect_filter(
         name: str | None, owner: str | None, source_classes: list[str] | None,
         target_classes: list[str] | None, s_min: float, s_max: float, f_min: float,
-        f_max: float, kept: str, page: float | None,
+        f_max: float, kept: str, page: float | None, sort: str | None = "file order",
+        descending: bool = False,
     ) -> tuple[Any, ...]:  # fmt: skip
-        """Filter the folder's rows; the table, the source|result pairs and a summary line."""
+        """Filter, sort and page the folder's rows: the page's table and source|result pairs,
+        a summary line, the score histograms (every row vs. the matching ones), the page's row
+        numbers and the page shown."""
+        skip = gr.skip()
         if not name:
-            return gr.skip(), gr.skip(), NO_FOLDER
+            return skip, skip, NO_FOLDER, skip, skip, skip
         try:
             folder = _folder(name, owner, settings)
-            rows = read_rows(folder)
-            shown = filter_rows(rows, source_classes=source_classes,
-                                target_classes=target_classes, strength=(s_min, s_max),
-                                faithfulness=(f_min, f_max), kept=kept)  # fmt: skip
+            df, shown, rows = _filtered(folder, source_classes, target_classes, s_min, s_max,
+                                        f_min, f_max, kept, sort, descending)  # fmt: skip
+            part, p = page_frame(shown, int(page or 1))
+            page_rows = [rows[i] for i in part["row"]]
             note = ""
             try:
                 ds = source_dataset(read_record(folder), settings)
             except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
                 ds, note = None, " " + common.error_box(jobs_ui.readable_error(err), settings)
-            p = int(page or 1)
-            gallery = pairs(folder, shown, ds, page=p)
+            gallery = pairs(folder, page_rows, ds, page=1, per_page=len(page_rows) or 1)
         except jobs_ui.USER_ERRORS as err:
-            keep = gr.skip()
-            return keep, keep, common.error_box(jobs_ui.readable_error(err), settings)
-        return rows_table(shown), gallery, summary_line(folder.name, rows, shown, p) + note
+            return (
+                skip,
+                skip,
+                common.error_box(jobs_ui.readable_error(err), settings),
+                skip,
+                skip,
+                skip,
+            )
+        summary = summary_line(folder.name, len(df), shown, p, page_count(len(shown))) + note
+        return (frame_table(part), gallery, summary, score_histograms(df, shown),
+                [int(i) for i in part["row"]], p)  # fmt: skip
 
     return inspect_filter
+
+
+def _detail_action(settings: Settings):
+    def inspect_detail(name: str | None, owner: str | None, row: float | None) -> tuple[Any, str]:
+        """One row (its position in metadata.jsonl): source | result enlarged, and its full
+        metadata with the soft label and the judge explained."""
+        if not name or row in (None, ""):
+            return None, "Click an image or a table row to see its details."
+        try:
+            folder = _folder(name, owner, settings)
+            _, rows = load_folder(folder)
+            k = int(row)
+            if not 0 <= k < len(rows):
+                raise ValueError(f"row {k} is outside 0..{len(rows) - 1} of {folder.name!r}")
+            record = read_record(folder)
+            try:
+                src = source_image(source_dataset(record, settings), rows[k])
+            except (*jobs_ui.USER_ERRORS, RuntimeError):
+                src = None
+            image = pair_image(src, _result_image(folder, rows[k]), side=256)
+            text = detail_markdown(rows[k], record)
+        except jobs_ui.USER_ERRORS as err:
+            return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
+        return image, common.redact(f"Row {k}: " + text, settings)
+
+    return inspect_detail
+
+
+def _select_actions(settings: Settings):
+    detail = _detail_action(settings)
+
+    def from_gallery(name: str | None, owner: str | None, ids: list | None,
+                     evt: gr.SelectData) -> tuple[Any, ...]:  # fmt: skip
+        """A gallery click: that sample's details."""
+        k = evt.index if isinstance(evt.index, int) else None
+        if not ids or k is None or not 0 <= k < len(ids):
+            return gr.skip(), gr.skip()
+        return detail(name, owner, ids[k])
+
+    def from_table(name: str | None, owner: str | None, ids: list | None,
+                   evt: gr.SelectData) -> tuple[Any, ...]:  # fmt: skip
+        """A table click: that sample's details, and the same sample selected in the gallery."""
+        idx = evt.index
+        k = idx[0] if isinstance(idx, (list, tuple)) and idx else idx
+        if not ids or not isinstance(k, int) or not 0 <= k < len(ids):
+            return gr.skip(), gr.skip(), gr.skip()
+        return (*detail(name, owner, ids[k]), gr.update(selected_index=k))
+
+    return from_gallery, from_table
 
 
 def _open_action(settings: Settings):
@@ -329,9 +603,9 @@ def _export_action(settings: Settings):
             folder = _folder(name, owner, settings)
             filters = {"source_classes": source_classes or [], "target_classes": target_classes or [],
                        "strength": [s_min, s_max], "faithfulness": [f_min, f_max], "kept": kept}  # fmt: skip
-            shown = filter_rows(read_rows(folder), source_classes=source_classes,
-                                target_classes=target_classes, strength=(s_min, s_max),
-                                faithfulness=(f_min, f_max), kept=kept)  # fmt: skip
+            _, part, rows = _filtered(folder, source_classes, target_classes, s_min, s_max,
+                                      f_min, f_max, kept)  # fmt: skip
+            shown = [rows[i] for i in part["row"]]
             target = jobs_ui.run_name(new_name, f"{folder.name}-subset")
             dest = export_rows(folder, shown, target, owner=owner, filters=filters)
         except jobs_ui.USER_ERRORS as err:
@@ -360,8 +634,10 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         last_generated = jobs_ui.run_browser_state("generate")
         gr.Markdown(
             "## 6 · Inspect\nBrowse a synthetic dataset: each result beside its source, filtered "
-            "by classes, strength and faithfulness; export what you keep as a new dataset."
+            "by classes, strength, faithfulness and the kept flag, sorted and paged; click one for "
+            "its full metadata; export what you keep as a new dataset."
         )
+        gr.Markdown(GLOSSARY, elem_id="in-glossary", elem_classes=["dm-note"])
         with gr.Row(equal_height=True):
             folder = gr.Dropdown(
                 [], allow_custom_value=True, label="Synthetic dataset", scale=4, elem_id="in-folder"
@@ -369,9 +645,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             relist = gr.Button("↻ Refresh", scale=1, elem_id="in-refresh")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                src = gr.Dropdown([], allow_custom_value=True, multiselect=True, label="Source classes (empty = all)",
+                src = gr.Dropdown([], allow_custom_value=True, multiselect=True, filterable=True,
+                                  label="Source classes (empty = all; type to search)",
                                   elem_id="in-source")  # fmt: skip
-                tgt = gr.Dropdown([], allow_custom_value=True, multiselect=True, label="Target classes (empty = all)",
+                tgt = gr.Dropdown([], allow_custom_value=True, multiselect=True, filterable=True,
+                                  label="Target classes (empty = all; type to search)",
                                   elem_id="in-target")  # fmt: skip
                 with gr.Row():
                     s_min = gr.Slider(0, 1, value=0, step=0.05, label="Strength from",
@@ -381,11 +659,20 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     f_min = gr.Slider(0, 1, value=0, step=0.05, label="Faithfulness from",
                                       elem_id="in-f-min")  # fmt: skip
                     f_max = gr.Slider(0, 1, value=1, step=0.05, label="to", elem_id="in-f-max")
-                kept = gr.Radio(list(KEPT_CHOICES), value="all", label="Filter flag",
+                kept = gr.Radio(list(KEPT_CHOICES), value="all", label="Kept (generation's filter)",
+                                info="dropped: marked kept: false by the filter; Train skips them",
                                 elem_id="in-kept")  # fmt: skip
                 with gr.Row():
+                    sort = gr.Dropdown(list(SORT_CHOICES), value="file order", label="Sort by",
+                                       elem_id="in-sort")  # fmt: skip
+                    descending = gr.Checkbox(False, label="Descending", elem_id="in-desc")
+                with gr.Row(equal_height=True):
+                    prev_btn = gr.Button("◀", min_width=50, scale=0, elem_id="in-prev")
                     page_no = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="in-page")
+                    next_btn = gr.Button("▶", min_width=50, scale=0, elem_id="in-next")
                     apply = gr.Button("Apply", variant="primary", elem_id="in-apply")
+                hist = gr.Plot(label="Scores (grey: every image; blue: matching the filter)",
+                               elem_id="in-hist")  # fmt: skip
                 with gr.Accordion("Export the filtered images", open=False):
                     new_name = gr.Textbox(label="New dataset name (optional)", max_lines=1,
                                           placeholder="<dataset>-subset-<date>-<time>",
@@ -395,9 +682,17 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             with gr.Column(scale=2):
                 summary = gr.Markdown("Choose a synthetic dataset.", elem_id="in-summary")
                 gallery = gr.Gallery(label="Source | result", columns=4, height=520,
-                                     object_fit="contain", elem_id="in-gallery")  # fmt: skip
+                                     object_fit="contain", allow_preview=False,
+                                     elem_id="in-gallery")  # fmt: skip
+                with gr.Row(equal_height=False):
+                    detail_img = gr.Image(label="Selected: source | result", type="pil",
+                                          interactive=False, height=200, elem_id="in-detail-image")  # fmt: skip
+                detail = gr.Markdown("Click an image or a table row to see its details.",
+                                     elem_id="in-detail")  # fmt: skip
         table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=360,
                              elem_id="in-table")  # fmt: skip
+        ids = gr.JSON([], visible=False)  # row numbers of the page shown (gallery item k = row k)
+        detail_row = gr.Number(None, visible=False, precision=0)
         common.next_step(
             "train", "Train",
             "train again with an exported subset (choose it in Synthetic datasets) and compare.",
@@ -408,21 +703,56 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         private = {"api_visibility": "private"}
         # Public endpoints first, so that they keep their names; the rest is UI plumbing.
         open_fn, list_fn = _open_action(settings), _list_action(settings)
-        out = [table, gallery, summary]
-        apply.click(filter_fn, [*filters, page_no], out, api_name="inspect_filter")
+        out = [table, gallery, summary, hist, ids, page_no]
+        view = [*filters, page_no, sort, descending]
+        apply.click(filter_fn, view, out, api_name="inspect_filter")
+        detail_fn = _detail_action(settings)
+        detail_row.change(detail_fn, [folder, owner, detail_row], [detail_img, detail],
+                          api_name="inspect_detail")  # fmt: skip
         export.click(_export_action(settings), [*filters, new_name], [export_msg, folder],
                      api_name="inspect_export")  # fmt: skip
         folder.input(open_fn, [folder, owner], [src, tgt, summary], api_name="inspect_open").then(
-            filter_fn, [*filters, page_no], out, api_name="inspect_refilter", **private
-        )
+            _first_page, None, page_no, queue=False, **private
+        ).then(filter_fn, view, out, api_name="inspect_refilter", **private)
         page.load(common.ensure_owner, owner, owner, queue=False, **private).then(
             list_fn, [owner, last_generated, folder], folder, api_name="inspect_list"
         ).then(open_fn, [folder, owner], [src, tgt, summary], api_name="inspect_reopen",
-               **private).then(filter_fn, [*filters, page_no], out,
+               **private).then(filter_fn, view, out,
                                api_name="inspect_first_filter", **private)  # fmt: skip
         relist.click(list_fn, [owner, last_generated, folder], folder,
                      api_name="inspect_relist", **private)  # fmt: skip
+        # Live: a filter or sort change shows page 1 of the new selection (histograms included).
+        for widget in (src, tgt, kept, sort, descending):
+            widget.input(_first_page, None, page_no, queue=False, **private).then(
+                filter_fn, view, out, show_progress="hidden", **private
+            )
+        for widget in (s_min, s_max, f_min, f_max):
+            widget.release(_first_page, None, page_no, queue=False, **private).then(
+                filter_fn, view, out, show_progress="hidden", **private
+            )
+        page_no.submit(filter_fn, view, out, **private)
+        prev_btn.click(_step_page(-1), page_no, page_no, queue=False, **private).then(
+            filter_fn, view, out, **private
+        )
+        next_btn.click(_step_page(1), page_no, page_no, queue=False, **private).then(
+            filter_fn, view, out, **private
+        )
+        from_gallery, from_table = _select_actions(settings)
+        gallery.select(from_gallery, [folder, owner, ids], [detail_img, detail], **private)
+        table.select(from_table, [folder, owner, ids], [detail_img, detail, gallery], **private)
     return page
+
+
+def _first_page() -> int:
+    return 1
+
+
+def _step_page(delta: int):
+    def step(page: float | None) -> int:
+        """The page number moved by ``delta`` (the filter clamps it to the pages there are)."""
+        return max(1, int(page or 1) + delta)
+
+    return step
 
 
 if __name__ == "__main__":
