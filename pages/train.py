@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
@@ -47,6 +48,8 @@ LOSSES = ("ce", "balanced-softmax", "drw")
 NOT_GROUPED = ("seed", "num_threads", "tensorboard", "cache", "eval_batch_size", "eval_every")
 COMPARE_COLUMNS = ["setup", "dataset", "arch", "epochs", "px", "seeds", "test accuracy (%)",
                    "mean class acc. (%)", "head / medium / tail (%)", "runs"]  # fmt: skip
+#: Column widths of the comparison table: a narrow column wrapped its header letter by letter.
+COMPARE_WIDTHS = ["15%", "11%", "8%", "6%", "5%", "6%", "10%", "10%", "13%", "16%"]
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -157,6 +160,24 @@ def run_prefix(arch: str, synthetic: Sequence[str] | None, mix: str) -> str:
     return f"{(arch or 'model').strip()}-{kind}"
 
 
+#: Up to this many classes the per-class chart shows every class; above it, a summary.
+PER_CLASS_ALL = 30
+#: Up to this many classes the confusion view is the full matrix; above it, the top pairs.
+CONFUSION_GRID_MAX = 20
+#: Worst / best classes shown in the per-class summary, and confusion pairs listed.
+SUMMARY_N = 10
+TOP_CONFUSIONS = 15
+
+
+def no_data(fig: go.Figure, text: str = "no data yet") -> go.Figure:
+    """``fig`` with its axes hidden and ``text`` in the middle (a plot with nothing to show)."""
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 15, "color": "#78909c"})  # fmt: skip
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
 def curves_figure(events: Sequence[dict[str, Any]]) -> go.Figure:
     """Train loss (left axis) and test accuracy (right axis) against epoch."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -173,37 +194,132 @@ def curves_figure(events: Sequence[dict[str, Any]]) -> go.Figure:
         margin={"l": 50, "r": 50, "t": 50, "b": 45},
         legend={"orientation": "h", "y": 1.14, "x": 1, "xanchor": "right"},
     )  # fmt: skip
+    if not ep:
+        fig.update_layout(showlegend=False)
+        return no_data(fig, "no data yet: start a run or watch one")
     fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 12 else None)
     fig.update_yaxes(title_text="train loss", secondary_y=False)
     fig.update_yaxes(title_text="test accuracy (%)", range=[0, 100], secondary_y=True)
     return fig
 
 
-def per_class_figure(class_names: Sequence[str], accuracy: Sequence[float] | None,
+def _short(name: str, width: int = 26) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def class_extremes(
+    class_names: Sequence[str], accuracy: Sequence[float | None], n: int = SUMMARY_N
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """``(worst, best)``: the ``n`` classes with the lowest accuracy (lowest first) and the ``n``
+    with the highest (highest first), ties by class order; classes without a value are left
+    out, and a class is in only one list."""
+    have = [(i, float(a)) for i, a in enumerate(accuracy) if a is not None]
+    order = sorted(have, key=lambda t: (t[1], t[0]))
+    worst = order[:n]
+    rest = order[len(worst) :]
+    best = sorted(rest, key=lambda t: (-t[1], t[0]))[:n]
+    return ([(class_names[i], a) for i, a in worst], [(class_names[i], a) for i, a in best])
+
+
+def per_class_figure(class_names: Sequence[str], accuracy: Sequence[float | None] | None,
                      *, title: str = "Per-class test accuracy") -> go.Figure:  # fmt: skip
-    """Per-class accuracy bars (percent)."""
-    fig = go.Figure()
-    if accuracy is not None:
+    """Per-class accuracy (percent): every class as a bar up to :data:`PER_CLASS_ALL` classes;
+    above that, a histogram of the class accuracies beside the worst and best
+    :data:`SUMMARY_N` classes by name (hover: the full name)."""
+    if accuracy is None or not len(accuracy):
+        fig = go.Figure()
+        fig.update_layout(title=title, height=300, template="plotly_white")
+        return no_data(fig, "no data yet: per-class accuracy appears after the first evaluation")
+    if len(accuracy) <= PER_CLASS_ALL:
+        fig = go.Figure()
         # None: a class absent from the test split (no accuracy to show; drawn as no bar)
         y = [None if a is None else 100 * a for a in accuracy]
         fig.add_bar(x=list(class_names), y=y, marker_color="#1e88e5")
-    fig.update_layout(title=title, height=300, template="plotly_white", yaxis_range=[0, 100],
-                      yaxis_title="accuracy (%)", margin={"l": 50, "r": 20, "t": 50, "b": 80})  # fmt: skip
-    fig.update_xaxes(tickangle=-35)
+        fig.update_layout(title=title, height=300, template="plotly_white", yaxis_range=[0, 100],
+                          yaxis_title="accuracy (%)", margin={"l": 50, "r": 20, "t": 50, "b": 80})  # fmt: skip
+        fig.update_xaxes(tickangle=-35)
+        return fig
+    have = [100 * a for a in accuracy if a is not None]
+    worst, best = class_extremes(class_names, accuracy)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], horizontal_spacing=0.27,
+                        subplot_titles=(f"{len(have)} classes by accuracy",
+                                        f"worst {len(worst)} (red) and best {len(best)} (green)"))  # fmt: skip
+    counts, edges = np.histogram(have, bins=10, range=(0, 100))
+    fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=10, marker_color="#1e88e5",
+                hovertemplate="%{x:.0f} ± 5 %%: %{y} classes<extra></extra>", row=1, col=1)  # fmt: skip
+    rows = [*reversed(best), *reversed(worst)]  # plotly draws the first category at the bottom
+    fig.add_bar(
+        y=[f"{_short(n)} " for n, _ in rows], x=[100 * a for _, a in rows], orientation="h",
+        marker_color=["#43a047"] * len(best) + ["#e53935"] * len(worst),
+        customdata=[n for n, _ in rows], hovertemplate="%{customdata}: %{x:.1f} %<extra></extra>",
+        row=1, col=2,
+    )  # fmt: skip
+    fig.update_xaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="classes", row=1, col=1)
+    fig.update_xaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=2)
+    fig.update_yaxes(tickfont={"size": 10}, row=1, col=2)
+    fig.update_layout(title=title, height=max(320, 60 + 17 * len(rows)), showlegend=False,
+                      template="plotly_white", margin={"l": 50, "r": 20, "t": 70, "b": 45})  # fmt: skip
     return fig
 
 
+def top_confusions(confusion: dict[str, Any], k: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The ``k`` most frequent mistakes of a confusion matrix (rows: true class, columns:
+    predicted): ``{"true", "predicted", "count", "share"}`` with ``share`` the fraction of the
+    true class's test images, most frequent first (ties: matrix order)."""
+    m = np.asarray(confusion["matrix"], dtype=np.int64)
+    names = list(confusion["class_names"])
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.flatnonzero(off)
+    if not len(flat):
+        return []
+    order = flat[np.lexsort((flat, -off.ravel()[flat]))][:k]
+    totals = m.sum(axis=1)
+    out = []
+    for idx in order:
+        i, j = divmod(int(idx), m.shape[1])
+        out.append({"true": names[i], "predicted": names[j], "count": int(m[i, j]),
+                    "share": float(m[i, j] / totals[i]) if totals[i] else 0.0})  # fmt: skip
+    return out
+
+
 def confusion_figure(confusion: dict[str, Any] | None) -> go.Figure:
-    """The final confusion matrix as a heatmap (rows: true class, columns: predicted)."""
+    """The final confusion matrix: a heatmap (rows: true class, columns: predicted) up to
+    :data:`CONFUSION_GRID_MAX` classes; above that, the :data:`TOP_CONFUSIONS` most frequent
+    confusions as ``true → predicted`` bars with their counts."""
     fig = go.Figure()
-    if confusion:
-        names = list(confusion["class_names"])
+    if not confusion:
+        fig.update_layout(title="Confusion (final epoch)", height=300, template="plotly_white")
+        return no_data(fig, "no confusion matrix yet: it is written when a run finishes")
+    names = list(confusion["class_names"])
+    if len(names) <= CONFUSION_GRID_MAX:
         fig.add_heatmap(z=confusion["matrix"], x=names, y=names, colorscale="Blues",
                         hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>")  # fmt: skip
         fig.update_yaxes(autorange="reversed", title_text="true class")
         fig.update_xaxes(title_text="predicted class", tickangle=-35)
-    fig.update_layout(title="Confusion matrix (final epoch)", height=380, template="plotly_white",
-                      margin={"l": 90, "r": 20, "t": 50, "b": 90})  # fmt: skip
+        fig.update_layout(title="Confusion matrix (final epoch)", height=380,
+                          template="plotly_white", margin={"l": 90, "r": 20, "t": 50, "b": 90})  # fmt: skip
+        return fig
+    pairs = top_confusions(confusion)
+    title = f"Top {len(pairs)} confusions of {len(names)} classes (final epoch)"
+    if not pairs:
+        fig.update_layout(title=title, height=300, template="plotly_white")
+        return no_data(fig, "no confusions: every test image was classified correctly")
+    pairs = pairs[::-1]  # the most frequent at the top
+    fig.add_bar(
+        y=[f"{_short(p['true'], 22)} → {_short(p['predicted'], 22)} " for p in pairs],
+        x=[p["count"] for p in pairs], orientation="h", marker_color="#fb8c00",
+        text=[f"{p['count']} ({100 * p['share']:.0f} %)" for p in pairs], textposition="auto",
+        customdata=[[p["true"], p["predicted"]] for p in pairs],
+        hovertemplate="true %{customdata[0]}<br>predicted %{customdata[1]}<br>%{x} test "
+                      "images<extra></extra>",
+    )  # fmt: skip
+    fig.update_xaxes(title_text="test images (share of the true class)")
+    fig.update_yaxes(tickfont={"size": 10})
+    fig.update_layout(title=title, height=max(320, 70 + 22 * len(pairs)),
+                      template="plotly_white", margin={"l": 20, "r": 20, "t": 50, "b": 45})  # fmt: skip
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -482,8 +598,12 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 recipe_note = gr.Markdown(elem_id="tn-recipe-note")
                 with gr.Row():
                     p = gr.Slider(0, 1, value=0.1, step=0.05, label="p (replace probability)",
+                                  info="each real image is swapped for a synthetic one with "
+                                       "probability p (authors: 0.1 full data, 0.3 few-shot)",
                                   elem_id="tn-p")  # fmt: skip
                     gamma = gr.Number(0.5, label="γ (soft-label power)", minimum=0.01,
+                                      info="an image from A toward B at strength s is labelled "
+                                           "(1-s^γ)·A + s^γ·B (authors: 0.5)",
                                       elem_id="tn-gamma")  # fmt: skip
                 arch = gr.Dropdown(list(ARCHS), value=AUTO_ARCH, allow_custom_value=True,
                                    label="Backbone (auto, smallcnn or a timm name)", elem_id="tn-arch",
@@ -512,14 +632,14 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                           name_placeholder="<arch>-<kind>-s<seed>-<date>-<time>")  # fmt: skip
             with gr.Column(scale=2):
                 curves = gr.Plot(label="Curves", elem_id="tn-curves")
-                with gr.Row(equal_height=False):
-                    per_class = gr.Plot(label="Per-class accuracy", elem_id="tn-per-class")
-                    conf = gr.Plot(label="Confusion", elem_id="tn-confusion")
+                # one per row: with 200 classes each needs the column's width to stay readable
+                per_class = gr.Plot(label="Per-class accuracy", elem_id="tn-per-class")
+                conf = gr.Plot(label="Confusion", elem_id="tn-confusion")
         with gr.Row(equal_height=True):
             gr.Markdown("### Comparison of finished runs (mean ± std over seeds)")
             compare_btn = gr.Button("↻ Refresh", scale=0, min_width=110, elem_id="tn-compare-btn")
         table = gr.Dataframe(headers=COMPARE_COLUMNS, interactive=False, wrap=True,
-                             elem_id="tn-compare")  # fmt: skip
+                             column_widths=COMPARE_WIDTHS, elem_id="tn-compare")  # fmt: skip
         common.next_step(
             "inspect", "Inspect",
             "look at the synthetic images, their scores and soft labels; filter and export.",
