@@ -625,3 +625,29 @@ def wire(
     panel.timer.tick(
         status, [panel.run, owner_state], outs, show_progress="hidden", queue=False, **private
     )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def command_box(prefix: str) -> gr.Code:
+    """The stage's equivalent ``diffmix`` command (kohya_ss-style), read-only with a copy button."""
+    return gr.Code(
+        label="Same run from the command line (OUT_DIR: a new folder)",
+        language="shell",
+        interactive=False,
+        lines=2,
+        wrap_lines=True,
+        show_line_numbers=False,
+        buttons=["copy"],
+        elem_id=f"{prefix}-command",
+    )
+
+
+def command_text(make: Callable[[], str], settings: Settings) -> str:
+    """``make()``'s command with server paths shown as this deployment shows them; a user error
+    becomes a shell comment saying what is missing (never a traceback)."""
+    try:
+        return common.redact(make(), settings)
+    except USER_ERRORS as err:
+        return "# " + common.redact(readable_error(err), settings)

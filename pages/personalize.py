@@ -106,7 +106,7 @@ def selection_subset(
     }
 
 
-def personalize_args(
+def personalize_config(
     selection: dict[str, Any] | None,
     *,
     model: str | None,
@@ -119,8 +119,8 @@ def personalize_args(
     ti_only: bool = False,
     class_balanced: str | bool | None = None,
     settings: Settings,
-) -> list[str]:
-    """``diffmix personalize`` arguments for the page's values (checked with its config).
+) -> Any:
+    """The :class:`~diffmix.personalize.PersonalizeConfig` of the page's values (checked).
 
     The seed also draws the subset, so with a few-shot / long-tail selection it must be the
     Dataset page's seed (otherwise the adapter would learn from other images).
@@ -151,27 +151,18 @@ def personalize_args(
     }
     if batch_size not in (None, ""):
         fields["batch_size"] = _int(batch_size, "batch size", default=8, minimum=1)
-    cfg = PersonalizeConfig(**{k: v for k, v in fields.items() if v is not None})
-    # 2. The command line (only what differs from the defaults, so logs stay readable); the
-    #    dataset spec goes last, after "--", so that it can never be read as an option.
-    args = ["--model", cfg.model, "--rank", str(cfg.rank), "--seed", str(cfg.seed)]
-    if cfg.shots is not None:
-        args += ["--shots", str(cfg.shots)]
-    if cfg.imbalance is not None:
-        args += ["--imbalance", f"{cfg.imbalance:g}"]
-    if cfg.steps is not None:
-        args += ["--steps", str(cfg.steps)]
-    if cfg.lr is not None:
-        args += ["--lr", f"{cfg.lr:g}"]
-    if cfg.sample_every:
-        args += ["--sample-every", str(cfg.sample_every)]
-    if "batch_size" in fields:
-        args += ["--batch-size", str(cfg.batch_size)]
-    if cfg.ti_only:
-        args.append("--ti-only")
-    if cfg.class_balanced is not None:
-        args.append("--class-balanced" if cfg.class_balanced else "--no-class-balanced")
-    return [*args, "--", cfg.dataset]  # the spec after "--": never read as an option
+    return PersonalizeConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def personalize_args(selection: dict[str, Any] | None, **values: Any) -> list[str]:
+    """``diffmix personalize`` arguments for the page's values (:func:`personalize_config`):
+    the core's command line (:func:`diffmix.command.command_args`), so the command the page
+    shows and the job it starts cannot drift. The dataset spec goes last, after ``--``, so that
+    it can never be read as an option."""
+    from diffmix.command import command_args
+
+    cfg = personalize_config(selection, **values)
+    return [*command_args("personalize", cfg), "--", cfg.dataset]
 
 
 #: Choices of the class-balanced sampling menu -> PersonalizeConfig.class_balanced.
@@ -483,6 +474,25 @@ def _build_args(settings: Settings):
     return build
 
 
+#: The page's settings, in the order the command listener takes them.
+COMMAND_PARAMS = ("selection", "model", "steps", "rank", "lr", "seed", "sample_every",
+                  "batch_size", "ti_only", "class_balanced")  # fmt: skip
+
+
+def _command_action(settings: Settings):
+    def personalize_command(*values: Any) -> str:
+        """The ``diffmix personalize`` command of the page's settings (or what is missing)."""
+        from diffmix.command import command_for
+
+        kw = dict(zip(COMMAND_PARAMS, values, strict=True))
+        return jobs_ui.command_text(
+            lambda: command_for("personalize", personalize_config(**kw, settings=settings)),
+            settings,
+        )
+
+    return jobs_ui.with_params(personalize_command, list(COMMAND_PARAMS))
+
+
 def _use_action(settings: Settings):
     def use_adapter(name: str | None, owner: str | None) -> tuple[Any, Any, Any]:
         """Choose a finished adapter for the Translate and Generate pages."""
@@ -614,6 +624,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     STAGE, "pz", start_label="Start personalization",
                     name_placeholder="adapter-<date>-<time>",
                 )  # fmt: skip
+                command = jobs_ui.command_box("pz")
             with gr.Column(scale=2):
                 loss = gr.Plot(label="Loss", elem_id="pz-loss")
                 sample = gr.Image(
@@ -683,6 +694,14 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         for widget in (model, steps, batch_size, sample_every, ti_only):
             widget.change(estimate_fn, [owner, *start_values], estimate,
                           show_progress="hidden", api_visibility="private")  # fmt: skip
+        settings_in = [selection, model, steps, rank, lr, seed, sample_every, batch_size, ti_only,
+                       class_balanced]  # fmt: skip
+        command_fn = _command_action(settings)
+        page.load(command_fn, settings_in, command, api_name="personalize_command")
+        for widget in settings_in[2:]:
+            widget.change(command_fn, settings_in, command, queue=False, show_progress="hidden",
+                          api_visibility="private")  # fmt: skip
+        model.blur(command_fn, settings_in, command, queue=False, api_visibility="private")
     return page
 
 

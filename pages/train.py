@@ -83,7 +83,7 @@ def synthetic_folders(
     return out
 
 
-def train_args(
+def train_config(
     selection: dict[str, Any] | None,
     *,
     synthetic: Sequence[str] | None = None,
@@ -101,8 +101,8 @@ def train_args(
     loss: str = "ce",
     settings: Settings,
     owner: str | None = None,
-) -> list[str]:
-    """``diffmix train`` arguments for the page's values (checked with its config).
+) -> Any:
+    """The :class:`~diffmix.classify.TrainConfig` of the page's values (checked).
 
     The real images are the Dataset page's subset (its seed draws it: ``--subset-seed``);
     ``seed`` is the training seed, so runs with several seeds share one subset.
@@ -129,29 +129,17 @@ def train_args(
         num_threads=whole(threads, "threads", default=None, minimum=1) or None,
         mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
     )  # fmt: skip
-    args = ["--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-            "--lr", f"{cfg.lr:g}", "--seed", str(cfg.seed), "--subset-seed", str(cfg.subset_seed)]  # fmt: skip
-    if cfg.arch is not None:
-        args += ["--arch", cfg.arch]
-    if cfg.resolution is not None:
-        args += ["--resolution", str(cfg.resolution)]
-    if cfg.shots is not None:
-        args += ["--shots", str(cfg.shots)]
-    if cfg.imbalance is not None:
-        args += ["--imbalance", f"{cfg.imbalance:g}"]
-    if cfg.synthetic:
-        args += ["--synthetic", ",".join(cfg.synthetic), "--gamma", f"{cfg.gamma:g}"]
-        if cfg.p is not None:
-            args += ["--p", f"{cfg.p:g}"]
-    if cfg.mix != "none":
-        args += ["--mix", cfg.mix]
-    if cfg.balanced_sampling:
-        args.append("--balanced-sampling")
-    if cfg.loss != "ce":
-        args += ["--loss", cfg.loss]
-    if cfg.num_threads:
-        args += ["--threads", str(cfg.num_threads)]
-    return [*args, "--", cfg.dataset]  # the spec after "--": never read as an option
+    return cfg
+
+
+def train_args(selection: dict[str, Any] | None, **values: Any) -> list[str]:
+    """``diffmix train`` arguments for the page's values (:func:`train_config`): the core's
+    command line (:func:`diffmix.command.command_args`), so the command the page shows and the
+    job it starts cannot drift; the spec after ``--`` (never read as an option)."""
+    from diffmix.command import command_args
+
+    cfg = train_config(selection, **values)
+    return [*command_args("train", cfg), "--", cfg.dataset]
 
 
 def run_prefix(arch: str, synthetic: Sequence[str] | None, mix: str) -> str:
@@ -508,6 +496,27 @@ def settings_from_config(config: dict[str, Any]) -> list[Any]:
     ]
 
 
+#: The page's settings, in the order the command listener takes them.
+COMMAND_PARAMS = ("owner", "selection", "synthetic", "p", "gamma", "arch", "epochs",
+                  "resolution", "batch_size", "lr", "seed", "threads", "mix", "balanced_sampling",
+                  "loss")  # fmt: skip
+
+
+def _command_action(settings: Settings):
+    def train_command(owner: str | None, selection: dict | None, *values: Any) -> str:
+        """The ``diffmix train`` command of the page's settings (or what is missing)."""
+        from diffmix.command import command_for
+
+        kw = dict(zip(COMMAND_PARAMS[2:], values, strict=True))
+        return jobs_ui.command_text(
+            lambda: command_for("train", train_config(selection, **kw, settings=settings,
+                                                      owner=owner)),
+            settings,
+        )  # fmt: skip
+
+    return jobs_ui.with_params(train_command, list(COMMAND_PARAMS))
+
+
 def _view(settings: Settings):
     def view(path: Path | None, owner: str | None) -> list[Any]:
         curves, per_class, conf = live_figures(path)
@@ -630,6 +639,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 estimate = gr.Markdown(elem_id="tn-estimate")
                 panel = jobs_ui.job_panel(STAGE, "tn", start_label="Start training",
                                           name_placeholder="<arch>-<kind>-s<seed>-<date>-<time>")  # fmt: skip
+                command = jobs_ui.command_box("tn")
             with gr.Column(scale=2):
                 curves = gr.Plot(label="Curves", elem_id="tn-curves")
                 # one per row: with 200 classes each needs the column's width to stay readable
@@ -667,6 +677,13 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                           api_name="train_compare")  # fmt: skip
         recipe.change(_recipe_action, recipe, [p, gamma, recipe_note], queue=False,
                       api_visibility="private")  # fmt: skip
+        settings_in = [owner, selection, synthetic, p, gamma, arch, epochs, resolution,
+                       batch_size, lr, seed, threads, mix, balanced, loss]  # fmt: skip
+        command_fn = _command_action(settings)
+        page.load(command_fn, settings_in, command, api_name="train_command")
+        for widget in settings_in[2:]:
+            widget.change(command_fn, settings_in, command, queue=False, show_progress="hidden",
+                          api_visibility="private")  # fmt: skip
     return page
 
 
