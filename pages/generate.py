@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from diffmix.data import open_rgb  # noqa: E402
 from diffmix.settings import Settings, check_prompt  # noqa: E402
 from diffmix.synthetic import tail_rows  # noqa: E402
-from pages import common, jobs_ui, personalize, translate  # noqa: E402
+from pages import common, jobs_ui, personalize, presets_ui, translate  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -442,6 +442,43 @@ def _recipe_action(name: str | None) -> tuple[Any, Any, str]:
     return gr.update(value=fields["multiplier"]), gr.update(value=strengths), text
 
 
+#: The settings a preset holds, in widget order (:data:`diffmix.presets.PRESET_FIELDS`).
+PRESET_WIDGETS = ("strategy", "multiplier", "strengths", "targets", "filter_bottom", "limit",
+                  "num_inference_steps", "seed", "score")  # fmt: skip
+
+
+def preset_fields(strategy: str | None, multiplier: Any, strengths: Any, targets: str | None,
+                  filter_bottom: Any, limit: Any, steps: Any, seed: Any,
+                  score: bool) -> dict[str, Any]:  # fmt: skip
+    """The page's settings as GenerateConfig fields (a blank limit kept as null)."""
+    fields: dict[str, Any] = {
+        "strategy": strategy or None,
+        "multiplier": personalize._int(multiplier, "multiplier", default=None, minimum=1),
+        "strengths": parse_strengths(strengths),
+        "targets": targets or None,
+        "filter_bottom": float(filter_bottom or 0.0),
+        "num_inference_steps": personalize._int(steps, "steps", default=None, minimum=1),
+        "seed": personalize._int(seed, "seed", default=None),
+        "score": bool(score),
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields["limit"] = personalize._int(limit, "limit", default=None, minimum=0) or None
+    return fields
+
+
+def preset_updates(fields: dict[str, Any]) -> list[Any]:
+    """One update per preset widget (:data:`PRESET_WIDGETS`) for a loaded preset."""
+    out = []
+    for key in PRESET_WIDGETS:
+        if key not in fields:
+            out.append(gr.skip())
+        elif key == "strengths":
+            out.append(gr.update(value=", ".join(f"{s:g}" for s in fields[key])))
+        else:
+            out.append(gr.update(value=fields[key]))
+    return out
+
+
 def _targets_visibility(rule: str) -> Any:
     return gr.update(visible=rule == "confusion")
 
@@ -468,6 +505,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         current = gr.Markdown(personalize.selection_line(None), elem_id="gen-selection")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
+                preset = presets_ui.preset_panel(STAGE, "gen")
                 strategy = gr.Dropdown(translate.strategy_names(), value="real-mix",
                                        label="Strategy", elem_id="gen-strategy")  # fmt: skip
                 recipe = gr.Dropdown(common.recipe_choices(), value=common.NO_RECIPE,
@@ -556,6 +594,12 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         ):
             widget.change(estimate_fn, [probe_state, owner, *plan], est, show_progress="hidden",
                           api_visibility="private")  # fmt: skip
+        presets_ui.wire_presets(
+            preset, page=page, settings=settings, owner=owner,
+            widgets=[strategy, multiplier, strengths, targets, filter_bottom, limit, steps, seed,
+                     score],
+            to_fields=preset_fields, from_fields=preset_updates,
+        )  # fmt: skip
         probe_btn.click(_probe_action(settings), [owner, *plan], [probe_state, est],
                         api_name="generate_probe", concurrency_limit=1,
                         concurrency_id="translate")  # fmt: skip

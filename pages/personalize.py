@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from diffmix.data import open_rgb  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, estimates, jobs_ui  # noqa: E402
+from pages import common, estimates, jobs_ui, presets_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -493,6 +493,43 @@ def _command_action(settings: Settings):
     return jobs_ui.with_params(personalize_command, list(COMMAND_PARAMS))
 
 
+#: The settings a preset holds, in widget order (:data:`diffmix.presets.PRESET_FIELDS`).
+PRESET_WIDGETS = ("model", "steps", "rank", "lr", "sample_every", "batch_size", "ti_only",
+                  "class_balanced")  # fmt: skip
+
+
+def preset_fields(model: str | None, steps: Any, rank: Any, lr: Any, sample_every: Any,
+                  batch_size: Any, ti_only: bool, class_balanced: Any) -> dict[str, Any]:  # fmt: skip
+    """The page's settings as PersonalizeConfig fields (blank numbers left out; the class-
+    balanced menu's "auto" kept as null, so loading restores it)."""
+    fields: dict[str, Any] = {
+        "model": (model or "").strip() or None,
+        "steps": _int(steps, "steps", default=None, minimum=1),
+        "rank": _int(rank, "rank", default=None, minimum=1),
+        "lr": None if lr in (None, "", 0) else float(lr),
+        "sample_every": _int(sample_every, "sample every", default=None, minimum=0),
+        "batch_size": _int(batch_size, "batch size", default=None, minimum=1),
+        "ti_only": bool(ti_only),
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields["class_balanced"] = _balanced(class_balanced)
+    return fields
+
+
+def preset_updates(fields: dict[str, Any]) -> list[Any]:
+    """One update per preset widget (:data:`PRESET_WIDGETS`) for a loaded preset."""
+    menu = {v: k for k, v in BALANCED_CHOICES.items()}
+    out = []
+    for key in PRESET_WIDGETS:
+        if key not in fields:
+            out.append(gr.skip())
+        elif key == "class_balanced":
+            out.append(gr.update(value=menu[fields[key]]))
+        else:
+            out.append(gr.update(value=fields[key]))
+    return out
+
+
 def _use_action(settings: Settings):
     def use_adapter(name: str | None, owner: str | None) -> tuple[Any, Any, Any]:
         """Choose a finished adapter for the Translate and Generate pages."""
@@ -588,6 +625,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         current = gr.Markdown(selection_line(None), elem_id="pz-selection")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
+                preset = presets_ui.preset_panel(STAGE, "pz")
                 model = gr.Textbox(
                     settings.model, label="Base model", max_lines=1, elem_id="pz-model",
                     info="nano (embedded), a Hub id or a diffusers folder (where allowed)",
@@ -702,6 +740,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             widget.change(command_fn, settings_in, command, queue=False, show_progress="hidden",
                           api_visibility="private")  # fmt: skip
         model.blur(command_fn, settings_in, command, queue=False, api_visibility="private")
+        presets_ui.wire_presets(
+            preset, page=page, settings=settings, owner=owner,
+            widgets=[model, steps, rank, lr, sample_every, batch_size, ti_only, class_balanced],
+            to_fields=preset_fields, from_fields=preset_updates,
+        )  # fmt: skip
     return page
 
 

@@ -31,7 +31,7 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, estimates, jobs_ui, personalize  # noqa: E402
+from pages import common, estimates, jobs_ui, personalize, presets_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -517,6 +517,46 @@ def _command_action(settings: Settings):
     return jobs_ui.with_params(train_command, list(COMMAND_PARAMS))
 
 
+#: The settings a preset holds, in widget order (:data:`diffmix.presets.PRESET_FIELDS`).
+PRESET_WIDGETS = ("p", "gamma", "arch", "epochs", "resolution", "batch_size", "lr", "seed",
+                  "num_threads", "mix", "balanced_sampling", "loss")  # fmt: skip
+
+
+def preset_fields(p: Any, gamma: Any, arch: str | None, epochs: Any, resolution: Any,
+                  batch_size: Any, lr: Any, seed: Any, threads: Any, mix: str | None,
+                  balanced: bool, loss: str | None) -> dict[str, Any]:  # fmt: skip
+    """The page's settings as TrainConfig fields ("auto" backbone and blank resolution /
+    threads kept as null, so loading restores them)."""
+    whole = personalize._int
+    fields: dict[str, Any] = {
+        "p": None if p in (None, "") else float(p),
+        "gamma": None if gamma in (None, "") else float(gamma),
+        "epochs": whole(epochs, "epochs", default=None, minimum=1),
+        "batch_size": whole(batch_size, "batch size", default=None, minimum=1),
+        "lr": None if lr in (None, "") else float(lr),
+        "seed": whole(seed, "seed", default=None),
+        "mix": mix or None, "loss": loss or None, "balanced_sampling": bool(balanced),
+    }  # fmt: skip
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields["arch"] = None if (arch or "").strip() in ("", AUTO_ARCH) else arch.strip()
+    fields["resolution"] = whole(resolution, "resolution", default=None, minimum=16)
+    fields["num_threads"] = whole(threads, "threads", default=None, minimum=1)
+    return fields
+
+
+def preset_updates(fields: dict[str, Any]) -> list[Any]:
+    """One update per preset widget (:data:`PRESET_WIDGETS`) for a loaded preset."""
+    out = []
+    for key in PRESET_WIDGETS:
+        if key not in fields:
+            out.append(gr.skip())
+        elif key == "arch":
+            out.append(gr.update(value=fields[key] or AUTO_ARCH))
+        else:
+            out.append(gr.update(value=fields[key]))
+    return out
+
+
 def _view(settings: Settings):
     def view(path: Path | None, owner: str | None) -> list[Any]:
         curves, per_class, conf = live_figures(path)
@@ -598,6 +638,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         current = gr.Markdown(personalize.selection_line(None), elem_id="tn-selection")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
+                preset = presets_ui.preset_panel(STAGE, "tn")
                 synthetic = gr.Dropdown([], allow_custom_value=True, multiselect=True, label="Synthetic datasets",
                                         elem_id="tn-synthetic",
                                         info="none = the real-data baseline")  # fmt: skip
@@ -684,6 +725,12 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         for widget in settings_in[2:]:
             widget.change(command_fn, settings_in, command, queue=False, show_progress="hidden",
                           api_visibility="private")  # fmt: skip
+        presets_ui.wire_presets(
+            preset, page=page, settings=settings, owner=owner,
+            widgets=[p, gamma, arch, epochs, resolution, batch_size, lr, seed, threads, mix,
+                     balanced, loss],
+            to_fields=preset_fields, from_fields=preset_updates,
+        )  # fmt: skip
     return page
 
 
