@@ -384,12 +384,12 @@ def detail_markdown(row: dict[str, Any], record: dict[str, Any] | None = None) -
     judge = (record or {}).get("judge")
     if row.get("faithfulness") is not None:
         j = judge if isinstance(judge, dict) else {}
-        lines += [
-            f"Scored by the `{row.get('judge') or j.get('judge') or '?'}` judge "
-            f"(fitted on {j.get('train_images', '?')} {j.get('fit_on', 'train')} images); "
-            f"diversity metric `{j.get('diversity_metric', '?')}`.",
-            "",
-        ]
+        said = f"Scored by the `{row.get('judge') or j.get('judge') or 'unnamed'}` judge"
+        if j.get("train_images"):
+            said += f" (fitted on {j['train_images']} {j.get('fit_on', 'train')} images)"
+        if j.get("diversity_metric"):
+            said += f"; diversity metric `{j['diversity_metric']}`"
+        lines += [said + ".", ""]
     lines += ["| field | value |", "|---|---|"]
     keys = [k for k in ROW_FIELDS if k in row] + [k for k in row if k not in ROW_FIELDS]
     for k in keys:
@@ -647,7 +647,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             folder = gr.Dropdown(
                 [], allow_custom_value=True, label="Synthetic dataset", scale=4, elem_id="in-folder"
             )
-            relist = gr.Button("↻ Refresh", scale=1, elem_id="in-refresh")
+            relist = gr.Button("↻ Refresh", scale=0, min_width=110, elem_id="in-refresh")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 src = gr.Dropdown([], allow_custom_value=True, multiselect=True, filterable=True,
@@ -693,7 +693,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     detail_img = gr.Image(label="Selected: source | result", type="pil",
                                           interactive=False, height=200, elem_id="in-detail-image")  # fmt: skip
                 detail = gr.Markdown("Click an image or a table row to see its details.",
-                                     elem_id="in-detail")  # fmt: skip
+                                     max_height=460, elem_id="in-detail")  # fmt: skip
         table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=360,
                              elem_id="in-table")  # fmt: skip
         ids = gr.JSON([], visible=False)  # row numbers of the page shown (gallery item k = row k)

@@ -123,10 +123,10 @@ def train_config(
         gamma=float(gamma if gamma not in (None, "") else 0.5),
         arch=None if (arch or "").strip() in ("", AUTO_ARCH) else arch.strip(),
         epochs=whole(epochs, "epochs", default=30, minimum=1),
-        resolution=whole(resolution, "resolution", default=None, minimum=16),
+        resolution=whole(resolution or None, "resolution", default=None, minimum=16),
         batch_size=whole(batch_size, "batch size", default=32, minimum=1),
         lr=float(lr if lr not in (None, "") else 0.05), seed=whole(seed, "seed", default=0),
-        num_threads=whole(threads, "threads", default=None, minimum=1) or None,
+        num_threads=whole(threads or None, "threads", default=None, minimum=1),
         mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
     )  # fmt: skip
     return cfg
@@ -539,8 +539,8 @@ def preset_fields(p: Any, gamma: Any, arch: str | None, epochs: Any, resolution:
     }  # fmt: skip
     fields = {k: v for k, v in fields.items() if v is not None}
     fields["arch"] = None if (arch or "").strip() in ("", AUTO_ARCH) else arch.strip()
-    fields["resolution"] = whole(resolution, "resolution", default=None, minimum=16)
-    fields["num_threads"] = whole(threads, "threads", default=None, minimum=1)
+    fields["resolution"] = whole(resolution or None, "resolution", default=None, minimum=16)
+    fields["num_threads"] = whole(threads or None, "threads", default=None, minimum=1)
     return fields
 
 
@@ -662,16 +662,17 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 with gr.Row():
                     epochs = gr.Number(30, label="Epochs", precision=0, minimum=1,
                                        elem_id="tn-epochs")  # fmt: skip
+                    # minimum 0: the browser sends a blank box as 0 (0 and blank both mean auto)
                     resolution = gr.Number(None, label="Resolution (px; blank: auto)", precision=0,
-                                           minimum=16, elem_id="tn-resolution")  # fmt: skip
+                                           minimum=0, elem_id="tn-resolution")  # fmt: skip
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tn-seed")
                 with gr.Accordion("More options", open=False):
                     with gr.Row():
                         batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1,
                                                elem_id="tn-batch")  # fmt: skip
                         lr = gr.Number(0.05, label="Learning rate", elem_id="tn-lr")
-                        threads = gr.Number(None, label="CPU threads", precision=0, minimum=1,
-                                            elem_id="tn-threads")  # fmt: skip
+                        threads = gr.Number(None, label="CPU threads (blank: auto)", precision=0,
+                                            minimum=0, elem_id="tn-threads")  # fmt: skip
                     mix = gr.Radio(list(MIXES), value="none", label="Batch mixing baseline",
                                    elem_id="tn-mix")  # fmt: skip
                     balanced = gr.Checkbox(False, label="Class-balanced sampling (long tail)",
