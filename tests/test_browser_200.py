@@ -53,7 +53,7 @@ def cub(tmp_path_factory: pytest.TempPathFactory, workspace_home: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(workspace_home: Path, cub: Path) -> Iterator[AppServer]:
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    srv = start_app(workspace_home, env=env, name="app-200")
+    srv = start_app(workspace_home, env=env, name="app-200", timeout=400)  # a busy CPU
     yield srv
     srv.stop()
 
