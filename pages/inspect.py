@@ -694,7 +694,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                           interactive=False, height=200, elem_id="in-detail-image")  # fmt: skip
                 detail = gr.Markdown("Click an image or a table row to see its details.",
                                      max_height=460, elem_id="in-detail")  # fmt: skip
-        table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=360,
+        table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=360, wrap=True,
+                             column_widths=["25%", "18%", "18%", "8%", "10%", "8%", "6%", "7%"],
                              elem_id="in-table")  # fmt: skip
         ids = gr.JSON([], visible=False)  # row numbers of the page shown (gallery item k = row k)
         detail_row = gr.Number(None, visible=False, precision=0)
