@@ -540,6 +540,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
     p.add_argument("--threads", dest="num_threads", type=int, metavar="N",
                    help="torch CPU threads (1 is often fastest on a busy CPU)")  # fmt: skip
+    p.add_argument("--cache-mb", type=int, metavar="MB",
+                   help="memory for decoded images; the rest streams from disk")  # fmt: skip
     _add_resume_json(p, "continue from the newest checkpoint in --out")
     p.set_defaults(func=cmd_train)
 

@@ -13,6 +13,8 @@ on images ``x`` (n, 3, H, W) in [0, 1]:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -79,8 +81,8 @@ def _lite0_backbone() -> nn.Module:
     return _LITE0[0]
 
 
-def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
-    """PIL images -> float tensor (n, 3, size, size) in [0, 1] (bicubic resize when needed)."""
+def images_to_uint8(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> uint8 tensor (n, 3, size, size) (bicubic resize when needed)."""
     arrs = [
         np.asarray(
             im.convert("RGB").resize((size, size), Image.BICUBIC)
@@ -89,7 +91,19 @@ def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
         )
         for im in images
     ]
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255.0)
+    if not arrs:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
+
+
+def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> float tensor (n, 3, size, size) in [0, 1] (bicubic resize when needed)."""
+    return _unit(images_to_uint8(images, size))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1]: uint8 is divided by 255, floats pass unchanged."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -107,7 +121,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def fit_judge(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int = 30, seed: int = 0
 ) -> SmallCNN:
-    """Train a :class:`SmallCNN` on images ``x`` (n,3,H,W in [0,1]) and labels ``y``."""
+    """Train a :class:`SmallCNN` on images ``x`` (n,3,H,W: uint8, or float in [0,1]) and
+    labels ``y`` (uint8 is converted a batch at a time: a quarter of the memory)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = SmallCNN(num_classes)
@@ -119,7 +134,7 @@ def fit_judge(
         perm = torch.randperm(len(x), generator=gen)
         for s in range(steps_per_epoch):
             idx = perm[s * 64 : (s + 1) * 64]
-            loss = F.cross_entropy(model(_augment(x[idx], gen)), y[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(_augment(_unit(x[idx]), gen)), y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -142,11 +157,31 @@ def fit_probe(
     trained full-batch (AdamW, lr 1e-2, weight decay 1e-3, label smoothing 0.1) for
     ``steps`` steps -- seconds, whatever the dataset size.
     """
+    return fit_probe_chunks([x], y, num_classes, steps=steps, seed=seed, batch=batch)[0]
+
+
+def fit_probe_chunks(
+    chunks: Iterable[torch.Tensor],
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    batch: int = 32,
+) -> tuple[Lite0Probe, torch.Tensor]:
+    """:func:`fit_probe` on images given as consecutive chunks (uint8, or float in [0, 1]):
+    only one chunk and the features are in memory at a time. Returns the probe and the
+    features of the (unmirrored) images, (n, 1280). Same result as one chunk of all images
+    when every chunk but the last holds a multiple of ``batch`` images."""
     torch.manual_seed(seed)
     model = Lite0Probe(num_classes)
-    feats = torch.cat(
-        [model.embed(v[a : a + batch]) for v in (x, x.flip(-1)) for a in range(0, len(x), batch)]
-    )
+    plain, mirrored = [], []
+    for chunk in chunks:
+        for a in range(0, len(chunk), batch):
+            plain.append(model.embed(_unit(chunk[a : a + batch])))
+        for a in range(0, len(chunk), batch):
+            mirrored.append(model.embed(_unit(chunk[a : a + batch]).flip(-1)))
+    feats = torch.cat(plain + mirrored)
     labels = torch.cat([y, y])
     opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2, weight_decay=1e-3)
     for _ in range(steps):
@@ -154,11 +189,11 @@ def fit_probe(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model.eval()
+    return model.eval(), feats[: len(y)]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Class probabilities (n, C) for images ``x`` (n,3,H,W in [0,1])."""
+    """Class probabilities (n, C) for images ``x`` (n,3,H,W: uint8, or float in [0,1])."""
     model.eval()
-    return torch.cat([model(x[a : a + batch]).softmax(-1) for a in range(0, len(x), batch)])
+    return torch.cat([model(_unit(x[a : a + batch])).softmax(-1) for a in range(0, len(x), batch)])

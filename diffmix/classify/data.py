@@ -1,13 +1,19 @@
-"""Training data for the classifier: decoded-once tensor caches, synthetic folders, p-mixing.
+"""Training data for the classifier: decoded-image stores, synthetic folders, p-mixing.
 
-**Fast path.** Every image (real train, test and synthetic) is decoded once into a uint8
-tensor ``(n, 3, R, R)`` at the training resolution R (center square crop + bicubic resize,
-``PIL.ImageOps.fit``). Real-image caches are saved in the workspace
-(``<workspace>/cache/classify/<fingerprint>-<R>px.pt``, keyed by the fingerprint of the exact
-(sub)set and the resolution), so a second run starts at once. A training step then gathers
-rows of the tensor and augments the whole batch at once (:func:`augment_batch`): no file is
-opened and no image decoded after the first epoch. Memory: ``3·R²`` bytes per image
-(12 KB at 64 px, 150 KB at 224 px).
+**Decoded images, within a memory budget.** Every image (real train, test and synthetic) is
+used at the training resolution R as a uint8 ``(3, R, R)`` array (center square crop +
+bicubic resize, ``PIL.ImageOps.fit``): ``3·R²`` bytes each (12 KB at 64 px, 150 KB at 224 px,
+602 KB at 448 px -- CUB's 5,994 train + 5,794 test + 30,000 synthetic images at 448 px would be
+25 GB). An :class:`ImageStore` holds one set; all the stores of a run share one
+:class:`CacheBudget` (``TrainConfig.cache_mb``, default :data:`DEFAULT_CACHE_MB`), taken in the
+order train, test, synthetic. A set that fits is decoded once into one tensor; a real set that
+fits is also saved in the workspace (``<workspace>/cache/classify/<fingerprint>-<R>px.pt``,
+keyed by the fingerprint of the exact (sub)set and the resolution), so a second run starts at
+once. A set that does not fit streams from disk: the first images decoded keep the slots the
+budget allows, the others are decoded again each time they are drawn (in a small thread pool:
+PIL decodes without the GIL). The pixels do not depend on the budget, so neither does the
+trained model; only the speed does. A training step gathers a batch
+(:func:`gather_batch`) and augments it at once (:func:`augment_batch`).
 
 **Synthetic folders** (generate-stage output, DESIGN.md §3): images under
 ``DIR/<target class>/<file>.png``, one row per image in ``DIR/metadata.jsonl`` and the job's
@@ -29,7 +35,9 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +52,13 @@ from diffmix.labels import row_label, row_rule
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+#: Decoded-image budget of a training run (MB) unless the config says otherwise: the demo
+#: (720 images at 64 px: 9 MB) and CUB's train split at 224 px (5,994 x 150 KB = 0.9 GB) fit
+#: whole; at 448 px the rest streams from disk. A choice of this project, sized for a 8-16 GB
+#: machine; raise it where memory allows.
+DEFAULT_CACHE_MB = 2048
+#: Threads decoding the images a batch misses (PIL releases the GIL while decoding).
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def derive_seed(*parts: object) -> int:
@@ -60,7 +75,7 @@ def fit_image(im: Image.Image, resolution: int) -> np.ndarray:
     im = im.convert("RGB")
     if im.size != (resolution, resolution):
         im = ImageOps.fit(im, (resolution, resolution), Image.BICUBIC)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy shares it)
 
 
 def decode_images(ds, indices: Sequence[int], resolution: int) -> torch.Tensor:
@@ -113,6 +128,150 @@ def cached_images(
     torch.save({"version": CACHE_VERSION, "images": images}, tmp)
     os.replace(tmp, path)
     return images
+
+
+class CacheBudget:
+    """Bytes of decoded images a run may hold, shared by its stores (``mb`` >= 0)."""
+
+    def __init__(self, mb: float = DEFAULT_CACHE_MB) -> None:
+        if not mb >= 0:
+            raise ValueError(f"cache budget must be >= 0 MB, got {mb!r}")
+        self.total = int(mb * (1 << 20))
+        self.left = self.total
+
+    def take(self, n: int, per_item: int) -> int:
+        """Reserve room for up to ``n`` images of ``per_item`` bytes; returns how many fit."""
+        k = min(n, self.left // max(per_item, 1))
+        self.left -= k * per_item
+        return k
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _decode_many(decode: Callable[[int], np.ndarray], items: list[int]) -> list[np.ndarray]:
+    if len(items) < 2 or DECODE_WORKERS < 2:
+        return [decode(i) for i in items]
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode"))
+    return list(_POOL[0].map(decode, items))
+
+
+class ImageStore:
+    """``n`` images at ``resolution`` px, read by position as uint8 ``(k, 3, R, R)`` batches.
+
+    ``decode(i)`` returns image ``i`` as an ``(R, R, 3)`` uint8 array. The first ``capacity``
+    distinct images decoded stay in memory; the others are decoded at every :meth:`get`.
+    Build one with :meth:`for_dataset`, :meth:`for_paths` or :meth:`from_tensor`.
+    """
+
+    def __init__(
+        self, n: int, resolution: int, decode: Callable[[int], np.ndarray], capacity: int
+    ) -> None:
+        self.n, self.resolution, self.capacity = n, resolution, min(capacity, n)
+        self._decode = decode
+        self._images = torch.empty((self.capacity, 3, resolution, resolution), dtype=torch.uint8)
+        self._slot = torch.full((n,), -1, dtype=torch.long)
+        self._filled = 0
+        self._complete = n == 0
+        self._identity = False  # slot i holds image i (a fully decoded tensor)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def resident(self) -> int:
+        """Images held in memory now."""
+        return self._filled
+
+    @classmethod
+    def from_tensor(cls, images: torch.Tensor) -> ImageStore:
+        """A store over an already decoded uint8 tensor ``(n, 3, R, R)``."""
+        store = cls(len(images), images.shape[-1], _no_decode, 0)
+        store.capacity = store._filled = len(images)
+        store._images, store._complete, store._identity = images, True, True
+        store._slot = torch.arange(len(images))
+        return store
+
+    @classmethod
+    def for_dataset(
+        cls,
+        ds,
+        indices: Sequence[int],
+        resolution: int,
+        budget: CacheBudget,
+        cache_dir: Path | None = None,
+    ) -> ImageStore:
+        """Images ``ds.image(i)`` for ``i`` in ``indices``: decoded at once (and kept in
+        ``cache_dir``, see :func:`cached_images`) when the whole set fits ``budget``, else
+        streamed."""
+        idx = [int(i) for i in indices]
+        cap = budget.take(len(idx), 3 * resolution * resolution)
+        if cap == len(idx):
+            return cls.from_tensor(cached_images(ds, idx, resolution, cache_dir))
+        return cls(len(idx), resolution, lambda k: fit_image(ds.image(idx[k]), resolution), cap)
+
+    @classmethod
+    def for_paths(
+        cls, paths: Sequence[str | os.PathLike], resolution: int, budget: CacheBudget
+    ) -> ImageStore:
+        """Image files, decoded when first drawn (see :func:`decode_paths` for the rules)."""
+        from diffmix.data import open_rgb
+
+        files = list(paths)
+        cap = budget.take(len(files), 3 * resolution * resolution)
+        return cls(len(files), resolution, lambda k: fit_image(open_rgb(files[k]), resolution), cap)
+
+    def get(self, positions: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """The images at ``positions``: a new uint8 tensor ``(k, 3, R, R)``."""
+        idx = torch.as_tensor(positions, dtype=torch.long).flatten()
+        if self._identity:
+            return self._images[idx]
+        if self._complete:
+            return self._images[self._slot[idx]]
+        r = self.resolution
+        out = torch.empty((len(idx), 3, r, r), dtype=torch.uint8)
+        slot = self._slot[idx]
+        hit = slot >= 0
+        if bool(hit.any()):
+            out[hit] = self._images[slot[hit]]
+        miss = torch.nonzero(~hit).flatten()
+        if len(miss):
+            items = sorted(set(idx[miss].tolist()))
+            decoded = dict(zip(items, _decode_many(self._decode, items), strict=True))
+            for k in miss.tolist():
+                out[k] = torch.from_numpy(decoded[int(idx[k])]).permute(2, 0, 1)
+            for item, arr in decoded.items():
+                if self._filled >= self.capacity:
+                    break
+                self._images[self._filled] = torch.from_numpy(arr).permute(2, 0, 1)
+                self._slot[item] = self._filled
+                self._filled += 1
+            self._complete = self._filled == self.n
+        return out
+
+
+def _no_decode(i: int) -> np.ndarray:
+    raise IndexError(f"image {i} is not in this store")
+
+
+def gather_batch(
+    real: ImageStore, synthetic: ImageStore, real_idx: torch.Tensor, syn_idx: torch.Tensor
+) -> torch.Tensor:
+    """One training batch: real image ``real_idx[k]``, or synthetic ``syn_idx[k]`` where that
+    is >= 0 (a replaced position: its real image is not read)."""
+    rep = syn_idx >= 0
+    if not bool(rep.any()):
+        return real.get(real_idx)
+    r = real.resolution
+    out = torch.empty((len(real_idx), 3, r, r), dtype=torch.uint8)
+    keep = ~rep
+    if bool(keep.any()):
+        out[keep] = real.get(real_idx[keep])
+    out[rep] = synthetic.get(syn_idx[rep])
+    return out
 
 
 # --------------------------------------------------------------------------- synthetic folders

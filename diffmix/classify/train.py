@@ -40,10 +40,11 @@ import torch
 from diffmix import costs
 from diffmix.classify.config import RUN_ONLY_FIELDS, TrainConfig
 from diffmix.classify.data import (
+    CacheBudget,
+    ImageStore,
     augment_batch,
-    cached_images,
-    decode_paths,
     derive_seed,
+    gather_batch,
     normalize,
     plan_epoch,
     read_synthetic,
@@ -173,8 +174,12 @@ def train(
         counts = torch.bincount(real_labels, minlength=num_classes)
         cache_dir = workspace.subdir("cache", "classify") if cfg.cache else None
         run.set_status(message="loading data (decoding images)", phase="loading data")
-        train_x = cached_images(train_ds, indices, cfg.resolution, cache_dir)
-        test_x = cached_images(test_ds, range(len(test_ds)), cfg.resolution, cache_dir)
+        # decoded images within the run's memory budget: train, then test, then synthetic
+        budget = CacheBudget(cfg.cache_mb)
+        train_x = ImageStore.for_dataset(train_ds, indices, cfg.resolution, budget, cache_dir)
+        test_x = ImageStore.for_dataset(
+            test_ds, range(len(test_ds)), cfg.resolution, budget, cache_dir
+        )
 
         # 2. Synthetic data: labels by each row's rule (diffmix.labels); sources checked.
         syn = read_synthetic(cfg.synthetic, class_names, cfg.gamma) if cfg.synthetic else None
@@ -182,15 +187,26 @@ def train(
             raise ValueError(f"the synthetic folders {cfg.synthetic} hold no usable (kept) image")
         if syn is not None:
             syn_sources = _synthetic_sources(syn.source_ids, train_ds, test_ds, indices)
-            syn_x = decode_paths(syn.paths, cfg.resolution)
+            syn_x = ImageStore.for_paths(syn.paths, cfg.resolution, budget)
             syn_targets = synthetic_targets(
                 syn.targets, cfg.synthetic_label_scale,
                 cfg.label_smoothing if cfg.synthetic_label_smoothing else 0.0,
             )  # fmt: skip
         else:
             syn_sources = torch.zeros(0, dtype=torch.long)
-            syn_x = torch.zeros(0, 3, cfg.resolution, cfg.resolution, dtype=torch.uint8)
+            syn_x = ImageStore.from_tensor(
+                torch.zeros(0, 3, cfg.resolution, cfg.resolution, dtype=torch.uint8)
+            )
             syn_targets = torch.zeros(0, num_classes)
+        streamed = {name: f"{st.capacity} of {len(st)}" for name, st in
+                    (("train", train_x), ("test", test_x), ("synthetic", syn_x))
+                    if st.capacity < len(st)}  # fmt: skip
+        if streamed:
+            logger.info(
+                "decoded-image budget %d MB (cache_mb) holds %s images in memory; the others "
+                "are decoded from disk each time they are used (slower, same results)",
+                cfg.cache_mb, ", ".join(f"{k}: {v}" for k, v in streamed.items()),
+            )  # fmt: skip
 
         # 3. Model, optimizer, schedule; accelerate wraps them (multi-GPU with no code change).
         from accelerate import Accelerator
@@ -328,10 +344,9 @@ def train(
                 pos = pos.cpu()
                 ri, si = plan.real[pos], plan.synthetic[pos]
                 rep = si >= 0
-                xb = train_x[ri]
+                xb = gather_batch(train_x, syn_x, ri, si)
                 yb = smooth_one_hot(real_labels[ri], num_classes, cfg.label_smoothing)
                 if bool(rep.any()):
-                    xb[rep] = syn_x[si[rep]]
                     yb[rep] = syn_targets[si[rep]]
                 gen = torch.Generator().manual_seed(
                     derive_seed("step", cfg.seed, epoch, step, accel.process_index)
@@ -493,9 +508,9 @@ def _synthetic_sources(
 
 @torch.no_grad()
 def _predict(
-    accel, model, images: torch.Tensor, mean, std, batch: int, frozen: dict | None = None
+    accel, model, images: ImageStore, mean, std, batch: int, frozen: dict | None = None
 ) -> torch.Tensor:
-    """Predicted class of each uint8 image (no augmentation); CPU int64 (n,).
+    """Predicted class of each image of the store (no augmentation); CPU int64 (n,).
 
     ``frozen``: a dict kept across calls when only the head trains -- the images' features
     are computed on the first call and reused (the backbone does not change).
@@ -508,7 +523,7 @@ def _predict(
         if "features" not in frozen:
             feats = []
             for a in range(0, len(images), batch):
-                x = normalize(images[a : a + batch].to(accel.device), mean, std)
+                x = normalize(_rows(images, a, batch).to(accel.device), mean, std)
                 with accel.autocast():
                     feats.append(embed(x).float())
             frozen["features"] = torch.cat(feats) if feats else torch.zeros(0, head.in_features)
@@ -518,11 +533,15 @@ def _predict(
         return preds
     preds = []
     for a in range(0, len(images), batch):
-        x = normalize(images[a : a + batch].to(accel.device), mean, std)
+        x = normalize(_rows(images, a, batch).to(accel.device), mean, std)
         with accel.autocast():
             preds.append(net(x).argmax(-1).cpu())
     net.train(was_training)
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def _rows(images: ImageStore, start: int, batch: int) -> torch.Tensor:
+    return images.get(torch.arange(start, min(start + batch, len(images))))
 
 
 def _figures(

@@ -31,6 +31,14 @@ decoded once while loading, so a dataset that loads has no unreadable images.
 
 The fingerprint depends on the split, the class names and each item's id, label and file
 content (sha1), not on where the folder lives: the same files give the same fingerprint.
+
+**Scan cache.** Decoding every file is the cost of a load (a CUB-sized folder: thousands of
+photos, tens of seconds). Each load records, per file, its size, modification time (ns), sha1
+and skip reason in ``<workspace>/cache/scan/<hash of the folder path>.json``; the next load of
+the same folder decodes and hashes only the files whose size or modification time changed
+(the rule ``make`` and ``git`` use). A file modified less than :data:`RACY_NS` before the scan
+is not recorded (its timestamp may not tell a second write in the same clock tick apart, as
+git's "racily clean" entries). An unwritable workspace only means no cache.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,19 +117,37 @@ def load_folder(
     )
     candidates, skipped = _scan(root, layout.image_root)
 
-    # 3. Decode every image once; unusable ones go to skipped.
+    # 3. Decode every image once; unusable ones go to skipped. A file the scan cache saw
+    #    with the same size and modification time is not decoded again.
+    known = _read_scan_cache(root)
+    seen: dict[str, list] = {}
     good: list[tuple[_Candidate, str]] = []
+    now_ns = time.time_ns()
     for cand in candidates:
         try:
+            st = cand.path.stat()
+            hit = known.get(cand.id)
+            if hit is not None and hit[:2] == [st.st_size, st.st_mtime_ns]:
+                seen[cand.id] = hit
+                if hit[2] is not None:
+                    good.append((cand, hit[2]))
+                else:
+                    skipped.append(Skipped(cand.id, hit[3]))
+                continue
             data = cand.path.read_bytes()
             open_rgb(data)
         except ImageDecodeError as e:
             skipped.append(Skipped(cand.id, e.reason))
+            _remember(seen, cand.id, st, None, e.reason, now_ns)
             continue
         except OSError as e:
             skipped.append(Skipped(cand.id, f"unreadable file ({e.strerror or e})"))
             continue
-        good.append((cand, hashlib.sha1(data).hexdigest()))
+        digest = hashlib.sha1(data).hexdigest()
+        _remember(seen, cand.id, st, digest, None, now_ns)
+        good.append((cand, digest))
+    if seen != known:
+        _write_scan_cache(root, seen)
 
     # 4. Hold out the test split when the folder has no given splits.
     if layout.holdout:
@@ -167,6 +194,49 @@ def load_folder(
         superclass=_read_superclass(root),
         root=str(root.resolve()),
     )
+
+
+#: Files modified less than this (ns) before a scan are decoded again by the next scan.
+RACY_NS = 2_000_000_000
+_SCAN_CACHE_VERSION = 1
+
+
+def _scan_cache_path(root: Path) -> Path:
+    from diffmix import workspace
+
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return workspace.home() / "cache" / "scan" / f"{key}.json"
+
+
+def _read_scan_cache(root: Path) -> dict[str, list]:
+    """``{id: [size, mtime_ns, sha1 | None, reason | None]}`` of the last scan (empty if none)."""
+    try:
+        data = json.loads(_scan_cache_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _SCAN_CACHE_VERSION:
+        return {}
+    if data.get("root") != str(root.resolve()) or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _remember(seen: dict, item_id: str, st, digest: str | None, reason: str | None,
+              now_ns: int) -> None:  # fmt: skip
+    if now_ns - st.st_mtime_ns >= RACY_NS:
+        seen[item_id] = [st.st_size, st.st_mtime_ns, digest, reason]
+
+
+def _write_scan_cache(root: Path, files: dict[str, list]) -> None:
+    path = _scan_cache_path(root)
+    record = {"version": _SCAN_CACHE_VERSION, "root": str(root.resolve()), "files": files}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only workspace: the next load decodes again
+        logger.debug("scan cache not written (%s)", e)
 
 
 def load_item_path(item: Item) -> Image.Image:
