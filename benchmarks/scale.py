@@ -55,11 +55,13 @@ resident memory at its start -- Linux ``VmHWM`` reset through ``/proc/self/clear
   photos) on the train split, at ``--judge-size`` px (default 64: the backbone's forward
   pass is the model's work, which this benchmark keeps small; the default judge uses 224).
 
-Output: a table (seconds and peak MB per stage and size, and the growth exponent: the
-log-log slope between the two largest sizes), then as the last line a JSON object
-``{"sizes": [...], "stages": {"<stage>": {"seconds": [...], "peak_mb": [...],
-"exponent": x}, ...}}``. Timings on a machine shared with other jobs vary: run it when the
-machine is quiet, and read them as orders of magnitude.
+Output: a table (wall seconds, CPU seconds -- ``time.process_time()``, all threads of the
+process -- and peak MB per stage and size, and the growth exponents: the log-log slope between
+the two largest sizes), then as the last line a JSON object ``{"sizes": [...], "stages":
+{"<stage>": {"seconds": [...], "cpu_seconds": [...], "peak_mb": [...], "exponent": x,
+"cpu_exponent": y}, ...}}``. Wall times on a machine shared with other jobs vary with its
+load; CPU seconds much less (but miss time spent waiting on the disk, e.g. fsync): read the
+CPU exponent on a busy machine.
 """
 
 from __future__ import annotations
@@ -259,11 +261,12 @@ class Peak:
         with contextlib.suppress(OSError):  # reset VmHWM to the current RSS
             Path("/proc/self/clear_refs").write_text("5")
         self.start_kb = _status_kb("VmRSS")
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.c0
         self.peak_mb = max(0, _status_kb("VmHWM") - self.start_kb) / 1024.0
 
 
@@ -352,7 +355,7 @@ def stage(name: str, base: Path, args: argparse.Namespace) -> dict[str, float]:
 
 
 def _result(m: Peak) -> dict[str, float]:
-    return {"seconds": m.seconds, "peak_mb": m.peak_mb}
+    return {"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_mb": m.peak_mb}
 
 
 def _write_rows(base: Path, ds) -> dict[str, float]:
@@ -441,10 +444,10 @@ def _inspect(name: str, base: Path, ds) -> dict[str, float]:
             page.rows_table(shown)
             page.summary_line(folder.name, rows, shown, 1)
         return _result(m)
-    shown = page.filter_rows(rows, target_classes=[target])
+    shown = page.filter_rows(rows, strength=(0.0, 1.0))  # every row: a full page at any size
     with Peak() as m:
         items = page.pairs(folder, shown, ds, page=1)
-    assert items
+    assert len(items) == min(page.PER_PAGE, len(shown))
     return _result(m)
 
 
@@ -485,13 +488,13 @@ def _train_data(name: str, base: Path, ds, args: argparse.Namespace) -> dict[str
             real = cdata.cached_images(ds, indices, res, None)
             synth = cdata.decode_paths(syn.paths, res)
         epoch(real, synth, 0)
-        first = time.perf_counter() - m.t0
+        first = (time.perf_counter() - m.t0, time.process_time() - m.c0)
         if name == "train_steady":
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             epoch(real, synth, 1)
-            steady = time.perf_counter() - t1
+            steady = (time.perf_counter() - t1, time.process_time() - c1)
     out = _result(m)
-    out["seconds"] = steady if name == "train_steady" else first
+    out["seconds"], out["cpu_seconds"] = steady if name == "train_steady" else first
     return out
 
 
@@ -515,7 +518,7 @@ def run_child(name: str, base: Path, args: argparse.Namespace) -> dict[str, floa
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         logger.error("stage %s failed:\n%s", name, proc.stderr[-3000:])
-        return {"seconds": None, "peak_mb": None}
+        return {"seconds": None, "cpu_seconds": None, "peak_mb": None}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -555,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown stage(s) {unknown}; choose among {', '.join(STAGES)}")
 
     top = Path(tempfile.mkdtemp(prefix="diffmix-scale-")) if args.keep is None else args.keep
-    results: dict[str, dict[str, list]] = {s: {"seconds": [], "peak_mb": []} for s in names}
+    results: dict[str, dict[str, list]] = {
+        s: {"seconds": [], "cpu_seconds": [], "peak_mb": []} for s in names
+    }
     fabricated = []
     try:
         for n in sizes:
@@ -571,29 +576,33 @@ def main(argv: list[str] | None = None) -> int:
                   f"fabricated in {info['total_s']:.1f} s", file=sys.stderr)  # fmt: skip
             for s in names:
                 r = run_child(s, base, args)
-                results[s]["seconds"].append(r["seconds"])
-                results[s]["peak_mb"].append(r["peak_mb"])
-                print(f"  {s:<18} {r['seconds']} s, {r['peak_mb']} MB", file=sys.stderr)
+                for key in ("seconds", "cpu_seconds", "peak_mb"):
+                    results[s][key].append(r[key])
+                print(f"  {s:<18} {r['seconds']} s ({r['cpu_seconds']} s CPU), "
+                      f"{r['peak_mb']} MB", file=sys.stderr)  # fmt: skip
     finally:
         if args.keep is None:
             shutil.rmtree(top, ignore_errors=True)
 
     # Table, then the JSON line.
     head = "".join(f"{n:>12}" for n in sizes)
-    print(f"{'stage':<19}{'':>4}{head}{'exponent':>10}")
+    print(f"{'stage':<19}{'':>6}{head}{'exponent':>10}")
     summary: dict[str, Any] = {"sizes": sizes, "stages": {}}
     for s in names:
-        secs, mbs = results[s]["seconds"], results[s]["peak_mb"]
-        exp = exponent(sizes, secs)
+        secs, cpus, mbs = (results[s][k] for k in ("seconds", "cpu_seconds", "peak_mb"))
+        exp, cpu_exp = exponent(sizes, secs), exponent(sizes, cpus)
         summary["stages"][s] = {
             "seconds": [None if v is None else round(v, 4) for v in secs],
+            "cpu_seconds": [None if v is None else round(v, 4) for v in cpus],
             "peak_mb": [None if v is None else round(v, 1) for v in mbs],
             "exponent": exp,
+            "cpu_exponent": cpu_exp,
         }
-        cells = "".join(f"{'-' if v is None else f'{v:.3f}':>12}" for v in secs)
-        print(f"{s:<19}{'s':>4}{cells}{'-' if exp is None else exp:>10}")
-        cells = "".join(f"{'-' if v is None else f'{v:.0f}':>12}" for v in mbs)
-        print(f"{'':<19}{'MB':>4}{cells}")
+        for unit, vals, fmt, e in (("s", secs, ".3f", exp), ("CPU s", cpus, ".3f", cpu_exp),
+                                   ("MB", mbs, ".0f", None)):  # fmt: skip
+            cells = "".join(f"{'-' if v is None else format(v, fmt):>12}" for v in vals)
+            tail = "" if unit == "MB" else f"{'-' if e is None else e:>10}"
+            print(f"{s if unit == 's' else '':<19}{unit:>6}{cells}{tail}")
     summary["resolution"] = args.resolution
     summary["cache_mb"] = args.cache_mb
     summary["judge_size"] = args.judge_size

@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +63,8 @@ class PlannedTask:
     partner_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # not dataclasses.asdict: it deep-copies every field (10x slower on 60k-task plans)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 def task_seed(seed: int, task: int) -> int:
