@@ -22,10 +22,13 @@ For each size N (synthetic rows) it fabricates, in a temporary folder:
   and images, plus what a killed run leaves: a torn last line, a temp file, an image without
   a row.
 
-Stages (each runs in a fresh subprocess; its setup is not timed; ``seconds`` is the wall time
-of the stage's own calls; ``peak_mb`` is the peak resident memory *during the stage* minus the
-resident memory at its start -- Linux ``VmHWM`` reset through ``/proc/self/clear_refs``
-(``psutil``-free), so torch and numpy buffers count, not only Python objects):
+Stages run in a fresh subprocess per size, one after the other (``--isolate``: a fresh
+subprocess per stage -- cleaner, but each pays the imports, minutes on a loaded machine); a
+stage's setup is not timed; ``seconds`` is the wall time of the stage's own calls; ``peak_mb``
+is the peak resident memory *during the stage* minus the resident memory at its start (an RSS
+delta: Linux ``VmHWM`` reset through ``/proc/self/clear_refs`` before the stage, so torch and
+numpy buffers count, not only Python objects; memory an earlier stage freed to the allocator
+but not to the system can hide part of a later stage's peak -- ``--isolate`` rules that out):
 
 - ``scan``: ``load_dataset(real, split="train")`` on a fresh workspace -- every file decoded
   once and hashed (the fingerprint); ``rescan``: the same call again (the scan cache);
@@ -510,16 +513,35 @@ def exponent(sizes: list[int], values: list[float]) -> float | None:
     return round(math.log(v1 / v0) / math.log(s1 / s0), 3)
 
 
-def run_child(name: str, base: Path, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", name, "--base", str(base),
+_FAILED = {"seconds": None, "cpu_seconds": None, "peak_mb": None}
+
+
+def run_child(names: list[str], base: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Run ``names`` in one fresh subprocess, in order; ``{stage: result}``."""
+    cmd = [sys.executable, __file__, "--child", ",".join(names), "--base", str(base),
            "--resolution", str(args.resolution), "--cache-mb", str(args.cache_mb),
            "--judge-size", str(args.judge_size)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        logger.error("stage %s failed:\n%s", name, proc.stderr[-3000:])
-        return {"seconds": None, "cpu_seconds": None, "peak_mb": None}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {}
+    for line in proc.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict) and item.get("stage") in names:
+                out[item.pop("stage")] = item
+    if proc.returncode != 0 or len(out) < len(names):
+        logger.error("stage(s) %s failed:\n%s", [n for n in names if n not in out],
+                     proc.stderr[-3000:])  # fmt: skip
+    return {n: out.get(n, dict(_FAILED)) for n in names}
+
+
+def run_children(names: list[str], base: Path, args: argparse.Namespace):
+    """Yield ``(stage, result)``: one subprocess per stage with ``--isolate``, else one for all."""
+    if args.isolate:
+        for n in names:
+            yield n, run_child([n], base, args)[n]
+    else:
+        yield from run_child(names, base, args).items()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,14 +556,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-mb", type=int, default=256,
                    help="decoded-image budget of the classifier data path (MB, default 256)")  # fmt: skip
     p.add_argument("--judge-size", type=int, default=64, help="judge input side in px (64)")
-    p.add_argument("--keep", type=Path, default=None, help="fabricate here and keep the files")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="fabricate here and keep the files (a later run reuses them)",
+    )
+    p.add_argument("--isolate", action="store_true",
+                   help="one subprocess per stage (default: one per size, stages in sequence)")  # fmt: skip
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--base", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     if args.child:
-        print(json.dumps(stage(args.child, args.base, args)))
+        import gc
+
+        for name in args.child.split(","):
+            try:
+                result = stage(name, args.base, args)
+            except Exception:
+                logger.exception("stage %s failed", name)
+                continue
+            print(json.dumps({"stage": name, **result}), flush=True)
+            gc.collect()
         return 0
 
     try:
@@ -574,8 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"size {n}: {info['real']['train']} train + {info['real']['test']} test "
                   f"images, {info['rows']} rows ({info['half_rows']} in the half-done folder); "
                   f"fabricated in {info['total_s']:.1f} s", file=sys.stderr)  # fmt: skip
-            for s in names:
-                r = run_child(s, base, args)
+            for s, r in run_children(names, base, args):
                 for key in ("seconds", "cpu_seconds", "peak_mb"):
                     results[s][key].append(r[key])
                 print(f"  {s:<18} {r['seconds']} s ({r['cpu_seconds']} s CPU), "
