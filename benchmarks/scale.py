@@ -163,11 +163,13 @@ def fabricate_real(root: Path, n_train: int) -> dict[str, int]:
     return {"train": k - n_test, "test": n_test}
 
 
-def fabricate_synthetic(real: Path, syn: Path, half: Path, n_rows: int) -> dict[str, Any]:
-    """``syn/`` (N rows: real generate() for the templates, replicated rows after) and
-    ``half/`` (the first half of the plan batches, plus a torn line, a temp file, an orphan)."""
+def fabricate_synthetic(real: Path, syn: Path, n_rows: int) -> dict[str, Any]:
+    """``syn/``: N rows, the first ones made by the real generate(), the others replicated."""
     from diffmix import generate as gen
+    from diffmix import synthetic as sf
     from diffmix.data import load_dataset, make_subset
+    from diffmix.generate.plan import plan_text
+    from diffmix.generate.record import config_record
 
     k = min(n_rows, TEMPLATE_ROWS)
     cfg = gen.GenerateConfig(dataset=str(real), strategy="mixup", multiplier=MULTIPLIER,
@@ -175,7 +177,7 @@ def fabricate_synthetic(real: Path, syn: Path, half: Path, n_rows: int) -> dict[
     t0 = time.perf_counter()
     gen.generate(cfg, syn)
     t_generate = time.perf_counter() - t0
-    templates = gen.read_rows(syn / gen.METADATA_FILE)
+    templates = sf.read_rows(syn / sf.METADATA_FILE)
     tpl_by_task = {r["task"]: r for r in templates}
     ds = load_dataset(str(real), split="train")
     subset = make_subset(ds)
@@ -187,7 +189,7 @@ def fabricate_synthetic(real: Path, syn: Path, half: Path, n_rows: int) -> dict[
     rows = []
     for t in plan:
         tpl = tpl_by_task.get(t.task) or templates[t.task % k]
-        rel = f"{gen._class_dir(t.target_class)}/{t.task:07d}.png"
+        rel = sf.image_name(t.target_class, t.task)
         row = dict(tpl)
         share = float(t.strength)
         row.update(
@@ -203,33 +205,45 @@ def fabricate_synthetic(real: Path, syn: Path, half: Path, n_rows: int) -> dict[
             (syn / rel).parent.mkdir(exist_ok=True)
             os.link(syn / tpl["file_name"], syn / rel)
         rows.append(row)
-    record = json.loads((syn / gen.CONFIG_FILE).read_text())
-    record = gen._config_record(
+    record = json.loads((syn / sf.CONFIG_FILE).read_text())
+    record = config_record(
         full_cfg.resolved(), ds, subset, plan, record["model_fingerprint"],
         record["adapter_fingerprint"], syn,
     )  # fmt: skip
-    (syn / gen.CONFIG_FILE).write_text(json.dumps(record, indent=1) + "\n")
-    (syn / gen.PLAN_FILE).write_text(gen._plan_text(plan))
-    (syn / gen.METADATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (syn / sf.CONFIG_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    (syn / sf.PLAN_FILE).write_text(plan_text(plan))
+    (syn / sf.METADATA_FILE).write_text(sf.rows_text(rows))
+    return {"rows": len(rows), "half_rows": len(_done_half(rows)), "templates": k,
+            "template_generate_s": t_generate, "config": full_cfg.model_dump()}  # fmt: skip
 
-    # half/: the first half of the batches, then what a kill leaves behind
+
+def _done_half(rows: list[dict]) -> list[dict]:
+    n_batches = max(r["batch"] for r in rows) + 1
+    return [r for r in rows if r["batch"] < n_batches // 2]
+
+
+def make_half(syn: Path, half: Path) -> None:
+    """``half/``: the first half of ``syn/``'s plan batches, plus what a killed run leaves (a
+    torn last line, a temp file, an image without a row). Made again before each measure."""
+    from diffmix import synthetic as sf
+
+    shutil.rmtree(half, ignore_errors=True)
     half.mkdir(parents=True)
-    for name in (gen.CONFIG_FILE, gen.PLAN_FILE):
+    for name in (sf.CONFIG_FILE, sf.PLAN_FILE):
         shutil.copy2(syn / name, half / name)
-    n_batches = plan[-1].batch + 1
-    done = [r for r in rows if r["batch"] < n_batches // 2]
+    rows = sf.read_rows(syn / sf.METADATA_FILE)
+    done = _done_half(rows)
     for r in done:
         (half / r["file_name"]).parent.mkdir(exist_ok=True)
         os.link(syn / r["file_name"], half / r["file_name"])
-    torn = json.dumps(rows[len(done)])[:40] if len(done) < len(rows) else ""
-    (half / gen.METADATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in done) + torn)
+    torn = ""
     if len(done) < len(rows):
+        torn = json.dumps(rows[len(done)])[:40]
         orphan = rows[len(done)]["file_name"]
         (half / orphan).parent.mkdir(exist_ok=True)
         os.link(syn / orphan, half / orphan)
-    (half / f".{gen.METADATA_FILE}.1.tmp").write_bytes(b"partial")
-    return {"rows": len(rows), "half_rows": len(done), "templates": k,
-            "template_generate_s": t_generate, "config": full_cfg.model_dump()}  # fmt: skip
+    (half / sf.METADATA_FILE).write_text(sf.rows_text(done) + torn)
+    (half / f".{sf.METADATA_FILE}.1{sf.TMP_SUFFIX}").write_bytes(b"partial")
 
 
 def fabricate(base: Path, n_rows: int) -> dict[str, Any]:
@@ -238,7 +252,7 @@ def fabricate(base: Path, n_rows: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     counts = fabricate_real(base / "real", max(1, n_rows // MULTIPLIER))
     t_real = time.perf_counter() - t0
-    info = fabricate_synthetic(base / "real", base / "syn", base / "half", n_rows)
+    info = fabricate_synthetic(base / "real", base / "syn", n_rows)
     info.update(real=counts, real_s=t_real, total_s=time.perf_counter() - t0)
     (base / "fabricated.json").write_text(json.dumps(info, indent=1, default=str))
     return info
@@ -322,12 +336,13 @@ def stage(name: str, base: Path, args: argparse.Namespace) -> dict[str, float]:
     if name == "plan":
         from diffmix import generate as gen
         from diffmix.data import make_subset
+        from diffmix.generate.plan import plan_text
 
         cfg = gen.GenerateConfig(**json.loads((base / "fabricated.json").read_text())["config"])
         subset = make_subset(ds)
         with Peak() as m:
             plan = gen.make_plan(cfg, ds, subset)
-            gen._plan_text(plan)
+            plan_text(plan)
         return _result(m)
     if name == "write_rows":
         return _write_rows(base, ds)
@@ -361,70 +376,80 @@ def _result(m: Peak) -> dict[str, float]:
     return {"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_mb": m.peak_mb}
 
 
+def _job(base: Path, out: Path, ds):
+    """The generate run's shared state (``diffmix.generate.run._Job``) for ``out``."""
+    from diffmix import synthetic as sf
+    from diffmix.generate.dist import _Dist
+    from diffmix.generate.run import _Job
+    from diffmix.runs import RunDir
+    from diffmix.translate import get_strategy
+
+    cfg, subset, plan = _plan_of(base, ds)
+    cfg = cfg.resolved()
+    record = json.loads((out / sf.CONFIG_FILE).read_text())
+    common = {k: record.get(k) for k in ("model_fingerprint", "adapter_fingerprint",
+                                         "dataset_fingerprint")}  # fmt: skip
+    common.update(strategy="mixup", num_inference_steps=cfg.num_inference_steps,
+                  guidance_scale=cfg.guidance_scale, gamma=cfg.gamma, model=cfg.model,
+                  adapter=cfg.adapter, judge=None)  # fmt: skip
+    return _Job(cfg, get_strategy("mixup"), ds, subset, plan, out, record, _Dist(),
+                RunDir(out), common)  # fmt: skip
+
+
 def _write_rows(base: Path, ds) -> dict[str, float]:
-    """The generate loop's per-batch write path, for WRITE_ROWS new rows into ``syn/``."""
+    """generate's per-batch writer (``run._write_batch``) and the loop's per-batch progress
+    event and status, for WRITE_ROWS new rows (64-px images) appended to ``syn/``."""
+    import numpy as np
     from PIL import Image
 
-    from diffmix import generate as gen
-    from diffmix.runs import RunDir
-    from diffmix.translate import Translation, get_strategy
+    from diffmix import synthetic as sf
+    from diffmix.generate import PlannedTask
+    from diffmix.generate.run import _write_batch
+    from diffmix.translate import Translation
 
     out = base / "syn"
-    rows = gen.read_rows(out / gen.METADATA_FILE)
+    job = _job(base, out, ds)
+    rows = sf.read_rows(out / sf.METADATA_FILE)
     tpl = rows[0]
-    st = get_strategy("mixup")
     image = Image.open(out / tpl["file_name"]).convert("RGB").resize((64, 64))
-    common = {k: tpl.get(k) for k in ("strategy", "num_inference_steps", "guidance_scale",
-              "gamma", "model", "model_fingerprint", "adapter", "adapter_fingerprint",
-              "dataset_fingerprint", "judge")}  # fmt: skip
     first = max(r["task"] for r in rows) + 1
     tasks = [
-        gen.PlannedTask(task=first + i, batch=(first + i) // WRITE_BATCH, source_index=0,
-                        source_id=ds.items[0].id, source_class=tpl["source_class"],
-                        target_class=tpl["target_class"], strength=0.5, seed=i,
-                        partner_index=0, partner_id=ds.items[0].id)
+        PlannedTask(task=first + i, batch=(first + i) // WRITE_BATCH, source_index=0,
+                    source_id=ds.items[0].id, source_class=tpl["source_class"],
+                    target_class=tpl["target_class"], strength=0.5, seed=i,
+                    partner_index=0, partner_id=ds.items[0].id)
         for i in range(WRITE_ROWS)
     ]  # fmt: skip
-    import numpy as np
-
     result = Translation(image=image, pixels=np.asarray(image) / 255.0,
                          source_class=tpl["source_class"], target_class=tpl["target_class"],
                          strength=0.5, seed=0, strategy="mixup", prompt=tpl["prompt"],
                          soft_label=tpl["soft_label"], label_vector=np.zeros(NUM_CLASSES))  # fmt: skip
-    run = RunDir(out)
     done: set[int] = {r["task"] for r in rows}
     with Peak() as m:
         for a in range(0, WRITE_ROWS, WRITE_BATCH):
-            batch_rows = []
-            for t in tasks[a : a + WRITE_BATCH]:
-                rel = f"{gen._class_dir(t.target_class)}/{t.task:07d}.png"
-                (out / rel).parent.mkdir(exist_ok=True)
-                gen._save_png(result.image, out / rel)
-                batch_rows.append(gen._row(t, result, rel, st, common, None, None))
-            gen._append_rows(out / gen.METADATA_FILE, batch_rows)
-            done.update(r["task"] for r in batch_rows)
-            run.event("progress", done=len(done), total=len(done), batch=a // WRITE_BATCH)
-            run.set_status(step=len(done), progress=0.5, message="generating")
+            batch = tasks[a : a + WRITE_BATCH]
+            written = _write_batch(job, batch, [result] * len(batch), [(None, None)] * len(batch))
+            done.update(r["task"] for r in written)
+            job.run.event("progress", done=len(done), total=len(done), batch=a // WRITE_BATCH)
+            job.run.set_status(step=len(done), progress=0.5, message="generating")
     return _result(m)
 
 
 def _resume_scan(base: Path, ds) -> dict[str, float]:
-    """What ``generate`` does on a rerun before its first batch (dataset loaded already)."""
-    from diffmix import generate as gen
+    """What ``generate`` does on a rerun into ``half/`` before its first batch, after the
+    dataset load and the model fingerprint: the rerun check, the repair (torn rows, orphans,
+    temp files) and this process's share of the work (``run._work``)."""
+    from diffmix import synthetic as sf
+    from diffmix.generate.record import check_rerun
+    from diffmix.generate.run import _work
 
-    out = base / "half"
-    cfg, subset, plan = _plan_of(base, ds)
-    cfg = cfg.resolved()
-    record = json.loads((out / gen.CONFIG_FILE).read_text())
+    make_half(base / "syn", base / "half")
+    job = _job(base, base / "half", ds)
     with Peak() as m:
-        gen._check_rerun(out, record, plan, True)
-        gen._repair(out, {t.task for t in plan})
-        done = gen._done_tasks(out)
-        by_batch: dict[int, list] = {}
-        for t in plan:
-            by_batch.setdefault(t.batch, []).append(t)
-        todo = [b for b in sorted(by_batch) if any(t.task not in done for t in by_batch[b])]
-    assert done and todo, (len(done), len(todo))
+        check_rerun(job.out, job.record, job.plan, True)
+        repaired = sf.repair(job.out, {t.task for t in job.plan})
+        work = _work(job, True, repaired)
+    assert work.done and work.todo, (len(work.done), len(work.todo))
     return _result(m)
 
 

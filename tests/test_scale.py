@@ -196,3 +196,35 @@ def test_fit_image_matches_store_decode():
     im = Image.fromarray(_store_images(1, 20)[0])
     store = ImageStore(1, 8, lambda i: fit_image(im, 8), 0)
     assert torch.equal(store.get([0])[0], torch.from_numpy(fit_image(im, 8)).permute(2, 0, 1))
+
+
+def test_folder_rows_parses_only_what_changed(tmp_path, monkeypatch):
+    """The Inspect page's reader: a filter on a large folder parses nothing again, a growing
+    folder parses only its new lines, a rewritten file is read again."""
+    import json
+
+    from diffmix import synthetic as sf
+
+    folder = tmp_path / "syn"
+    folder.mkdir()
+    path = folder / sf.METADATA_FILE
+    rows = [{"file_name": f"a/{i:07d}.png", "task": i, "strength": 0.5} for i in range(10)]
+    path.write_text(sf.rows_text(rows))
+    calls = [0]
+    loads = sf._loads
+
+    def counting(line):
+        calls[0] += 1
+        return loads(line)
+
+    monkeypatch.setattr(sf, "_loads", counting)
+    assert sf.folder_rows(folder) == rows and calls[0] == 10
+    assert sf.folder_rows(folder) == rows and calls[0] == 10  # nothing parsed again
+    new = {"file_name": "a/0000010.png", "task": 10, "strength": 1.0}
+    with open(path, "a") as f:
+        f.write(json.dumps(new) + "\n" + '{"file_name": "a/00000')  # + a torn line
+    assert sf.folder_rows(folder) == [*rows, new] and calls[0] == 12  # the new + the torn
+    sf.fsync_write(path, sf.rows_text(rows[:3]).encode())  # rewritten (a merge or a filter)
+    assert sf.folder_rows(folder) == rows[:3]
+    with pytest.raises(ValueError, match="not a synthetic dataset"):
+        sf.folder_rows(tmp_path / "nothing")
