@@ -44,10 +44,11 @@ but not to the system can hide part of a later stage's peak -- ``--isolate`` rul
   and the model fingerprint are not in it (see ``rescan``);
 - ``imagefolder``: ``datasets.load_dataset("imagefolder", data_dir=syn)`` (cache in the temp
   folder);
-- ``inspect_open``: the folder's record and class names; ``inspect_filter``: the rows read,
-  filtered (one target class), the table and the summary line (``pages/inspect.py``'s
-  calls); ``inspect_page``: one gallery page (36 source | result pairs, the source dataset
-  already loaded, as in a running app);
+- ``inspect_open``: the folder's record and class names and the first read of its rows (in a
+  fresh process: nothing cached); ``inspect_filter``: a filter once the folder is open -- the
+  rows read, filtered (one target class), the table and the summary line
+  (``pages/inspect.py``'s calls); ``inspect_page``: one gallery page (36 source | result
+  pairs, the source dataset already loaded, as in a running app);
 - ``train_first_epoch`` / ``train_steady``: the classifier's data path for one epoch of
   ``N / 5`` positions (p = 0.1 synthetic replacements, batch 32): gather + decode on demand
   + normalise + augment, no model; first epoch from a cold store, then a second (steady)
@@ -458,9 +459,10 @@ def _inspect(name: str, base: Path, ds) -> dict[str, float]:
     from pages import inspect as page
 
     folder = base / "syn"
-    if name == "inspect_open":
+    if name == "inspect_open":  # the record and the first read of the rows (the open's filter)
         with Peak() as m:
             names = list(page.read_record(folder).get("class_names") or [])
+            page.read_rows(folder)
         assert len(names) == NUM_CLASSES
         return _result(m)
     rows = page.read_rows(folder)
