@@ -112,15 +112,15 @@ def class_names() -> list[str]:
     return [f"{c + 1:03d}.Species_{c + 1:03d}" for c in range(NUM_CLASSES)]
 
 
-def _jpeg_pool(count: int = 64, seed: int = 0) -> list[bytes]:
-    """``count`` distinct JPEG photos of 300-500 px per side (gradients + shapes + noise)."""
+def _jpeg_pool(count: int = 64, seed: int = 0, side: tuple[int, int] = (300, 500)) -> list[bytes]:
+    """``count`` distinct JPEG photos of ``side`` px per side (gradients + shapes + noise)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        w, h = (int(v) for v in rng.integers(300, 501, size=2))
+        w, h = (int(v) for v in rng.integers(side[0], side[1] + 1, size=2))
         y, x = np.mgrid[0:h, 0:w]
         base = rng.integers(0, 256, size=3)
         arr = np.stack(
@@ -129,20 +129,20 @@ def _jpeg_pool(count: int = 64, seed: int = 0) -> list[bytes]:
         arr = (arr + rng.integers(0, 24, size=arr.shape)).clip(0, 255).astype(np.uint8)
         im = Image.fromarray(arr, "RGB")
         draw = ImageDraw.Draw(im)
+        d = max(2, min(w, h) // 6)
         for _ in range(4):
-            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
-            draw.ellipse(
-                [x0, y0, x0 + 60, y0 + 50], fill=tuple(int(v) for v in rng.integers(0, 256, 3))
-            )
+            x0, y0 = int(rng.integers(0, w - d)), int(rng.integers(0, h - d))
+            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.ellipse([x0, y0, x0 + d, y0 + d], fill=fill)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
         out.append(buf.getvalue())
     return out
 
 
-def fabricate_real(root: Path, n_train: int) -> dict[str, int]:
+def fabricate_real(root: Path, n_train: int, side: tuple[int, int] = (300, 500)) -> dict[str, int]:
     """The CUB-shaped dataset (``train/`` and ``test/``); returns image counts."""
-    pool = _jpeg_pool()
+    pool = _jpeg_pool(side=side)
     names = class_names()
     per, extra = divmod(n_train, NUM_CLASSES)
     k = n_test = 0
@@ -247,11 +247,11 @@ def make_half(syn: Path, half: Path) -> None:
     (half / f".{sf.METADATA_FILE}.1{sf.TMP_SUFFIX}").write_bytes(b"partial")
 
 
-def fabricate(base: Path, n_rows: int) -> dict[str, Any]:
+def fabricate(base: Path, n_rows: int, side: tuple[int, int] = (300, 500)) -> dict[str, Any]:
     """Everything one size needs under ``base`` (``real/``, ``syn/``, ``half/``, ``home/``)."""
     os.environ["DIFFMIX_HOME"] = str(base / "home")
     t0 = time.perf_counter()
-    counts = fabricate_real(base / "real", max(1, n_rows // MULTIPLIER))
+    counts = fabricate_real(base / "real", max(1, n_rows // MULTIPLIER), side)
     t_real = time.perf_counter() - t0
     info = fabricate_synthetic(base / "real", base / "syn", n_rows)
     info.update(real=counts, real_s=t_real, total_s=time.perf_counter() - t0)
@@ -583,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-mb", type=int, default=256,
                    help="decoded-image budget of the classifier data path (MB, default 256)")  # fmt: skip
     p.add_argument("--judge-size", type=int, default=64, help="judge input side in px (64)")
+    p.add_argument("--photo-side", default="300-500",
+                   help="side of the fabricated photos, px: N or MIN-MAX (300-500, CUB-like); "
+                   "a small side makes a cheap run of the row-bound stages")  # fmt: skip
     p.add_argument(
         "--keep",
         type=Path,
@@ -617,6 +620,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--sizes must be integers >= 10, got {args.sizes!r}")
     if args.quick:
         sizes = sizes[:1]
+    try:
+        lo, _, hi = args.photo_side.partition("-")
+        side = (int(lo), int(hi or lo))
+    except ValueError:
+        raise SystemExit(
+            f"--photo-side takes N or MIN-MAX in px, got {args.photo_side!r}"
+        ) from None
+    if not 8 <= side[0] <= side[1]:
+        raise SystemExit(f"--photo-side must be 8 px or more, MIN <= MAX; got {args.photo_side!r}")
     names = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
@@ -634,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 info = json.loads((base / "fabricated.json").read_text())
             else:
                 shutil.rmtree(base, ignore_errors=True)
-                info = fabricate(base, n)
+                info = fabricate(base, n, side)
             fabricated.append(info)
             print(f"size {n}: {info['real']['train']} train + {info['real']['test']} test "
                   f"images, {info['rows']} rows ({info['half_rows']} in the half-done folder); "
@@ -670,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["resolution"] = args.resolution
     summary["cache_mb"] = args.cache_mb
     summary["judge_size"] = args.judge_size
+    summary["photo_side"] = list(side)
     summary["real_train_images"] = [f["real"]["train"] for f in fabricated]
     print(json.dumps(summary))
     return 0
