@@ -163,14 +163,17 @@ def test_judge_fit_holds_one_chunk_of_decoded_images(tmp_path, monkeypatch):
 
     root = _photo_folder(tmp_path / "ds", classes=3, per_class=8)
     ds = load_dataset(str(root), split="train")
-    alive: weakref.WeakSet = weakref.WeakSet()
-    most = [0]
+    alive, most = [0], [0]
     loader = ds.loader
+
+    def released() -> None:
+        alive[0] -= 1
 
     def tracking(item):
         im = loader(item)
-        alive.add(im)
-        most[0] = max(most[0], len(alive))
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(im, released)  # PIL images are unhashable: no WeakSet
         return im
 
     ds.loader = tracking
