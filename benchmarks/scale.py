@@ -462,19 +462,17 @@ def _inspect(name: str, base: Path, ds) -> dict[str, float]:
     if name == "inspect_open":  # the record and the first read of the rows (the open's filter)
         with Peak() as m:
             names = list(page.read_record(folder).get("class_names") or [])
-            page.read_rows(folder)
+            page.load_folder(folder)
         assert len(names) == NUM_CLASSES
         return _result(m)
-    rows = page.read_rows(folder)
+    df, rows = page.load_folder(folder)
     target = rows[len(rows) // 2]["target_class"]
-    if name == "inspect_filter":
+    if name == "inspect_filter":  # what the page's filter does once the folder is open
         with Peak() as m:
-            rows = page.read_rows(folder)
-            shown = page.filter_rows(rows, target_classes=[target])
-            page.rows_table(shown)
-            page.summary_line(folder.name, rows, shown, 1)
+            _, shown, _ = page._filtered(folder, [], [target], 0.0, 1.0, 0.0, 1.0, "all")
+            page.rows_table([rows[i] for i in shown["row"][: page.PER_PAGE]])
         return _result(m)
-    shown = page.filter_rows(rows, strength=(0.0, 1.0))  # every row: a full page at any size
+    shown = list(rows)  # every row: a full page at any size
     with Peak() as m:
         items = page.pairs(folder, shown, ds, page=1)
     assert len(items) == min(page.PER_PAGE, len(shown))
