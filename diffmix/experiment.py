@@ -92,8 +92,9 @@ FORMAT = "diffmix-experiment/1"
 
 #: Files a fresh experiment folder may already hold (run directory, a job launcher's files).
 _RUN_FILES = frozenset(
-    {"status.json", "events.jsonl", "log.txt", "CANCEL", "config.json", "job.json", "stdout.log"}
-)
+    {"status.json", "events.jsonl", "log.txt", "CANCEL", "config.json", "job.json", "stdout.log",
+     "request.yaml"}
+)  # fmt: skip
 
 #: The few-shot recipe: the experiment's defaults for s, γ, p, the multiplier and the shots.
 _FEWSHOT = RECIPES["fewshot"]

@@ -1,17 +1,19 @@
 """Background jobs: a stage run as a subprocess that reports through its run directory.
 
 The app starts long stages (personalize, generate, train) with :func:`start_job`; the job
-is ``python -m diffmix <stage> ... --out RUN_DIR`` in its own process group, so a crash of
-the job never takes the app down and a reload of the page finds the same live state by
-reading the run directory (:mod:`diffmix.runs`). ``job.json`` records who started it
-(``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs.
+is ``python -m diffmix <stage> --config RUN_DIR/request.yaml --out RUN_DIR`` in its own process
+group, so a crash of the job never takes the app down and a reload of the page finds the same
+live state by reading the run directory (:mod:`diffmix.runs`). ``job.json`` records who started
+it (``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs.
 
 :func:`start_job` is where the app's work starts, so it checks everything again whatever page
 or API call asked for it: the arguments are parsed with the stage's own command-line parser
 (unknown options refused, ``--config`` refused), the settings they name go through
-:func:`diffmix.settings.check_request` (dataset spec, paths, work limits), the number of live
-jobs per owner and in total is capped, and positional values (the dataset spec) are passed
-after ``--`` so that no user string can become an option of the stage.
+:func:`diffmix.settings.check_request` (dataset spec, paths, work limits), and the number of live
+jobs per owner and in total is capped. The checked settings are written to ``request.yaml`` in
+the run folder (config keys, :func:`diffmix.cli.flags.fields_from_args`), and the job reads
+them from there: no user string ever reaches the job's command line, where it could become an
+option. A resume (``--resume`` alone) reads the same file back, checking it again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("personalize", "generate", "train", "translate", "experiment")
 JOB_FILE = "job.json"
+#: The settings of a job, written by :func:`start_job` and read by the job (``--config``).
+REQUEST_FILE = "request.yaml"
+#: Options that say how to run, not what: passed on the job's command line, never in the request.
+MODE_OPTIONS = ("--resume", "--json", "--dry-run")
 
 
 @dataclass(frozen=True)
@@ -66,25 +72,32 @@ def start_job(
     owner: str | None = None,
     settings: Settings | None = None,
 ) -> Job:
-    """Start ``diffmix <stage> <options> --out <run_dir> -- <positionals>`` in the background.
+    """Start ``diffmix <stage> --config <run_dir>/request.yaml --out <run_dir>`` in the background.
 
     ``args`` are CLI arguments (no ``--out``): options, and the stage's positional values
     (the dataset spec) either first or after ``--``. They are parsed with the stage's parser and
     checked against ``settings`` (default: read from the environment) with
-    :func:`~diffmix.settings.check_request`; ``--config`` is refused (a job's settings are its
-    checked arguments). Refuses a run directory where a job is still alive (resume it
-    instead, or choose another folder) and a start over the live-job caps
+    :func:`~diffmix.settings.check_request`; ``--config`` is refused (the launcher writes the
+    job's settings file itself, :data:`REQUEST_FILE`). ``["--resume"]`` alone resumes the run
+    from its request file (checked again). Refuses a run directory where a job is still alive
+    (resume it instead, or choose another folder) and a start over the live-job caps
     (``max_jobs_per_visitor`` for ``owner``, ``max_jobs`` in total). ``ValueError`` names the
     problem.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     settings = Settings.from_env() if settings is None else settings
+    run_dir = Path(run_dir)
+    request = run_dir / REQUEST_FILE
     # 1. Check the arguments with the stage's own parser and the deployment's settings.
     options, positionals = split_args(args)
-    fields = parse_stage_args(stage, options, positionals)
+    modes = [o for o in options if o in MODE_OPTIONS]
+    options = [o for o in options if o not in MODE_OPTIONS]
+    if modes == ["--resume"] and not options and not positionals and request.is_file():
+        fields = read_request(stage, request)
+    else:
+        fields = parse_stage_args(stage, [*options, *modes], positionals)
     check_request(stage, fields, settings)
-    run_dir = Path(run_dir)
     with _START_LOCK:
         # 2. One job per folder; caps on live jobs.
         existing = read_job(run_dir)
@@ -95,11 +108,13 @@ def start_job(
         check_capacity(settings, owner)
         # 3. Start it.
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_request(request, fields)
         run = RunDir(run_dir)
         run.clear_cancel()  # a cancel from an earlier run; one asked for from now on is honoured
-        argv = [sys.executable, "-m", "diffmix", stage, *options, "--out", str(run_dir)]
-        if positionals:
-            argv += ["--", *positionals]
+        argv = [sys.executable, "-m", "diffmix", stage, "--config", str(request),
+                "--out", str(run_dir), *modes]  # fmt: skip
+        if stage == "experiment":  # its one positional (the table), a fixed word
+            argv += ["--", str(fields.get("kind") or "fewshot")]
         log = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 -- handed to the child process
         try:
             proc = subprocess.Popen(
@@ -157,25 +172,63 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_stage_args(stage: str, options: list[str], positionals: list[str]) -> dict[str, Any]:
-    """The config fields a job's arguments set (parsed with the stage's CLI parser).
+    """The settings a job's arguments give, as config keys (parsed with the stage's CLI parser;
+    :func:`diffmix.cli.flags.fields_from_args`).
 
     ``ValueError`` for unknown options, values an option's type refuses, or a positional value
     among the options (it must come first or after ``--``).
     """
     from diffmix.cli import build_parser
+    from diffmix.cli.flags import fields_from_args
 
     parser = build_parser(_ArgsError)
     tail = ["--", *positionals] if positionals else []
-    ns = vars(parser.parse_args([stage, *options, "--out", "-", *tail]))
-    if not positionals and ns.get("spec") is not None:
+    ns = parser.parse_args([stage, *options, "--out", "-", *tail])
+    if not positionals and getattr(ns, "spec", None) is not None:
         raise ValueError(
-            f"job argument {ns['spec']!r} refused: positional values go first or after '--'"
+            f"job argument {ns.spec!r} refused: positional values go first or after '--'"
         )
-    skip = {"func", "out", "resume", "json", "verbose", "command", "spec", "dry_run"}
-    fields = {k: v for k, v in ns.items() if v is not None and k not in skip}
-    if ns.get("spec") is not None:
-        fields["dataset"] = ns["spec"]
-    return fields
+    return fields_from_args(stage, ns)
+
+
+#: Values a request file may hold: plain scalars, or lists of them.
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def read_request(stage: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a job's request file, refused (``ValueError``) when it holds a key the
+    stage's command line cannot set or a value that is not a plain scalar or list of them."""
+    import yaml
+
+    from diffmix.cli import build_parser, stage_parser
+    from diffmix.cli.flags import request_keys
+
+    stage_parser(build_parser(_ArgsError), stage)  # the stage's flags, to know its keys
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read the job's settings {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the job's settings {path} must hold a mapping of settings")
+    unknown = sorted(str(k) for k in data if k not in request_keys(stage))
+    if unknown:
+        raise ValueError(f"unknown {stage} setting(s) in {path}: {', '.join(unknown)}")
+    for key, value in data.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, _SCALARS) for v in values):
+            raise ValueError(f"{stage} setting {key} in {path} must be a plain value")
+    return data
+
+
+def write_request(path: str | os.PathLike, fields: dict[str, Any]) -> Path:
+    """Write a job's settings (config keys) as YAML, atomically; the path."""
+    import yaml
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(dict(fields), sort_keys=False))
+    os.replace(tmp, path)
+    return path
 
 
 def live_jobs(root: str | os.PathLike) -> list[Job]:

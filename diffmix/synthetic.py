@@ -77,7 +77,7 @@ TMP_SUFFIX = ".tmp"
 TASK_PNG = re.compile(r"^\d{7,}\.png$")
 #: Files a run directory may hold before its config is written (a run stopped very early).
 RUN_FILES = frozenset(
-    {"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log"}
+    {"log.txt", "status.json", "events.jsonl", "CANCEL", "job.json", "stdout.log", "request.yaml"}
 )
 
 #: Every field of a metadata row, in the order written, with its meaning, unit and range.

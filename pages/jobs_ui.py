@@ -229,12 +229,18 @@ def cancel_run(stage: str, name: str | None, *, owner: str | None, settings: Set
 
 
 def resume_args(argv: Sequence[str], stage: str) -> list[str]:
-    """The CLI arguments of a job's ``argv`` (job.json) with ``--resume``, without ``--out``."""
+    """The CLI arguments of a job's ``argv`` (job.json) with ``--resume``, without ``--out``.
+
+    A job started from its request file (``--config RUN/request.yaml``) resumes from the same
+    file: ``["--resume"]`` (:func:`diffmix.jobs.start_job` reads and checks it again).
+    """
     argv = list(argv)
     try:
         start = argv.index(stage, argv.index("diffmix")) + 1
     except ValueError:
         raise ValueError(f"job command {argv!r} is not a diffmix {stage} command") from None
+    if "--config" in argv[start:]:
+        return ["--resume"]
     args: list[str] = []
     positionals: list[str] = []
     rest = iter(argv[start:])

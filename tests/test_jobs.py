@@ -94,6 +94,10 @@ class _FakeProc:
 
 @pytest.fixture
 def fake_popen(monkeypatch):
+    from diffmix.cli.flags import STAGE_CONFIGS, config_class
+
+    for stage in STAGE_CONFIGS:  # the launcher types flags by the configs: import them (and
+        config_class(stage)  # torch, which runs ldconfig) before Popen is faked
     _FakeProc.started = []
     monkeypatch.setattr(jobs.subprocess, "Popen", _FakeProc)
     yield _FakeProc
@@ -138,15 +142,20 @@ def test_public_launcher_refuses_before_spawning(tmp_path, fake_popen, stage, ar
     assert fake_popen.started == [] and not run.exists()
 
 
-def test_spec_goes_after_double_dash_and_the_cli_reads_it_as_the_dataset(tmp_path, fake_popen):
-    from diffmix.cli import build_parser
+def test_spec_goes_into_the_request_file_and_the_cli_reads_it_as_the_dataset(tmp_path, fake_popen):
+    """No user string reaches the job's command line: the settings travel in request.yaml."""
+    from diffmix.classify import TrainConfig
+    from diffmix.cli import build_parser, stage_fields
 
     home = tmp_path / "home"
-    job = jobs.start_job("train", ["demo", "--epochs", "2"], home / "runs" / "a",
-                         settings=_public(home))  # fmt: skip
-    assert job.argv[-4:] == ["--out", str(home / "runs" / "a"), "--", "demo"]
+    run = home / "runs" / "a"
+    job = jobs.start_job("train", ["demo", "--epochs", "2"], run, settings=_public(home))
+    request = run / jobs.REQUEST_FILE
+    assert job.argv[3:] == ["train", "--config", str(request), "--out", str(run)]
     ns = build_parser().parse_args(job.argv[3:])
-    assert (ns.spec, ns.epochs, ns.config) == ("demo", 2, None)
+    assert (ns.spec, ns.epochs, ns.config) == (None, None, str(request))
+    fields = stage_fields(ns, TrainConfig, "train")
+    assert (fields["dataset"], fields["epochs"]) == ("demo", 2)
 
 
 def test_live_jobs_are_capped_per_visitor_and_in_total(tmp_path, fake_popen) -> None:

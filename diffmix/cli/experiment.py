@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", choices=("fewshot",), help="which table (fewshot)")
     add_out_config(p, "experiment folder to write", "ExperimentConfig")
-    add_config_flags(p, "experiment", FLAGS, lambda a: {"kind": a.kind})
+    add_config_flags(p, "experiment", FLAGS, lambda a: {"kind": a.kind}, ("kind",))
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages and the time estimate, run nothing")  # fmt: skip
     add_resume_json(p, "continue the experiment in --out")

@@ -71,6 +71,7 @@ class Flag:
 STAGE_FLAGS: dict[str, tuple[Flag, ...]] = {}
 #: Each stage's settings that are not config-field flags (see :func:`add_config_flags`).
 STAGE_EXTRAS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+STAGE_EXTRA_KEYS: dict[str, tuple[str, ...]] = {}
 
 
 def config_class(stage: str) -> type:
@@ -111,12 +112,14 @@ def add_config_flags(
     stage: str,
     rows: Sequence[Flag],
     extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+    extra_keys: Sequence[str] = (),
 ) -> None:
     """Give ``parser`` the flags of ``rows`` (typed and documented by ``stage``'s config),
     added when the parser is first used so that building the CLI imports no config.
     ``extra(args)`` returns the settings of the stage's other arguments (a positional, a flag
-    that is not a field) as request keys."""
+    that is not a field) as request keys, ``extra_keys`` names them."""
     STAGE_FLAGS[stage] = tuple(rows)
+    STAGE_EXTRA_KEYS[stage] = tuple(extra_keys)
     if extra is not None:
         STAGE_EXTRAS[stage] = extra
     filled = False
@@ -212,6 +215,11 @@ def fields_from_args(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "recipe", None):
         fields["recipe"] = args.recipe
     return fields
+
+
+def request_keys(stage: str) -> set[str]:
+    """The keys a settings file written from ``stage``'s command line can hold."""
+    return {*exposed_fields(stage), *STAGE_EXTRA_KEYS.get(stage, ()), "dataset", "recipe"}
 
 
 def check_request(stage: str, fields: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, nargs="+", metavar="S",
                    help="strength(s) in (0, 1] (default for *-gen: 1)")  # fmt: skip
     p.add_argument("--seed", type=int, help="seed of every item (default: 0)")
-    add_config_flags(p, "translate", FLAGS, item_fields)
+    add_config_flags(p, "translate", FLAGS, item_fields, tuple(ITEM_DEFAULTS))
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG results")
     p.add_argument("--config", metavar="YAML",
                    help="settings file (TranslateConfig keys and dataset, source, "
