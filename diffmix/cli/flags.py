@@ -352,8 +352,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             field = config_field(action)
             desc = (field.description or "") if field is not None else ""
             text = desc.split("(default", 1)[0].split("; default", 1)[0].strip(" ;,")
-            if config_default(action) is None and re.search(r"default|unset:", desc, re.I):
+            default = config_default(action)
+            if default is None and re.search(r"default|unset:", desc, re.I):
                 text = desc.replace("Unset:", "default:")  # the rule that resolves it
+            elif default is not None and not isinstance(default, _Rule):
+                if isinstance(action, _NO_DEFAULT_SHOWN) or default is False:
+                    return text.replace("%", "%%")
+                shown = f"default: {default}"  # the field's value, whatever its words say
+                return f"{text} ({shown})".replace("%", "%%") if text else shown
         if (
             not action.option_strings
             or "default" in text.lower()
