@@ -26,7 +26,6 @@ from diffmix.cli.data import cmd_data, cmd_status, format_summary
 from diffmix.cli.flags import (
     STAGE_CONFIGS,
     STAGE_FLAGS,
-    DefaultsHelpFormatter,
     Flag,
     check_request,
     fields_from_args,
@@ -34,6 +33,7 @@ from diffmix.cli.flags import (
     stage_fields,
     to_argv,
 )
+from diffmix.cli.help import DefaultsHelpFormatter
 from diffmix.cli.translate import TRANSLATE_STRATEGIES
 
 logger = logging.getLogger("diffmix.cli")
