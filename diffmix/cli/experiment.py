@@ -20,8 +20,16 @@ from diffmix.cli.flags import (
 FLAGS = (
     Flag("dataset", metavar="SPEC"),
     Flag("shots", metavar="K"),
-    Flag("seeds", metavar="S1,S2,...", type=comma_list(int, "--seeds", "0,1,2")),
-    Flag("arms", metavar="A1,A2,...", type=comma_list(str, "--arms", "baseline,diff-mix")),
+    Flag(
+        "seeds",
+        metavar="S1,S2,...",
+        convert=comma_list(int, "--seeds", "0,1,2", "integers", ValueError),
+    ),
+    Flag(
+        "arms",
+        metavar="A1,A2,...",
+        convert=comma_list(str, "--arms", "baseline,diff-mix", "names", ValueError),
+    ),
     Flag("model"),
     Flag("strength", metavar="S"),
     Flag("gamma", metavar="G"),

@@ -60,6 +60,9 @@ class Flag:
     action: str | None = None
     group: str | None = None
     field: bool = True
+    #: turns the flag's text into the field's value after parsing (a ``ValueError`` becomes
+    #: the CLI's one-line error), where an argparse ``type`` would print a usage error
+    convert: Callable[[str], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -197,7 +200,9 @@ def given_fields(args: argparse.Namespace, stage: str) -> dict[str, Any]:
     for row in STAGE_FLAGS[stage]:
         value = getattr(args, row.dest, None)
         if row.field and value is not None:
-            fields[row.dest] = value
+            fields[row.dest] = (
+                row.convert(value) if row.convert and isinstance(value, str) else value
+            )
     return fields
 
 
@@ -328,15 +333,22 @@ def add_resume_json(p: argparse.ArgumentParser, resume_help: str) -> None:
     p.add_argument("--json", action="store_true", help="end the output with one JSON line")
 
 
-def comma_list(kind: Callable[[str], Any], flag: str, example: str) -> Callable[[str], list]:
-    """An argparse type: ``"0,1,2"`` -> ``[0, 1, 2]`` (an error names ``flag`` and the text)."""
+def comma_list(
+    kind: Callable[[str], Any],
+    flag: str,
+    example: str,
+    what: str = "values",
+    error: type[Exception] = argparse.ArgumentTypeError,
+) -> Callable[[str], list]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``error`` names ``flag`` and the text (an argparse type
+    raises ``ArgumentTypeError``; a :attr:`Flag.convert` ``ValueError``, the CLI's one line)."""
 
     def parse(text: str) -> list:
         try:
             return [kind(s.strip()) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} takes comma-separated values like {example}, got {text!r}"
+            raise error(
+                f"{flag} takes comma-separated {what} like {example}, got {text!r}"
             ) from None
 
     return parse

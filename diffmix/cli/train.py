@@ -21,7 +21,11 @@ from diffmix.cli.flags import (
 FLAGS = (
     Flag("shots", metavar="K"),
     Flag("imbalance", metavar="F"),
-    Flag("synthetic", metavar="DIR[,DIR...]", type=comma_list(str, "--synthetic", "DIR1,DIR2")),
+    Flag(
+        "synthetic",
+        metavar="DIR[,DIR...]",
+        convert=comma_list(str, "--synthetic", "DIR1,DIR2", "folders", ValueError),
+    ),
     Flag("p", metavar="P"),
     Flag("gamma", metavar="G"),
     Flag("synthetic_pick"),
