@@ -36,6 +36,8 @@ def _stage_parsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers here
         if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sp in action.choices.values():  # a stage's config flags are added on first use
+                getattr(sp, "fill_config_flags", lambda: None)()
             return dict(action.choices)
     raise RuntimeError("the diffmix parser has no subcommands")
 
