@@ -68,7 +68,9 @@ def test_every_exposed_field_has_a_flag_with_the_field_default(stage: str) -> No
     sp.format_help()  # adds the stage's flags
     for name in flags.exposed_fields(stage):
         field = cls.model_fields[name]
-        actions = [a for a in sp._actions if a.dest == name and a.option_strings]
+        actions = [
+            a for a in sp._actions if getattr(a, "config_key", a.dest) == name and a.option_strings
+        ]
         assert actions, f"{stage}: no flag for config field {name}"
         for a in actions:
             # unset, the flag leaves the field to the config: its default is the field's

@@ -60,9 +60,16 @@ class Flag:
     action: str | None = None
     group: str | None = None
     field: bool = True
+    #: the config field when it is not ``dest`` (``--steps`` of translate: ``args.steps``)
+    key: str | None = None
     #: turns the flag's text into the field's value after parsing (a ``ValueError`` becomes
     #: the CLI's one-line error), where an argparse ``type`` would print a usage error
     convert: Callable[[str], Any] | None = None
+
+    @property
+    def target(self) -> str:
+        """The config field this flag sets."""
+        return self.key or self.dest
 
     @property
     def name(self) -> str:
@@ -106,7 +113,8 @@ def _add_flag(target: Any, row: Flag, field: Any) -> None:
             kw["choices"] = row.choices or choices
         if row.metavar:
             kw["metavar"] = row.metavar
-    target.add_argument(row.name, **kw)
+    action = target.add_argument(row.name, **kw)
+    action.config_key = row.target  # type: ignore[attr-defined]
 
 
 def add_config_flags(
@@ -140,7 +148,7 @@ def add_config_flags(
                 if row.group not in groups:
                     groups[row.group] = parser.add_mutually_exclusive_group()
                 target = groups[row.group]
-            _add_flag(target, row, fields.get(row.dest) if row.field else None)
+            _add_flag(target, row, fields.get(row.target) if row.field else None)
         n = len(rows)
         later = parser._actions[at:-n] if n else []  # noqa: SLF001
         for action in later:  # --resume, --json, ...: back after the generated flags (--help)
@@ -168,8 +176,8 @@ def exposed_fields(stage: str) -> list[str]:
     """The config fields ``stage`` has a flag for (in table order, once each)."""
     out: list[str] = []
     for row in STAGE_FLAGS[stage]:
-        if row.field and row.dest not in out:
-            out.append(row.dest)
+        if row.field and row.target not in out:
+            out.append(row.target)
     return out
 
 
@@ -200,7 +208,7 @@ def given_fields(args: argparse.Namespace, stage: str) -> dict[str, Any]:
     for row in STAGE_FLAGS[stage]:
         value = getattr(args, row.dest, None)
         if row.field and value is not None:
-            fields[row.dest] = (
+            fields[row.target] = (
                 row.convert(value) if row.convert and isinstance(value, str) else value
             )
     return fields
@@ -288,12 +296,12 @@ def to_argv(stage: str, fields: Mapping[str, Any], *, positional_spec: bool = Tr
         default = None if field is None or field.is_required() else field.get_default(
             call_default_factory=True
         )  # fmt: skip
-        if key == "dataset" and positional_spec and not any(r.dest == "dataset" for r in rows):
+        if key == "dataset" and positional_spec and not any(r.target == "dataset" for r in rows):
             spec = value if value != default else None
             continue
         if value is None or value == default:
             continue
-        row = next((r for r in rows if r.field and r.dest == key and (
+        row = next((r for r in rows if r.field and r.target == key and (
             r.action != "store_false" or value is False) and (
             r.action != "store_true" or value is True)), None)  # fmt: skip
         if row is None:

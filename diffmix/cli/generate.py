@@ -54,7 +54,12 @@ FLAGS = (
     Flag("gamma", metavar="G"),
     Flag("seed", metavar="N"),
     Flag("superclass", metavar="WORD"),
-    Flag("prompt_template", metavar="TEXT"),
+    Flag(
+        "prompt_template",
+        metavar="TEXT",
+        help="prompt replacing the strategy's own; {token} = the target's token or name, "
+        "{superclass} (default: the strategy's prompt)",
+    ),
     Flag("device"),
     Flag("dtype"),
 )

@@ -16,7 +16,9 @@ def config_field(action: argparse.Action) -> Any:
     if not path:
         return None
     module, cls_name = path.split(":")
-    return getattr(importlib.import_module(module), cls_name).model_fields.get(action.dest)
+    return getattr(importlib.import_module(module), cls_name).model_fields.get(
+        getattr(action, "config_key", action.dest)
+    )
 
 
 def config_default(action: argparse.Action) -> Any:

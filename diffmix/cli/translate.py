@@ -28,7 +28,7 @@ FLAGS = (
     Flag("model"),
     Flag("adapter", metavar="DIR"),
     Flag("strategy", metavar="NAME"),
-    Flag("num_inference_steps", "--steps", metavar="N"),
+    Flag("steps", metavar="N", key="num_inference_steps"),
     Flag("guidance_scale", metavar="G"),
     Flag("gamma", metavar="G"),
     Flag("device"),
