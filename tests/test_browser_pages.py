@@ -235,6 +235,12 @@ def test_translate_slider_gives_image_and_scores(pg: Any, pages_server: AppServe
     pg.click("#tr-sweep")
     plot = pg.locator("#tr-sweep-plot .js-plotly-plot")
     expect(plot).to_be_visible(timeout=120_000)
+    # the empty plot ("no data yet") is visible before the sweep: wait for its curves
+    pg.wait_for_function(
+        "() => { const el = document.querySelector('#tr-sweep-plot .js-plotly-plot');"
+        " return el && el.data && el.data.length >= 2; }",
+        timeout=120_000,
+    )
     names = plot.evaluate("el => el.data.map(t => t.name)")
     assert names[:2] == ["faithfulness", "diversity"], names
     assert _points(pg, "tr-sweep-plot") == 5
