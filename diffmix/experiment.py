@@ -81,7 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from diffmix import costs
 from diffmix.recipes import RECIPES
-from diffmix.runs import Cancelled, RunDir
+from diffmix.runs import RunDir, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -890,86 +890,79 @@ def run_experiment(
     # 2. The run directory.
     run = RunDir(out)
     run.clear_stale_cancel()
-    (out / EXPERIMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(out / EXPERIMENT_FILE, json.dumps(record, indent=2) + "\n")
     run.write_config(record["config"])
-    handler = run.log_to_file()
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     progress = _Progress(run, stages)
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in cfg.arms}
+    # The one run lifecycle (diffmix.runs): a cancel, Ctrl-C, SIGTERM or an error leaves an
+    # honest final status and event; the log goes to log.txt while inside.
     try:
-        run.set_status("running", progress=0.0, stages=len(stages), message="starting")
-        left = [s for s in stages if not s.finished()]
-        if resume and len(left) == len(stages):
-            logger.info("nothing to resume in %s: starting the experiment", out)
-        logger.info("%s", format_estimate(stages, cfg.budget_minutes))
-        run.event("plan", stages=[s.to_dict() for s in stages], left=len(left),
-                  estimate_s=round(sum(s.estimate_s for s in left), 1))  # fmt: skip
+        with run.lifecycle("experiment", progress=0.0, stages=len(stages), message="starting"):
+            left = [s for s in stages if not s.finished()]
+            if resume and len(left) == len(stages):
+                logger.info("nothing to resume in %s: starting the experiment", out)
+            logger.info("%s", format_estimate(stages, cfg.budget_minutes))
+            run.event("plan", stages=[s.to_dict() for s in stages], left=len(left),
+                      estimate_s=round(sum(s.estimate_s for s in left), 1))  # fmt: skip
 
-        # 3. Stage by stage: skip the finished, run (or resume) the others.
-        for i, stage in enumerate(stages):
-            info = {"stage": stage.name, "stage_kind": stage.kind, "arm": stage.arm,
-                    "seed": stage.seed, "stage_index": i + 1, "stages": len(stages)}  # fmt: skip
-            if stage.finished():
-                _check_recorded_config(stage)
-                seconds = None
-                run.event("stage_skip", **info, reason="finished")
-                logger.info("[%d/%d] %s: finished earlier, skipped", i + 1, len(stages),
-                            stage.name)  # fmt: skip
-                what = "skip"
-            else:
-                run.check_cancel()
-                logger.info("[%d/%d] %s -> %s", i + 1, len(stages), stage.name, stage.out)
-                run.event("stage_start", **info, out=str(stage.out))
-                progress.set(stage, 0.0, message=f"running {stage.name}", stage_progress=0.0,
-                             **info)  # fmt: skip
+            # 3. Stage by stage: skip the finished, run (or resume) the others.
+            for i, stage in enumerate(stages):
+                info = {"stage": stage.name, "stage_kind": stage.kind, "arm": stage.arm,
+                        "seed": stage.seed, "stage_index": i + 1, "stages": len(stages)}  # fmt: skip
+                if stage.finished():
+                    _check_recorded_config(stage)
+                    seconds = None
+                    run.event("stage_skip", **info, reason="finished")
+                    logger.info("[%d/%d] %s: finished earlier, skipped", i + 1, len(stages),
+                                stage.name)  # fmt: skip
+                    what = "skip"
+                else:
+                    run.check_cancel()
+                    logger.info("[%d/%d] %s -> %s", i + 1, len(stages), stage.name, stage.out)
+                    run.event("stage_start", **info, out=str(stage.out))
+                    progress.set(stage, 0.0, message=f"running {stage.name}", stage_progress=0.0,
+                                 **info)  # fmt: skip
+                    if callback is not None:
+                        callback(stage, "start")
+                    t0 = time.time()
+                    _run_stage(stage, progress)
+                    seconds = time.time() - t0
+                    what = "done"
+                _check_subset(stage, expected[stage.seed])
+                expected[stage.seed]["checked"].append(str(stage.out.relative_to(out)))
+                extra: dict[str, Any] = {}
+                if stage.kind == "train":
+                    metrics = _read_json(stage.out / "metrics.json")
+                    runs[stage.arm].append(_run_record(stage, metrics))
+                    extra["test_accuracy"] = metrics["test_accuracy"]
+                progress.finish(stage, seconds)
+                if what == "done":
+                    run.event("stage_done", **info, seconds=round(seconds, 2), **extra)
+                    logger.info("[%d/%d] %s: done in %.0f s%s", i + 1, len(stages), stage.name,
+                                seconds, f", test accuracy {extra['test_accuracy']:.4f}"
+                                if extra else "")  # fmt: skip
+                progress.set(
+                    None, message=f"{stage.name} {'done' if what == 'done' else 'skipped'}"
+                )
+                if stage.kind == "train":
+                    _write_results(out, cfg, runs, expected, complete=False, t_start=t_start)
                 if callback is not None:
-                    callback(stage, "start")
-                t0 = time.time()
-                _run_stage(stage, progress)
-                seconds = time.time() - t0
-                what = "done"
-            _check_subset(stage, expected[stage.seed])
-            expected[stage.seed]["checked"].append(str(stage.out.relative_to(out)))
-            extra: dict[str, Any] = {}
-            if stage.kind == "train":
-                metrics = _read_json(stage.out / "metrics.json")
-                runs[stage.arm].append(_run_record(stage, metrics))
-                extra["test_accuracy"] = metrics["test_accuracy"]
-            progress.finish(stage, seconds)
-            if what == "done":
-                run.event("stage_done", **info, seconds=round(seconds, 2), **extra)
-                logger.info("[%d/%d] %s: done in %.0f s%s", i + 1, len(stages), stage.name,
-                            seconds, f", test accuracy {extra['test_accuracy']:.4f}"
-                            if extra else "")  # fmt: skip
-            progress.set(None, message=f"{stage.name} {'done' if what == 'done' else 'skipped'}")
-            if stage.kind == "train":
-                _write_results(out, cfg, runs, expected, complete=False, t_start=t_start)
-            if callback is not None:
-                callback(stage, what)
+                    callback(stage, what)
 
-        # 4. The table.
-        results = _write_results(out, cfg, runs, expected, complete=True, t_start=t_start)
-        logger.info("results:\n%s", format_table(results))
-        run.event("done", arms={a: {"mean": r["mean"], "std": r["std"]}
-                                for a, r in results["arms"].items()},
-                  seconds=results["seconds"])  # fmt: skip
-        run.set_status("done", progress=1.0, eta_s=0.0, message="finished", stage=None,
-                       stage_kind=None, arm=None, seed=None, stage_progress=None)  # fmt: skip
-        return results
-    except (Cancelled, KeyboardInterrupt) as e:
-        logger.info("experiment cancelled; rerun the same command to continue")
-        run.event("cancelled", reason=type(e).__name__)
-        run.set_status("cancelled", message="cancelled; rerun to continue")
-        raise
-    except Exception as e:
-        run.set_status("failed", message=f"{type(e).__name__}: {e}")
-        raise
+            # 4. The table.
+            results = _write_results(out, cfg, runs, expected, complete=True, t_start=t_start)
+            logger.info("results:\n%s", format_table(results))
+            run.event("done", arms={a: {"mean": r["mean"], "std": r["std"]}
+                                    for a, r in results["arms"].items()},
+                      seconds=results["seconds"])  # fmt: skip
+            run.set_status("done", progress=1.0, eta_s=0.0, message="finished", stage=None,
+                           stage_kind=None, arm=None, seed=None, stage_progress=None)  # fmt: skip
+            return results
     finally:
         torch.set_num_threads(threads)
-        logging.getLogger("diffmix").removeHandler(handler)
-        handler.close()
 
 
 def _run_stage(stage: Stage, progress: _Progress) -> None:
@@ -1015,7 +1008,5 @@ def _write_results(
     }
     for name, text in ((RESULTS_FILE, json.dumps(results, indent=1) + "\n"),
                        (TABLE_FILE, format_table(results))):  # fmt: skip
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, text)
     return results

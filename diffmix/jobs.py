@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmix.runs import JOB_ENV, RunDir, pid_alive, process_start_ticks
+from diffmix.runs import JOB_ENV, RunDir, atomic_write, pid_alive, process_start_ticks
 from diffmix.settings import LIMITS, Settings, check_request
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def start_job(
             log.close()
         pid_start = process_start_ticks(proc.pid)
         job = Job(stage, str(run_dir), proc.pid, owner, argv, time.time(), pid_start)
-        (run_dir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2) + "\n")
+        atomic_write(run_dir / JOB_FILE, json.dumps(asdict(job), indent=2) + "\n")
         _CHILDREN[proc.pid] = proc
         # Reap the child as soon as it ends, watched or not: a finished job must not stay a
         # zombie of the app (its status is read from the run folder, not from the process).

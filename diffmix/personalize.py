@@ -42,6 +42,8 @@ from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
     RunDir,
+    atomic_target,
+    atomic_write,
     load_newest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -790,9 +792,8 @@ def personalize(
                 "config": json.loads(cfg.model_dump_json()),
                 "final_loss": ema.value,  # the same figure as the status and the CLI lines
             }
-            tmp = out / f".{ADAPTER_FILE}.tmp"  # adapter.json marks a finished adapter: atomic
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp, out / ADAPTER_FILE)
+            # adapter.json marks a finished adapter: atomic, and the rename made durable
+            atomic_write(out / ADAPTER_FILE, json.dumps(meta, indent=2) + "\n", sync_dir=True)
             prune_checkpoints(_checkpoints(out), keep=1)  # resume needs only the newest
             if cfg.steps > start:  # this machine's measured speed feeds the next estimates
                 step_s = (time.time() - t0) / (cfg.steps - start) / cfg.grad_accum
@@ -1011,11 +1012,9 @@ def import_authors_checkpoint(
         logger.info(
             "LoRA %s: %d layer(s) in the diffusers layout", src, len(lora_layers(converted))
         )
-        tmp = out / f".{LORA_FILE}.tmp"
-        save_file(
-            {k: v.contiguous() for k, v in converted.items()}, str(tmp), metadata={"format": "pt"}
-        )
-        os.replace(tmp, out / LORA_FILE)
+        with atomic_target(out / LORA_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp),
+                      metadata={"format": "pt"})  # fmt: skip
         has_lora = True
     meta = {
         "format": "diffmix-adapter/1",

@@ -93,33 +93,91 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temp file an atomic write of ``path`` goes through: ``.<name>.<pid>.tmp`` beside it
+    (hidden, one per process, so two processes never write the same temp file)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes, *, fsync: bool = True) -> None:
     with open(path, "wb") as f:
         f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
-def _atomic_write(path: Path, text: str, *, in_place_fallback: bool = False) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never half a file).
+@contextlib.contextmanager
+def atomic_target(
+    path: str | os.PathLike, *, fsync: bool = True, sync_dir: bool = False
+) -> Iterator[Path]:
+    """Yield the temp path to write ``path``'s new content into; then swap it into place.
 
-    The temp file is removed when the write fails. With ``in_place_fallback`` a full disk is
-    met by overwriting the existing file in place when the new text fits in the blocks it
-    already holds (used for status.json, so a run can still say that it failed).
+    For writers that take a file name (``torch.save``, safetensors' ``save_file``): on a clean
+    exit the temp file is fsynced (``fsync``), renamed over ``path`` with ``os.replace`` and,
+    with ``sync_dir``, the folder is fsynced so that the rename survives a power cut (use it
+    for the file that marks a finished result). On any error the temp file is removed and
+    ``path`` is untouched: it is always either the old file or the complete new one.
     """
-    data = text.encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path = Path(path)
+    tmp = temp_path(path)
     try:
-        _write_file(tmp, data)
+        yield tmp
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    data: bytes | str,
+    *,
+    fsync: bool = True,
+    sync_dir: bool = False,
+    in_place_fallback: bool = False,
+) -> None:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` so that it is never half written.
+
+    The one atomic write of the package: a temp file beside ``path`` (:func:`temp_path`),
+    fsynced (``fsync``), then ``os.replace``; with ``sync_dir`` the folder is fsynced too
+    (see :func:`atomic_target`). The temp file is removed when the write fails. With
+    ``in_place_fallback`` a full disk is met by overwriting the existing file in place when the
+    new data fits in the blocks it already holds (used for status.json, so a run can still say
+    that it failed).
+    """
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    tmp = temp_path(path)
+    try:
+        _write_file(tmp, raw, fsync=fsync)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if not isinstance(e, OSError) or not (
-            in_place_fallback and e.errno in DISK_FULL and _fits_in_place(path, data)
+            in_place_fallback and e.errno in DISK_FULL and _fits_in_place(path, raw)
         ):
             raise
         with open(path, "r+b") as f:  # no new blocks needed: the file already holds them
-            f.write(data)
-            f.truncate(len(data))
+            f.write(raw)
+            f.truncate(len(raw))
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _fits_in_place(path: Path, data: bytes) -> bool:
@@ -197,27 +255,21 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep: int
     import torch
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise OSError(
-                errno.EIO, f"checkpoint did not read back after writing ({describe_error(e)})",
-                str(path),
-            ) from e  # fmt: skip
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.filename is None:  # torch.save into a file object
+        with atomic_target(path, sync_dir=True) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+            try:
+                torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                raise OSError(
+                    errno.EIO, f"checkpoint did not read back after writing ({describe_error(e)})",
+                    str(path),
+                ) from e  # fmt: skip
+    except OSError as e:
+        if e.filename is None:  # torch.save into a file object: name the checkpoint
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
-    _fsync_dir(path.parent)
     if keep > 0:
         prefix = path.name.split("-", 1)[0]
         for old in sorted(path.parent.glob(f"{prefix}-*{path.suffix}"))[:-keep]:
@@ -300,7 +352,7 @@ class RunDir:
 
     # -- config ---------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
-        _atomic_write(self.path / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+        atomic_write(self.path / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
     def read_config(self) -> dict[str, Any] | None:
         p = self.path / "config.json"
@@ -332,7 +384,7 @@ class RunDir:
             st["state"] = state
         st.update(fields)
         st["updated"] = now
-        _atomic_write(
+        atomic_write(
             self.path / "status.json", json.dumps(st, default=str) + "\n", in_place_fallback=True
         )
         return st
@@ -460,7 +512,7 @@ class RunDir:
             else:
                 lines.append(line + "\n")
         if dropped:
-            _atomic_write(p, "".join(lines))
+            atomic_write(p, "".join(lines))
         return dropped
 
     # -- cancel ---------------------------------------------------------------------------

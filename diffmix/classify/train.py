@@ -77,6 +77,8 @@ from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
     RunDir,
+    atomic_target,
+    atomic_write,
     load_newest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -619,9 +621,8 @@ def _save_model(out: Path, model, cfg: TrainConfig, class_names: list[str], mean
     """Final weights (safetensors; reload with ``--pretrained out/model.safetensors``) + card."""
     from safetensors.torch import save_model
 
-    tmp = out / f".{MODEL_FILE}.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, out / MODEL_FILE)
+    with atomic_target(out / MODEL_FILE) as tmp:
+        save_model(model, str(tmp))
     _write_json(
         out / CLASSIFIER_FILE,
         {
@@ -638,9 +639,7 @@ def _save_model(out: Path, model, cfg: TrainConfig, class_names: list[str], mean
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def _tensorboard(out: Path):

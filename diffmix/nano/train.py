@@ -37,6 +37,7 @@ import torch
 
 from diffmix.data.demo import DEMO_VERSION
 from diffmix.nano.build import NanoArchitecture, build_pipeline
+from diffmix.runs import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -274,8 +275,8 @@ def train_unet(pipe, means, stds, captions: list[str], cfg: NanoTrainConfig, wor
                 "unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
                 "ema": ema.shadow, "step": step + 1, "recent": recent,
             }  # fmt: skip
-            torch.save(state, ckpt.with_suffix(".tmp"))
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+            with atomic_target(ckpt) as tmp:
+                torch.save(state, tmp)
     ema.copy_to()
     unet.eval()
     te.eval()
