@@ -77,9 +77,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from diffmix import costs
+from diffmix.config import StageConfig
 from diffmix.recipes import RECIPES
 from diffmix.runs import RunDir, atomic_write
 
@@ -138,10 +139,8 @@ _WATCH_INTERVAL_S = 0.5
 # --------------------------------------------------------------------------- config
 
 
-class ExperimentConfig(BaseModel):
+class ExperimentConfig(StageConfig):
     """Everything an experiment needs (unknown keys rejected); saved in ``experiment.json``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["fewshot"] = Field("fewshot", description="which table: few-shot")
     dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")

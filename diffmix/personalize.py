@@ -35,9 +35,10 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from diffmix import costs
+from diffmix.config import StageConfig
 from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
@@ -79,10 +80,8 @@ class AdapterError(ValueError):
     """An adapter that cannot be used with this model or dataset (message says why)."""
 
 
-class PersonalizeConfig(BaseModel):
+class PersonalizeConfig(StageConfig):
     """Everything a personalization run needs; saved as ``config.json`` and in adapter.json."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")
     shots: int | None = Field(None, ge=1, description="few-shot: images per class")

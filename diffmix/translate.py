@@ -63,8 +63,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from diffmix.config import StageConfig
 from diffmix.labels import label_rule_for, soft_label
 from diffmix.mixing import cutmix_box, mixup_pixels
 from diffmix.personalize import (
@@ -236,10 +237,10 @@ def build_prompt(
 # --------------------------------------------------------------------------- config & items
 
 
-class TranslateConfig(BaseModel):
+class TranslateConfig(StageConfig):
     """How to translate: strategy, model, adapter and sampling settings (unknown keys rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # and StageConfig's extra="forbid"
 
     strategy: str = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")

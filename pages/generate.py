@@ -29,7 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmix.config import field_default  # noqa: E402
 from diffmix.data import open_rgb  # noqa: E402
+from diffmix.generate import GenerateConfig  # noqa: E402
 from diffmix.settings import Settings, check_prompt  # noqa: E402
 from diffmix.synthetic import tail_rows  # noqa: E402
 from pages import common, jobs_ui, personalize, presets_ui, translate  # noqa: E402
@@ -44,6 +46,9 @@ TARGET_RULES = ("uniform", "tail", "confusion")
 ROW_BYTES = 1200
 #: PNG bytes per pixel assumed before a probe measured it.
 PNG_BYTES_PER_PIXEL = 2.0
+#: The widgets' defaults are the config's (one place for each default).
+DEFAULTS = {name: field_default(GenerateConfig, name)
+            for name in ("multiplier", "filter_bottom", "num_inference_steps", "seed")}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -85,10 +90,10 @@ def generate_config(
     strengths: str | Sequence[float] | None,
     targets: str = "uniform",
     confusion_run: str | None = None,
-    filter_bottom: float | None = 0.0,
+    filter_bottom: float | None = DEFAULTS["filter_bottom"],
     limit: float | None = None,
-    steps: float | None = 25,
-    seed: float | None = 0,
+    steps: float | None = DEFAULTS["num_inference_steps"],
+    seed: float | None = DEFAULTS["seed"],
     score: bool = True,
     guidance: float | None = None,
     prompt_template: str | None = None,
@@ -100,7 +105,6 @@ def generate_config(
     ``guidance`` defaults to the config's 7.5; ``prompt_template`` (empty: the strategy's own
     prompt) is checked as a typed prompt (:func:`diffmix.settings.check_prompt`).
     """
-    from diffmix.generate import GenerateConfig
     from diffmix.personalize import check_prompt_template
     from diffmix.translate import get_strategy
 
@@ -141,8 +145,10 @@ def generate_config(
         "confusion": confusion,
         "filter_bottom": float(filter_bottom or 0.0),
         "limit": translate._whole(limit, "limit", None, minimum=0) or None,
-        "num_inference_steps": translate._whole(steps, "steps", 25, minimum=1),
-        "seed": translate._whole(seed, "seed", 0),
+        "num_inference_steps": translate._whole(
+            steps, "steps", DEFAULTS["num_inference_steps"], minimum=1
+        ),
+        "seed": translate._whole(seed, "seed", DEFAULTS["seed"]),
         "score": bool(score),
     }
     if guidance not in (None, ""):
@@ -509,7 +515,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                      info="fills the multiplier and the strength")  # fmt: skip
                 recipe_note = gr.Markdown(elem_id="gen-recipe-note")
                 with gr.Row():
-                    multiplier = gr.Number(5, label="Multiplier (images per source)",
+                    multiplier = gr.Number(DEFAULTS["multiplier"], label="Multiplier (images per source)",
                                            precision=0, minimum=1, elem_id="gen-multiplier")  # fmt: skip
                     strengths = gr.Textbox(
                         "0.7", label="Strength(s)", max_lines=1, elem_id="gen-strengths",
@@ -521,16 +527,16 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                         "classes a trained classifier confuses")  # fmt: skip
                 confusion_run = gr.Dropdown([], allow_custom_value=True, label="Training run (its confusion matrix)",
                                             visible=False, elem_id="gen-confusion")  # fmt: skip
-                filter_bottom = gr.Slider(0, 0.5, value=0.0, step=0.05, elem_id="gen-filter",
+                filter_bottom = gr.Slider(0, 0.5, value=DEFAULTS["filter_bottom"], step=0.05, elem_id="gen-filter",
                                           label="Drop the least faithful fraction (kept: false)")  # fmt: skip
                 with gr.Accordion("More options", open=False):
                     with gr.Row():
                         limit = gr.Number(None, label="Limit (first N images; empty = all)",
                                           precision=0, minimum=0, elem_id="gen-limit")  # fmt: skip
-                        steps = gr.Number(25, label="Denoising steps", precision=0, minimum=1,
+                        steps = gr.Number(DEFAULTS["num_inference_steps"], label="Denoising steps", precision=0, minimum=1,
                                           elem_id="gen-steps")  # fmt: skip
                     with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0,
+                        seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=0,
                                          elem_id="gen-seed")  # fmt: skip
                         score = gr.Checkbox(True, label="Score images (faithfulness, diversity)",
                                             elem_id="gen-score")  # fmt: skip

@@ -29,7 +29,9 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmix.config import field_default  # noqa: E402
 from diffmix.data import open_rgb  # noqa: E402
+from diffmix.personalize import PersonalizeConfig  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, estimates, jobs_ui, presets_ui  # noqa: E402
@@ -125,8 +127,6 @@ def personalize_config(
     The seed also draws the subset, so with a few-shot / long-tail selection it must be the
     Dataset page's seed (otherwise the adapter would learn from other images).
     """
-    from diffmix.personalize import PersonalizeConfig
-
     # 1. Check inputs.
     sub = selection_subset(selection, settings)
     model = check_model(model, settings)
@@ -635,12 +635,13 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                         defaults["steps"], label="Steps", precision=0, minimum=1,
                         elem_id="pz-steps", info=defaults["source"],
                     )  # fmt: skip
-                    rank = gr.Number(10, label="LoRA rank", precision=0, minimum=1,
-                                     elem_id="pz-rank")  # fmt: skip
+                    rank = gr.Number(field_default(PersonalizeConfig, "rank"), label="LoRA rank",
+                                     precision=0, minimum=1, elem_id="pz-rank")  # fmt: skip
                 with gr.Row():
                     lr = gr.Number(defaults["lr"], label="LoRA learning rate", elem_id="pz-lr",
                                    info="1e-3 for nano, 5e-5 for SD by default")  # fmt: skip
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pz-seed")
+                    seed = gr.Number(field_default(PersonalizeConfig, "seed"), label="Seed",
+                                     precision=0, minimum=0, elem_id="pz-seed")  # fmt: skip
                 with gr.Accordion("More options", open=False):
                     sample_every = gr.Number(
                         defaults["sample_every"], label="Sample grid every N steps (0: never)",
@@ -648,7 +649,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                         precision=0,
                         minimum=0, elem_id="pz-sample-every",
                     )  # fmt: skip
-                    batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1,
+                    batch_size = gr.Number(field_default(PersonalizeConfig, "batch_size"),
+                                           label="Batch size", precision=0, minimum=1,
                                            elem_id="pz-batch")  # fmt: skip
                     ti_only = gr.Checkbox(False, label="Tokens only (no LoRA; for ti-* baselines)",
                                           elem_id="pz-ti-only")  # fmt: skip

@@ -29,6 +29,8 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from diffmix.classify.config import DEFAULT_P, TrainConfig  # noqa: E402
+from diffmix.config import field_default  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, estimates, jobs_ui, personalize, presets_ui  # noqa: E402
@@ -44,6 +46,9 @@ AUTO_ARCH = "auto"
 ARCHS = (AUTO_ARCH, "smallcnn", "resnet18", "resnet34", "resnet50", "tf_efficientnet_lite0")
 MIXES = ("none", "mixup", "cutmix")
 LOSSES = ("ce", "balanced-softmax", "drw")
+#: The widgets' defaults are the config's (one place for each default).
+DEFAULTS = {name: field_default(TrainConfig, name)
+            for name in ("gamma", "epochs", "batch_size", "lr", "seed")}  # fmt: skip
 #: Config keys that do not define *what* is compared (the seed varies inside a group).
 NOT_GROUPED = ("seed", "num_threads", "tensorboard", "cache", "eval_batch_size", "eval_every")
 COMPARE_COLUMNS = ["setup", "dataset", "arch", "epochs", "px", "seeds", "test accuracy (%)",
@@ -88,13 +93,13 @@ def train_config(
     *,
     synthetic: Sequence[str] | None = None,
     p: float | None = None,
-    gamma: float | None = 0.5,
+    gamma: float | None = DEFAULTS["gamma"],
     arch: str = AUTO_ARCH,
-    epochs: float | None = 30,
+    epochs: float | None = DEFAULTS["epochs"],
     resolution: float | None = None,
-    batch_size: float | None = 32,
-    lr: float | None = 0.05,
-    seed: float | None = 0,
+    batch_size: float | None = DEFAULTS["batch_size"],
+    lr: float | None = DEFAULTS["lr"],
+    seed: float | None = DEFAULTS["seed"],
     threads: float | None = None,
     mix: str = "none",
     balanced_sampling: bool = False,
@@ -107,8 +112,6 @@ def train_config(
     The real images are the Dataset page's subset (its seed draws it: ``--subset-seed``);
     ``seed`` is the training seed, so runs with several seeds share one subset.
     """
-    from diffmix.classify import TrainConfig
-
     sub = personalize.selection_subset(selection, settings)
     whole = personalize._int
     folders = synthetic_folders(
@@ -120,12 +123,13 @@ def train_config(
     cfg = TrainConfig(
         dataset=sub["spec"], shots=sub["shots"], imbalance=sub["imbalance"],
         subset_seed=sub["seed"], synthetic=[str(f) for f in folders], p=p_value,
-        gamma=float(gamma if gamma not in (None, "") else 0.5),
+        gamma=float(gamma if gamma not in (None, "") else DEFAULTS["gamma"]),
         arch=None if (arch or "").strip() in ("", AUTO_ARCH) else arch.strip(),
-        epochs=whole(epochs, "epochs", default=30, minimum=1),
+        epochs=whole(epochs, "epochs", default=DEFAULTS["epochs"], minimum=1),
         resolution=whole(resolution or None, "resolution", default=None, minimum=16),
-        batch_size=whole(batch_size, "batch size", default=32, minimum=1),
-        lr=float(lr if lr not in (None, "") else 0.05), seed=whole(seed, "seed", default=0),
+        batch_size=whole(batch_size, "batch size", default=DEFAULTS["batch_size"], minimum=1),
+        lr=float(lr if lr not in (None, "") else DEFAULTS["lr"]),
+        seed=whole(seed, "seed", default=DEFAULTS["seed"]),
         num_threads=whole(threads or None, "threads", default=None, minimum=1),
         mix=mix or "none", balanced_sampling=bool(balanced_sampling), loss=loss or "ce",
     )  # fmt: skip
@@ -647,11 +651,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                      info="fills p and γ; the subset comes from the Dataset page")  # fmt: skip
                 recipe_note = gr.Markdown(elem_id="tn-recipe-note")
                 with gr.Row():
-                    p = gr.Slider(0, 1, value=0.1, step=0.05, label="p (replace probability)",
+                    p = gr.Slider(0, 1, value=DEFAULT_P, step=0.05, label="p (replace probability)",
                                   info="each real image is swapped for a synthetic one with "
                                        "probability p (authors: 0.1 full data, 0.3 few-shot)",
                                   elem_id="tn-p")  # fmt: skip
-                    gamma = gr.Number(0.5, label="γ (soft-label power)", minimum=0.01,
+                    gamma = gr.Number(DEFAULTS["gamma"], label="γ (soft-label power)", minimum=0.01,
                                       info="an image from A toward B at strength s is labelled "
                                            "(1-s^γ)·A + s^γ·B (authors: 0.5)",
                                       elem_id="tn-gamma")  # fmt: skip
@@ -660,17 +664,18 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                    info="auto: ResNet-18 from scratch on the demo; ImageNet "
                                         "EfficientNet-Lite0 (built in) on photos")  # fmt: skip
                 with gr.Row():
-                    epochs = gr.Number(30, label="Epochs", precision=0, minimum=1,
+                    epochs = gr.Number(DEFAULTS["epochs"], label="Epochs", precision=0, minimum=1,
                                        elem_id="tn-epochs")  # fmt: skip
                     # minimum 0: the browser sends a blank box as 0 (0 and blank both mean auto)
                     resolution = gr.Number(None, label="Resolution (px; blank: auto)", precision=0,
                                            minimum=0, elem_id="tn-resolution")  # fmt: skip
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tn-seed")
+                    seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=0,
+                                     elem_id="tn-seed")  # fmt: skip
                 with gr.Accordion("More options", open=False):
                     with gr.Row():
-                        batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1,
+                        batch_size = gr.Number(DEFAULTS["batch_size"], label="Batch size", precision=0, minimum=1,
                                                elem_id="tn-batch")  # fmt: skip
-                        lr = gr.Number(0.05, label="Learning rate", elem_id="tn-lr")
+                        lr = gr.Number(DEFAULTS["lr"], label="Learning rate", elem_id="tn-lr")
                         threads = gr.Number(None, label="CPU threads (blank: auto)", precision=0,
                                             minimum=0, elem_id="tn-threads")  # fmt: skip
                     mix = gr.Radio(list(MIXES), value="none", label="Batch mixing baseline",

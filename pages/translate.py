@@ -50,10 +50,12 @@ import gradio as gr  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmix.config import field_default  # noqa: E402
 from diffmix.data import ImageDataset  # noqa: E402
 from diffmix.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
 from diffmix.grid import check_grid  # noqa: E402
 from diffmix.settings import Settings, check_limit, check_prompt  # noqa: E402
+from diffmix.translate import TranslateConfig  # noqa: E402
 from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -64,9 +66,9 @@ SWEEP_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SOURCE_MODES = ("Dataset image", "Upload")
 #: Smallest side the page displays images at (small images are enlarged, pixels kept sharp).
 DISPLAY_SIDE = 256
-#: Guidance weight shown first: the core's default, 7.5 (the authors', a81337b:augmentation/
+#: Guidance weight shown first: the config's default, 7.5 (the authors', a81337b:augmentation/
 #: diff_mix.py:86; also diffusers' img2img default).
-DEFAULT_GUIDANCE = 7.5
+DEFAULT_GUIDANCE = field_default(TranslateConfig, "guidance_scale")
 #: Strengths and seeds a new grid starts with (3 × 3 = 9 images).
 GRID_STRENGTHS = "0.3, 0.5, 0.7"
 GRID_SEEDS = "0, 1, 2"
@@ -74,6 +76,8 @@ GRID_SEEDS = "0, 1, 2"
 SOURCES_PER_PAGE = 24
 #: Class-menu entry that shows every class in the source gallery.
 ALL_CLASSES = "(all classes)"
+#: Denoising steps when the box is empty: the config's default (one place for it).
+DEFAULT_STEPS = field_default(TranslateConfig, "num_inference_steps")
 ProgressFn = Callable[..., Any]
 
 
@@ -238,7 +242,7 @@ def build_request(
 
     # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
     #    strategy, model and adapter.
-    check_limit("steps", _whole(steps, "steps", 25, minimum=1), "max_sampling_steps", settings,
+    check_limit("steps", _whole(steps, "steps", DEFAULT_STEPS, minimum=1), "max_sampling_steps", settings,
                 stage="translate")  # fmt: skip
     ds, subset = common.open_selection(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
@@ -266,7 +270,7 @@ def build_request(
         template = template_from_prompt(text, prompt_word(st, target_class, adapter_meta=meta))
         check_prompt_template(template, require_token=False)
     seed_i = _whole(seed, "seed", 0)
-    steps_i = _whole(steps, "steps", 25, minimum=1)
+    steps_i = _whole(steps, "steps", DEFAULT_STEPS, minimum=1)
     # 2. Source image and class (none for text-to-image strategies).
     source, src_class, source_i, partner_i = None, None, None, None
     if st.generative != "txt2img":
@@ -331,8 +335,6 @@ def open_upload(upload: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 def translate_config(request: Request):
     """The core :class:`~diffmix.translate.TranslateConfig` of a request."""
-    from diffmix.translate import TranslateConfig
-
     r = request
     return TranslateConfig(strategy=r.strategy, model=r.model, adapter=r.adapter,
                            num_inference_steps=r.steps, guidance_scale=r.guidance,
@@ -341,7 +343,7 @@ def translate_config(request: Request):
 
 def _preview_duration(request: Request, progress: ProgressFn | None = None) -> int:
     n = len(request.strengths) * len(request.row_seeds)
-    return zerogpu.preview_seconds(n, request.steps or 25)
+    return zerogpu.preview_seconds(n, request.steps or DEFAULT_STEPS)
 
 
 @zerogpu.gpu_call(_preview_duration)
@@ -1397,7 +1399,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                                      elem_id="tr-guidance")  # fmt: skip
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="tr-seed")
-                    steps = gr.Number(25, label="Denoising steps (at s = 1)", precision=0,
+                    steps = gr.Number(DEFAULT_STEPS, label="Denoising steps (at s = 1)", precision=0,
                                       minimum=1, elem_id="tr-steps",
                                       maximum=settings.limits.max_sampling_steps or None)  # fmt: skip
                 with gr.Row():

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffmix.classify.data import DEFAULT_CACHE_MB
 from diffmix.classify.lite0 import LITE0, LITE0_ARCH, LITE0_RESOLUTION
+from diffmix.config import StageConfig
 
 #: ``pretrained`` value meaning random initialisation.
 SCRATCH = "scratch"
@@ -37,10 +38,8 @@ RUN_ONLY_FIELDS = ("num_threads", "tensorboard", "cache", "cache_mb")
 DEFAULT_P = 0.1
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StageConfig):
     """Everything a classifier training run needs; saved as ``config.json`` in the run dir."""
-
-    model_config = ConfigDict(extra="forbid")
 
     # -- data ------------------------------------------------------------------------------
     dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")

@@ -15,8 +15,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from diffmix.config import StageConfig
 from diffmix.synthetic import CONFIG_FILE, FORMAT
 from diffmix.translate import STRATEGIES, get_strategy
 
@@ -24,10 +25,8 @@ from diffmix.translate import STRATEGIES, get_strategy
 RERUN_FREE_FIELDS = frozenset({"filter_bottom"})
 
 
-class GenerateConfig(BaseModel):
+class GenerateConfig(StageConfig):
     """Everything a generation run needs (unknown keys rejected); saved in ``config.json``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field("demo", description="dataset spec (demo, folder, .zip, hub:owner/name)")
     shots: int | None = Field(None, ge=1, description="few-shot subset: images per class")
