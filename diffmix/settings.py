@@ -127,7 +127,7 @@ class Limits:
         values = {}
         for name, lim in LIMITS.items():
             default = lim.public if public else lim.private
-            values[name] = _count(env, lim.env, default)
+            values[name] = env_int(env, lim.env, default, minimum=0, unit=lim.what)
         if values["preview_concurrency"] < 1:
             raise ValueError(f"{LIMITS['preview_concurrency'].env} must be at least 1")
         return cls(**values)
@@ -182,7 +182,7 @@ class Settings:
         )
         # 3. Sizes and model.
         default_mb = DEFAULT_MAX_UPLOAD_MB_PUBLIC if public else DEFAULT_MAX_UPLOAD_MB_PRIVATE
-        max_mb = _positive_int(env, ENV_MAX_UPLOAD, default_mb)
+        max_mb = env_int(env, ENV_MAX_UPLOAD, default_mb, minimum=1, unit="megabytes")
         model = env.get(ENV_MODEL, "").strip() or DEFAULT_MODEL
         home_env = env.get(workspace.ENV_HOME) or "workspace"
         return cls(
@@ -209,31 +209,22 @@ def env_flag(env: Mapping[str, str], name: str) -> bool | None:
     raise ValueError(f"{name}={raw!r} is not a boolean; use 1 or 0")
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    """A positive integer variable, ``default`` when unset; ``ValueError`` naming it otherwise."""
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, unit: str) -> int:
+    """An integer variable ``>= minimum``, ``default`` when unset; ``ValueError`` naming it.
+
+    ``unit`` words the value in the error (``"megabytes"``); with ``minimum`` 0 the value 0
+    means "no limit" and the error says so.
+    """
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    what = f"({unit}; 0 means no limit)" if minimum == 0 else f"({unit})"
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer (megabytes)") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be a positive number of megabytes")
-    return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    """A whole number >= 0 (``0``: no limit), ``default`` when unset; ``ValueError`` otherwise."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number (0 means no limit)") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} must be 0 (no limit) or a positive whole number")
+        raise ValueError(f"{name}={raw!r} is not a whole number {what}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be a whole number >= {minimum} {what}")
     return value
 
 
