@@ -4,7 +4,8 @@ The app starts long stages (personalize, generate, train) with :func:`start_job`
 is ``python -m diffmix <stage> --config RUN_DIR/request.yaml --out RUN_DIR`` in its own process
 group, so a crash of the job never takes the app down and a reload of the page finds the same
 live state by reading the run directory (:mod:`diffmix.runs`). ``job.json`` records who started
-it (``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs.
+it (``owner``, e.g. a browser session) so one user cannot see or cancel another's jobs
+(:func:`owner_may_see`; the named runs of the app are listed by :mod:`diffmix.registry`).
 
 :func:`start_job` is where the app's work starts, so it checks everything again whatever page
 or API call asked for it: the arguments are parsed with the stage's own command-line parser
@@ -345,9 +346,21 @@ def _log_tail(path: Path, limit: int = 300) -> str:
     return lines[-1][-limit:] if lines else ""
 
 
+def owner_may_see(owner: str | None, run_owner: str | None, *, public: bool = False) -> bool:
+    """The one owner rule: may a caller filtering by ``owner`` see a run made by ``run_owner``?
+
+    A token sees only the runs it started. ``None`` is the operator (the CLI, a private
+    deployment: :func:`diffmix.registry.owner_filter`) and sees every run -- except on a
+    ``public`` deployment, where a session without a token sees none.
+    """
+    if owner is None:
+        return not public
+    return run_owner == owner
+
+
 def check_owner(job: Job, owner: str | None) -> None:
     """Refuse access to a job started by someone else (owner None = operator, sees all)."""
-    if owner is not None and job.owner != owner:
+    if not owner_may_see(owner, job.owner):
         raise PermissionError("this job belongs to another session")
 
 
@@ -380,7 +393,7 @@ def list_jobs(root: str | os.PathLike, *, owner: str | None = None) -> list[dict
         return out
     for d in root.iterdir():
         job = read_job(d)
-        if job is None or (owner is not None and job.owner != owner):
+        if job is None or not owner_may_see(owner, job.owner):
             continue
         out.append({**asdict(job), "status": job_state(d)})
     return sorted(out, key=lambda j: j["created"], reverse=True)

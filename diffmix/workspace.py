@@ -29,6 +29,18 @@ def subdir(*parts: str) -> Path:
     return path
 
 
+#: Workspace folder of each stage's run directories (the app's run registry,
+#: :mod:`diffmix.registry`): ``adapters/<name>``, ``synthetic/<name>``, ``runs/<name>``.
+STAGE_DIRS = {"personalize": "adapters", "generate": "synthetic", "train": "runs"}
+
+
+def stage_root(stage: str) -> Path:
+    """``<workspace>/<adapters|synthetic|runs>`` (created on demand)."""
+    if stage not in STAGE_DIRS:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGE_DIRS)}")
+    return subdir(STAGE_DIRS[stage])
+
+
 def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
     """True when ``path`` resolves (symlinks followed) to ``root`` or somewhere below it."""
     p, r = Path(path).resolve(), Path(root).resolve()

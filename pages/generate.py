@@ -34,7 +34,19 @@ from diffmix.data import open_rgb  # noqa: E402
 from diffmix.generate import GenerateConfig  # noqa: E402
 from diffmix.settings import Settings, check_prompt  # noqa: E402
 from diffmix.synthetic import tail_rows  # noqa: E402
-from pages import common, jobs_ui, personalize, presets_ui, translate  # noqa: E402
+from pages import common, jobs_ui, presets_ui  # noqa: E402
+from pages.preview import Request, display, run_translation  # noqa: E402
+from pages.selection import (  # noqa: E402
+    adapter_line,
+    carry_adapter,
+    default_strategy,
+    other_class,
+    resolve_adapter,
+    selection_line,
+    selection_subset,
+    strategy_names,
+    whole_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +60,8 @@ ROW_BYTES = 1200
 PNG_BYTES_PER_PIXEL = 2.0
 #: The widgets' defaults are the config's (one place for each default).
 DEFAULTS = {name: field_default(GenerateConfig, name)
-            for name in ("multiplier", "filter_bottom", "num_inference_steps", "seed")}  # fmt: skip
+            for name in ("multiplier", "filter_bottom", "num_inference_steps", "seed",
+                         "guidance_scale")}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -108,11 +121,11 @@ def generate_config(
     from diffmix.personalize import check_prompt_template
     from diffmix.translate import get_strategy
 
-    sub = personalize.selection_subset(selection, settings)
-    st = get_strategy(strategy or translate.default_strategy(adapter))
+    sub = selection_subset(selection, settings)
+    st = get_strategy(strategy or default_strategy(adapter))
     model, adapter_dir = settings.model, None
     if st.uses_adapter:
-        found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
+        found = resolve_adapter(adapter, owner=owner, settings=settings)
         if found is None:
             alt = st.name.replace("diff-", "real-").replace("ti-", "real-")
             raise ValueError(
@@ -139,16 +152,16 @@ def generate_config(
         "strategy": st.name,
         "model": model,
         "adapter": adapter_dir,
-        "multiplier": translate._whole(multiplier, "multiplier", 1, minimum=1),
+        "multiplier": whole_number(multiplier, "multiplier", 1, minimum=1),
         "strengths": parse_strengths(strengths),
         "targets": targets or "uniform",
         "confusion": confusion,
         "filter_bottom": float(filter_bottom or 0.0),
-        "limit": translate._whole(limit, "limit", None, minimum=0) or None,
-        "num_inference_steps": translate._whole(
+        "limit": whole_number(limit, "limit", None, minimum=0) or None,
+        "num_inference_steps": whole_number(
             steps, "steps", DEFAULTS["num_inference_steps"], minimum=1
         ),
-        "seed": translate._whole(seed, "seed", DEFAULTS["seed"]),
+        "seed": whole_number(seed, "seed", DEFAULTS["seed"]),
         "score": bool(score),
     }
     if guidance not in (None, ""):
@@ -250,19 +263,19 @@ def probe(config, selection: dict[str, Any], *, settings: Settings) -> dict[str,
     first = indices[0]
     src_class = ds.class_names[ds.items[first].label]
     st_target = "same" if config.strategy.endswith("-aug") else "other"
-    target = src_class if st_target == "same" else translate.other_class(ds.class_names, src_class)
+    target = src_class if st_target == "same" else other_class(ds.class_names, src_class)
     mean_s = sum(config.strengths) / len(config.strengths)
     partner = None
     if config.strategy in ("mixup", "cutmix"):
         pool = [i for i in indices if ds.class_names[ds.items[i].label] == target]
         partner = ds.image(pool[0]) if pool else ds.image(first)
     gen = config.strategy.endswith("-gen")
-    req = translate.Request(
+    req = Request(
         ds, None if gen else ds.image(first), None if gen else src_class, target,
         [1.0 if gen else mean_s], 0, config.strategy, config.model, config.adapter,
         config.num_inference_steps, partner,
     )  # fmt: skip
-    preview = translate.run_translation(req)
+    preview = run_translation(req)
     buf = io.BytesIO()
     preview.results[0].image.save(buf, format="PNG")
     return {"model": config.model, "bytes_per_image": len(buf.getvalue())}
@@ -297,7 +310,7 @@ def newest_images(run_dir: Path | None, n: int = 12) -> list[tuple[Image.Image, 
     out = []
     for row in tail_rows(run_dir / "metadata.jsonl", n):
         try:
-            img = translate.display(open_rgb(run_dir / str(row["file_name"])), 128)
+            img = display(open_rgb(run_dir / str(row["file_name"])), 128)
         except (OSError, KeyError, ValueError):  # ValueError: ImageDecodeError
             continue
         cap = f"{row.get('source_class')} → {row.get('target_class')} · s={row.get('strength')}"
@@ -402,11 +415,11 @@ def plan_updates(plan: dict[str, Any] | None, adapter: dict[str, Any] | None) ->
     Translate (:func:`pages.translate.generate_plan`); without one, the strategy's default and
     the other fields unchanged."""
     if not isinstance(plan, dict) or plan.get("from") != "translate":
-        return [gr.update(value=translate.default_strategy(adapter)), gr.update(), gr.update(),
+        return [gr.update(value=default_strategy(adapter)), gr.update(), gr.update(),
                 gr.update()]  # fmt: skip
-    return [gr.update(value=plan.get("strategy") or translate.default_strategy(adapter)),
+    return [gr.update(value=plan.get("strategy") or default_strategy(adapter)),
             gr.update(value=str(plan.get("strengths") or "0.7")),
-            gr.update(value=float(plan.get("guidance") or translate.DEFAULT_GUIDANCE)),
+            gr.update(value=float(plan.get("guidance") or DEFAULTS["guidance_scale"])),
             gr.update(value=plan.get("prompt_template") or "")]  # fmt: skip
 
 
@@ -421,8 +434,8 @@ def _on_open(settings: Settings):
         (used once: the stored plan is cleared)."""
         runs = jobs_ui.list_runs("train", owner=owner, settings=settings)
         with_conf = [r["name"] for r in runs if (Path(r["path"]) / "confusion.json").is_file()]
-        adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
-        line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
+        adapter = carry_adapter(adapter, selection, owner=owner, settings=settings)
+        line = selection_line(selection) + " " + adapter_line(adapter)
         reason = unavailable_reason()
         if reason:
             line += "\n\n" + common.error_box(f"Generation is not available: {reason}.", settings)
@@ -455,16 +468,16 @@ def preset_fields(strategy: str | None, multiplier: Any, strengths: Any, targets
     """The page's settings as GenerateConfig fields (a blank limit kept as null)."""
     fields: dict[str, Any] = {
         "strategy": strategy or None,
-        "multiplier": personalize._int(multiplier, "multiplier", default=None, minimum=1),
+        "multiplier": whole_number(multiplier, "multiplier", default=None, minimum=1),
         "strengths": parse_strengths(strengths),
         "targets": targets or None,
         "filter_bottom": float(filter_bottom or 0.0),
-        "num_inference_steps": personalize._int(steps, "steps", default=None, minimum=1),
-        "seed": personalize._int(seed, "seed", default=None),
+        "num_inference_steps": whole_number(steps, "steps", default=None, minimum=1),
+        "seed": whole_number(seed, "seed", default=None),
         "score": bool(score),
     }
     fields = {k: v for k, v in fields.items() if v is not None}
-    fields["limit"] = personalize._int(limit, "limit", default=None, minimum=0) or None
+    fields["limit"] = whole_number(limit, "limit", default=None, minimum=0) or None
     return fields
 
 
@@ -504,11 +517,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             "translated `multiplier` times toward other classes. The job runs in the "
             "background and writes an image folder with one metadata row per image."
         )
-        current = gr.Markdown(personalize.selection_line(None), elem_id="gen-selection")
+        current = gr.Markdown(selection_line(None), elem_id="gen-selection")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 preset = presets_ui.preset_panel(STAGE, "gen")
-                strategy = gr.Dropdown(translate.strategy_names(), value="real-mix",
+                strategy = gr.Dropdown(strategy_names(), value="real-mix",
                                        label="Strategy", elem_id="gen-strategy")  # fmt: skip
                 recipe = gr.Dropdown(common.recipe_choices(), value=common.NO_RECIPE,
                                      label="Recipe (the authors' settings)", elem_id="gen-recipe",
@@ -541,7 +554,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                         score = gr.Checkbox(True, label="Score images (faithfulness, diversity)",
                                             elem_id="gen-score")  # fmt: skip
                     with gr.Row():
-                        guidance = gr.Number(translate.DEFAULT_GUIDANCE, minimum=0, maximum=50,
+                        guidance = gr.Number(DEFAULTS["guidance_scale"], minimum=0, maximum=50,
                                              label="Guidance scale (7.5: the authors')",
                                              elem_id="gen-guidance")  # fmt: skip
                         prompt_template = gr.Textbox(

@@ -13,7 +13,6 @@ Run alone with ``python pages/personalize.py``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -35,6 +34,17 @@ from diffmix.personalize import PersonalizeConfig  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, estimates, jobs_ui, presets_ui  # noqa: E402
+from pages.selection import (  # noqa: E402, F401 -- the hand-off, also named here
+    _short_model,
+    adapter_line,
+    adapter_meta,
+    carry_adapter,
+    choose_adapter,
+    resolve_adapter,
+    selection_line,
+    selection_subset,
+    whole_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,31 +93,6 @@ def model_defaults(model: str, batch: int = 8) -> dict[str, Any]:
             "source": sized["source"], "lr": cfg.lr}  # fmt: skip
 
 
-def selection_subset(
-    selection: dict[str, Any] | None, settings: Settings | None = None
-) -> dict[str, Any]:
-    """Spec, shots / imbalance and subset seed of a Dataset-page selection (train split only).
-
-    The spec is the one on this server: an upload token is mapped back to the staged file
-    (:func:`pages.common.selection_spec`; ``settings`` defaults to this process's).
-    """
-    if not selection or not selection.get("spec"):
-        raise ValueError("no dataset selected: load one on the Dataset page first")
-    if selection.get("split", "train") != "train":
-        raise ValueError(
-            "the selection is the test split; load the train split on the Dataset page "
-            "(models and classifiers learn from train images only)"
-        )
-    kind = selection.get("subset", "full")
-    return {
-        "spec": common.selection_spec(str(selection["spec"]), settings or common.get_settings()),
-        "shots": int(selection["shots"]) if kind == "few-shot" else None,
-        "imbalance": float(selection["imbalance"]) if kind == "long-tail" else None,
-        "seed": int(selection.get("seed") or 0),
-        "subset": kind,
-    }
-
-
 def personalize_config(
     selection: dict[str, Any] | None,
     *,
@@ -130,7 +115,7 @@ def personalize_config(
     # 1. Check inputs.
     sub = selection_subset(selection, settings)
     model = check_model(model, settings)
-    seed_i = _int(seed, "seed", default=sub["seed"])
+    seed_i = whole_number(seed, "seed", default=sub["seed"])
     if sub["subset"] != "full" and seed_i != sub["seed"]:
         raise ValueError(
             f"seed {seed_i} would draw another {sub['subset']} subset than the selected one "
@@ -142,15 +127,22 @@ def personalize_config(
         "imbalance": sub["imbalance"],
         "seed": seed_i,
         "model": model,
-        "steps": _int(steps, "steps", default=None, minimum=1),
-        "rank": _int(rank, "rank", default=10, minimum=1),
+        "steps": whole_number(steps, "steps", default=None, minimum=1),
+        "rank": whole_number(
+            rank, "rank", default=field_default(PersonalizeConfig, "rank"), minimum=1
+        ),
         "lr": None if lr in (None, "", 0) else float(lr),
-        "sample_every": _int(sample_every, "sample every", default=0, minimum=0),
+        "sample_every": whole_number(sample_every, "sample every", default=0, minimum=0),
         "ti_only": bool(ti_only),
         "class_balanced": _balanced(class_balanced),
     }
     if batch_size not in (None, ""):
-        fields["batch_size"] = _int(batch_size, "batch size", default=8, minimum=1)
+        fields["batch_size"] = whole_number(
+            batch_size,
+            "batch size",
+            default=field_default(PersonalizeConfig, "batch_size"),
+            minimum=1,
+        )
     return PersonalizeConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
@@ -222,14 +214,6 @@ def latest_sample(run_dir: Path | None) -> tuple[Path | None, int | None]:
     return path, step
 
 
-def adapter_meta(run_dir: Path) -> dict[str, Any] | None:
-    """The adapter.json of a finished run (None while training or when unreadable)."""
-    try:
-        return json.loads((run_dir / "adapter.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def adapter_rows(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per personalization run (finished or not) for the adapters table."""
     rows = []
@@ -263,124 +247,8 @@ def adapter_choices(runs: list[dict[str, Any]]) -> list[str]:
     return [r["name"] for r in runs if adapter_meta(Path(r["path"])) is not None]
 
 
-def choose_adapter(name: str | None, *, owner: str | None, settings: Settings) -> dict[str, Any]:
-    """The adapter-state value for adapter run ``name`` (checked: visible and finished)."""
-    if not name:
-        raise ValueError("choose a finished adapter in the list first")
-    path = jobs_ui.open_run(STAGE, name, owner=owner, settings=settings)
-    meta = adapter_meta(path)
-    if meta is None:
-        raise ValueError(f"run {name!r} has no adapter yet (it has not finished)")
-    # Shown only (pages read the adapter.json again): no server paths on public deployments.
-    base, spec = meta.get("base_model"), (meta.get("dataset") or {}).get("spec")
-    if settings.public and base:
-        base = _short_model(str(base))
-    return {
-        "name": path.name,
-        "base_model": base,
-        "ti_only": bool(meta.get("ti_only")),
-        "classes": len(meta.get("class_tokens") or {}),
-        "dataset": common.display_spec(str(spec), settings) if spec else spec,
-        "fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
-    }
-
-
-def resolve_adapter(
-    state: dict[str, Any] | None, *, owner: str | None, settings: Settings
-) -> tuple[Path, dict[str, Any]] | None:
-    """The folder and adapter.json of the chosen adapter (None when none is chosen).
-
-    The name is checked again (a value from the browser or an API client is never a path).
-    """
-    if not state or not state.get("name"):
-        return None
-    path = jobs_ui.open_run(STAGE, str(state["name"]), owner=owner, settings=settings)
-    meta = adapter_meta(path)
-    if meta is None:
-        raise ValueError(f"adapter {path.name!r} is not finished (no adapter.json)")
-    return path, meta
-
-
-def carry_adapter(
-    state: dict[str, Any] | None,
-    selection: dict[str, Any] | None,
-    *,
-    owner: str | None,
-    settings: Settings,
-) -> dict[str, Any] | None:
-    """The adapter the later pages use, carried forward from the Personalize page.
-
-    An adapter chosen with "Use for later pages" (or "Use none") stays. Otherwise -- nothing
-    chosen yet, or the last one was carried rather than chosen -- the newest finished adapter
-    trained on the selected dataset (same fingerprint) is used, marked ``carried``, so a
-    newcomer who just trained one does not quietly translate with the base model.
-    """
-    if state and (state.get("none") or (state.get("name") and not state.get("carried"))):
-        return state
-    fingerprint = (selection or {}).get("fingerprint")
-    if not fingerprint:
-        return state
-    for run in jobs_ui.list_runs(STAGE, owner=owner, settings=settings):  # newest first
-        meta = adapter_meta(Path(run["path"])) if run["state"] == "done" else None
-        if meta and (meta.get("dataset") or {}).get("fingerprint") == fingerprint:
-            try:
-                return {**choose_adapter(run["name"], owner=owner, settings=settings),
-                        "carried": True}  # fmt: skip
-            except jobs_ui.USER_ERRORS:
-                continue
-    return None if state and state.get("carried") else state
-
-
-def adapter_line(state: dict[str, Any] | None) -> str:
-    """What the later pages will use."""
-    if state and state.get("none"):
-        return "No adapter (you chose the base model on the Personalize page: real-* strategies)."
-    if not state or not state.get("name"):
-        return "No adapter chosen: later pages use the base model (real-* strategies)."
-    if state.get("carried"):
-        kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
-        return (
-            f"Adapter: `{state['name']}` ({kind}), the newest one trained on this dataset "
-            "(choose another on the Personalize page)."
-        )
-    kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
-    return (
-        f"Adapter for later pages: `{state['name']}` ({kind}, {state.get('classes')} classes, "
-        f"base `{_short_model(str(state.get('base_model') or ''))}`)."
-    )
-
-
-def selection_line(selection: dict[str, Any] | None) -> str:
-    """One line naming the Dataset page's selection."""
-    if not selection:
-        return "No dataset loaded: choose one on the **Dataset** page first."
-    kind = selection.get("subset", "full")
-    label = {"few-shot": f"{selection.get('shots')}-shot",
-             "long-tail": f"long-tail {selection.get('imbalance')}"}.get(kind, "full")  # fmt: skip
-    return (
-        f"Dataset: `{selection.get('name') or selection.get('spec')}` ({selection.get('split')}), "
-        f"{label}, {selection.get('num_images')} images, seed {selection.get('seed')}."
-    )
-
-
-def _short_model(model: str) -> str:
-    return Path(model).name if model.startswith(("/", ".", "~")) else model
-
-
 def _short_spec(spec: str) -> str:
     return spec if spec.startswith(("demo", "hub:")) else Path(spec).name
-
-
-def _int(value: Any, name: str, *, default: int | None, minimum: int = 0) -> int | None:
-    if value in (None, ""):
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number) or number < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(number)
 
 
 def regrid(image: Image.Image, columns: int = 6) -> Image.Image:
@@ -504,11 +372,11 @@ def preset_fields(model: str | None, steps: Any, rank: Any, lr: Any, sample_ever
     balanced menu's "auto" kept as null, so loading restores it)."""
     fields: dict[str, Any] = {
         "model": (model or "").strip() or None,
-        "steps": _int(steps, "steps", default=None, minimum=1),
-        "rank": _int(rank, "rank", default=None, minimum=1),
+        "steps": whole_number(steps, "steps", default=None, minimum=1),
+        "rank": whole_number(rank, "rank", default=None, minimum=1),
         "lr": None if lr in (None, "", 0) else float(lr),
-        "sample_every": _int(sample_every, "sample every", default=None, minimum=0),
-        "batch_size": _int(batch_size, "batch size", default=None, minimum=1),
+        "sample_every": whole_number(sample_every, "sample every", default=None, minimum=0),
+        "batch_size": whole_number(batch_size, "batch size", default=None, minimum=1),
         "ti_only": bool(ti_only),
     }
     fields = {k: v for k, v in fields.items() if v is not None}

@@ -33,7 +33,8 @@ from diffmix.classify.config import DEFAULT_P, TrainConfig  # noqa: E402
 from diffmix.config import field_default  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from pages import common, estimates, jobs_ui, personalize, presets_ui  # noqa: E402
+from pages import common, estimates, jobs_ui, presets_ui  # noqa: E402
+from pages.selection import selection_line, selection_subset, whole_number  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ def train_config(
     The real images are the Dataset page's subset (its seed draws it: ``--subset-seed``);
     ``seed`` is the training seed, so runs with several seeds share one subset.
     """
-    sub = personalize.selection_subset(selection, settings)
-    whole = personalize._int
+    sub = selection_subset(selection, settings)
+    whole = whole_number
     folders = synthetic_folders(
         synthetic, selection.get("class_names") or [], owner=owner, settings=settings
     )
@@ -531,7 +532,7 @@ def preset_fields(p: Any, gamma: Any, arch: str | None, epochs: Any, resolution:
                   balanced: bool, loss: str | None) -> dict[str, Any]:  # fmt: skip
     """The page's settings as TrainConfig fields ("auto" backbone and blank resolution /
     threads kept as null, so loading restores them)."""
-    whole = personalize._int
+    whole = whole_number
     fields: dict[str, Any] = {
         "p": None if p in (None, "") else float(p),
         "gamma": None if gamma in (None, "") else float(gamma),
@@ -602,7 +603,7 @@ def _on_open(settings: Settings):
     def on_open(owner: str | None, selection: dict | None) -> list[Any]:
         choices = synthetic_choices(owner=owner, settings=settings)
         newest = newest_synthetic(selection, owner=owner, settings=settings)
-        line = personalize.selection_line(selection)
+        line = selection_line(selection)
         if newest:
             line += (
                 f" Synthetic set: `{newest}`, the newest one made from this dataset (clear "
@@ -639,7 +640,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             "each with probability p by a synthetic image with its soft label, and compare "
             "runs on the test split."
         )
-        current = gr.Markdown(personalize.selection_line(None), elem_id="tn-selection")
+        current = gr.Markdown(selection_line(None), elem_id="tn-selection")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 preset = presets_ui.preset_panel(STAGE, "tn")

@@ -39,7 +39,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,32 @@ import gradio as gr  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from diffmix.config import field_default  # noqa: E402
 from diffmix.data import ImageDataset  # noqa: E402
 from diffmix.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
 from diffmix.grid import check_grid  # noqa: E402
 from diffmix.settings import Settings, check_limit, check_prompt  # noqa: E402
-from diffmix.translate import TranslateConfig  # noqa: E402
-from pages import common, jobs_ui, personalize, zerogpu  # noqa: E402
+from pages import common, jobs_ui, zerogpu  # noqa: E402
+from pages.preview import (  # noqa: E402, F401 -- the shared preview, also named here
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DISPLAY_SIDE,
+    Preview,
+    ProgressFn,
+    Request,
+    display,
+    run_translation,
+    translate_config,
+)
+from pages.selection import (  # noqa: E402
+    adapter_line,
+    carry_adapter,
+    default_strategy,
+    other_class,
+    resolve_adapter,
+    selection_line,
+    strategy_names,
+    whole_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +82,6 @@ TITLE = "Translate"
 PATH = "translate"
 SWEEP_STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SOURCE_MODES = ("Dataset image", "Upload")
-#: Smallest side the page displays images at (small images are enlarged, pixels kept sharp).
-DISPLAY_SIDE = 256
-#: Guidance weight shown first: the config's default, 7.5 (the authors', a81337b:augmentation/
-#: diff_mix.py:86; also diffusers' img2img default).
-DEFAULT_GUIDANCE = field_default(TranslateConfig, "guidance_scale")
 #: Strengths and seeds a new grid starts with (3 × 3 = 9 images).
 GRID_STRENGTHS = "0.3, 0.5, 0.7"
 GRID_SEEDS = "0, 1, 2"
@@ -76,72 +89,9 @@ GRID_SEEDS = "0, 1, 2"
 SOURCES_PER_PAGE = 24
 #: Class-menu entry that shows every class in the source gallery.
 ALL_CLASSES = "(all classes)"
-#: Denoising steps when the box is empty: the config's default (one place for it).
-DEFAULT_STEPS = field_default(TranslateConfig, "num_inference_steps")
-ProgressFn = Callable[..., Any]
-
-
-@dataclass
-class Request:
-    """A checked translation request: what :func:`run_translation` needs."""
-
-    ds: ImageDataset
-    source: Image.Image | None
-    source_class: str | None
-    target_class: str
-    strengths: list[float]
-    seed: int
-    strategy: str
-    model: str
-    adapter: str | None
-    steps: int
-    partner: Image.Image | None = None
-    #: classifier-free guidance weight (the core's default: 7.5, the authors').
-    guidance: float = DEFAULT_GUIDANCE
-    #: the typed prompt as a template (:func:`diffmix.translate.template_from_prompt`); None =
-    #: the strategy's own prompt.
-    prompt_template: str | None = None
-    #: a grid's seeds (rows; ``None``: the one ``seed``); columns are ``strengths``.
-    seeds: list[int] | None = None
-    source_index: int | None = None
-    partner_index: int | None = None
-    selection: dict[str, Any] | None = None
-
-    @property
-    def row_seeds(self) -> list[int]:
-        """The seeds of the rows (one row of ``seed`` for a plain preview)."""
-        return list(self.seeds) if self.seeds else [self.seed]
-
-
-@dataclass
-class Preview:
-    """Results of one request, with scores once :func:`score_translation` ran."""
-
-    request: Request
-    results: list[Any]
-    seconds: float
-    faithfulness: list[float] | None = None
-    diversity: list[float] | None = None
-    metric: str = ""
-    judge: str = ""
-    score_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- plain functions
-
-
-def strategy_names() -> list[str]:
-    """Every translation strategy, in the core's table order."""
-    from diffmix.translate import STRATEGIES
-
-    return list(STRATEGIES)
-
-
-def default_strategy(adapter: dict[str, Any] | None) -> str:
-    """``diff-mix`` when an adapter is chosen (``ti-mix`` for a token-only one), else ``real-mix``."""
-    if adapter and adapter.get("name"):
-        return "ti-mix" if adapter.get("ti_only") else "diff-mix"
-    return "real-mix"
 
 
 def source_gallery(
@@ -202,15 +152,6 @@ def page_line(page: int, pages: int, n_shown: int, class_name: str | None) -> st
     return f"Page {page + 1} of {pages} · {n_shown} image(s) of {what}"
 
 
-def other_class(class_names: Sequence[str], source_class: str | None) -> str:
-    """A default target: the class after the source class (wrapping)."""
-    if not class_names:
-        raise ValueError("the dataset has no classes")
-    if source_class not in class_names:
-        return class_names[0]
-    return class_names[(list(class_names).index(source_class) + 1) % len(class_names)]
-
-
 def build_request(
     selection: dict[str, Any] | None,
     adapter: dict[str, Any] | None,
@@ -242,13 +183,13 @@ def build_request(
 
     # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
     #    strategy, model and adapter.
-    check_limit("steps", _whole(steps, "steps", DEFAULT_STEPS, minimum=1), "max_sampling_steps", settings,
+    check_limit("steps", whole_number(steps, "steps", DEFAULT_STEPS, minimum=1), "max_sampling_steps", settings,
                 stage="translate")  # fmt: skip
     ds, subset = common.open_selection(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
     model, adapter_dir, meta = settings.model, None, None
     if st.uses_adapter:
-        found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
+        found = resolve_adapter(adapter, owner=owner, settings=settings)
         if found is None:
             alt = st.name.replace("diff-", "real-").replace("ti-", "real-")
             raise ValueError(
@@ -269,8 +210,8 @@ def build_request(
         check_prompt(text, settings)
         template = template_from_prompt(text, prompt_word(st, target_class, adapter_meta=meta))
         check_prompt_template(template, require_token=False)
-    seed_i = _whole(seed, "seed", 0)
-    steps_i = _whole(steps, "steps", DEFAULT_STEPS, minimum=1)
+    seed_i = whole_number(seed, "seed", 0)
+    steps_i = whole_number(steps, "steps", DEFAULT_STEPS, minimum=1)
     # 2. Source image and class (none for text-to-image strategies).
     source, src_class, source_i, partner_i = None, None, None, None
     if st.generative != "txt2img":
@@ -281,7 +222,7 @@ def build_request(
                 raise ValueError("choose the class of the uploaded image (Source class)")
             source, src_class = open_upload(upload), source_class
         else:
-            index = _whole(source_index, "source index", None, minimum=-(2**62))
+            index = whole_number(source_index, "source index", None, minimum=-(2**62))
             if index is None:
                 raise ValueError("pick a source image in the gallery first")
             if not 0 <= index < len(ds):
@@ -333,41 +274,6 @@ def open_upload(upload: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ValueError("the uploaded image is gone from the server; upload it again") from None
 
 
-def translate_config(request: Request):
-    """The core :class:`~diffmix.translate.TranslateConfig` of a request."""
-    r = request
-    return TranslateConfig(strategy=r.strategy, model=r.model, adapter=r.adapter,
-                           num_inference_steps=r.steps, guidance_scale=r.guidance,
-                           prompt_template=r.prompt_template)  # fmt: skip
-
-
-def _preview_duration(request: Request, progress: ProgressFn | None = None) -> int:
-    n = len(request.strengths) * len(request.row_seeds)
-    return zerogpu.preview_seconds(n, request.steps or DEFAULT_STEPS)
-
-
-@zerogpu.gpu_call(_preview_duration)
-def run_translation(request: Request, progress: ProgressFn | None = None) -> Preview:
-    """Translate the request's source at each of its strengths: one batched core call.
-
-    On a ZeroGPU Space this call holds a GPU slot for at most ``_preview_duration`` seconds.
-    """
-    from diffmix.grid import grid_items
-    from diffmix.translate import translate
-
-    r = request
-    items = grid_items(r.source, r.source_class, r.target_class, r.strengths, r.row_seeds,
-                       r.partner)  # fmt: skip
-    cfg = translate_config(r)
-    cb = None
-    if progress is not None:
-        cb = lambda d, t: progress(d / max(t, 1), desc=f"denoising {d}/{t}")  # noqa: E731
-    t0 = time.perf_counter()
-    results = translate(items, cfg, class_names=r.ds.class_names, superclass=r.ds.superclass,
-                        progress=cb)  # fmt: skip
-    return Preview(r, results, time.perf_counter() - t0)
-
-
 @zerogpu.gpu_call(30)
 def score_translation(preview: Preview) -> Preview:
     """Fill in faithfulness and diversity (the reference classifier is fitted once per dataset)."""
@@ -407,7 +313,7 @@ def _prompt_word(
         return None, None, ds.superclass
     meta = None
     if st.uses_adapter:
-        found = personalize.resolve_adapter(adapter, owner=owner, settings=settings)
+        found = resolve_adapter(adapter, owner=owner, settings=settings)
         if found is None:
             return None, None, ds.superclass
         meta = found[1]
@@ -569,7 +475,7 @@ def generate_plan(
     if not 0.0 < s <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {s:g}")
     g = DEFAULT_GUIDANCE if guidance in (None, "") else float(guidance)
-    index = _whole(source_index, "source index", None, minimum=-(2**62))
+    index = whole_number(source_index, "source index", None, minimum=-(2**62))
     if index is not None and selection:
         ds, _ = common.open_selection(selection, settings)
         if not 0 <= index < len(ds):
@@ -654,26 +560,6 @@ def sweep_figure(
         legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
     )
     return fig
-
-
-def display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
-    """A copy enlarged to at least ``side`` px (nearest neighbour: pixels stay visible)."""
-    w, h = image.size
-    scale = max(1, side // max(1, min(w, h)))
-    return image if scale == 1 else image.resize((w * scale, h * scale), Image.NEAREST)
-
-
-def _whole(value: Any, name: str, default: int | None, *, minimum: int = 0) -> int | None:
-    if value in (None, ""):
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number) or number < minimum:
-        bound = f" >= {minimum}" if minimum > -(2**31) else ""
-        raise ValueError(f"{name} must be a whole number{bound}, got {value!r}")
-    return int(number)
 
 
 class PreviewStore:
@@ -1216,9 +1102,9 @@ def _open_action(settings: Settings):
         """The selection's source gallery (first page), class choices, the default strategy,
         the message, the gallery's class filter and pager, the prompt, then the carried
         adapter (last)."""
-        adapter = personalize.carry_adapter(adapter, selection, owner=owner, settings=settings)
+        adapter = carry_adapter(adapter, selection, owner=owner, settings=settings)
         strategy = gr.update(value=default_strategy(adapter))
-        line = personalize.selection_line(selection) + " " + personalize.adapter_line(adapter)
+        line = selection_line(selection) + " " + adapter_line(adapter)
         try:
             ds, subset = common.open_selection(selection, settings)
         except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
@@ -1291,7 +1177,7 @@ def _show_index(settings: Settings):
         """A typed source index: show that image and its class, or say why it cannot be used."""
         try:
             ds, _ = common.open_selection(selection, settings)
-            i = _whole(index, "source index", None, minimum=-(2**62))
+            i = whole_number(index, "source index", None, minimum=-(2**62))
             if i is None:
                 return gr.skip(), gr.skip(), ""
             if not 0 <= i < len(ds):
@@ -1353,7 +1239,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             "strength s keeps the source (diverse backgrounds), high strength draws the target "
             "(faithful foreground); the soft label mixes both classes as s^γ."
         )
-        current = gr.Markdown(personalize.selection_line(None), elem_id="tr-selection")
+        current = gr.Markdown(selection_line(None), elem_id="tr-selection")
         mode = gr.Radio(list(SOURCE_MODES), value=SOURCE_MODES[0], label="Source",
                         elem_id="tr-source-mode")  # fmt: skip
         with gr.Group() as pick_box:
