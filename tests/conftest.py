@@ -10,7 +10,7 @@ import pytest
 # The browser fixtures (app_server, browser, page) are registered once, here: importing them
 # into several test modules made one session-scoped Playwright per module, and a second
 # sync Playwright cannot start while the first is alive.
-pytest_plugins = ["browser_util"]
+pytest_plugins = ["browser_util", "pageutil"]  # pageutil: the page tests' fixtures
 
 SHARED_FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers17"
 

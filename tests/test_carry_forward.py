@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,16 +22,7 @@ from pages import dataset, generate, jobs_ui, personalize, train, translate
 OWNER = "c" * 24
 
 
-@pytest.fixture
-def private(workspace_home: Path, tiny_sd_dir: Path) -> Settings:
-    return Settings.from_env(
-        {"DIFFMIX_HOME": str(workspace_home), "DIFFMIX_MODEL": str(tiny_sd_dir)}
-    )
-
-
-@pytest.fixture(scope="module")
-def fewshot() -> dict[str, Any]:
-    return dataset.load_selection("demo", subset="few-shot", shots=5, seed=0).selection
+# The fixtures private and fewshot are tests/pageutil.py's (registered by conftest.py).
 
 
 def _run(stage: str, name: str, created: float, state: str = "done") -> Path:

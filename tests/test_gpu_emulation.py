@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datautil import write_color_folder  # tests/ is on sys.path under pytest
+from browser_util import free_port  # tests/ is on sys.path under pytest
+from datautil import write_color_folder
 from PIL import Image
 
 from diffmix import personalize as P
@@ -233,19 +233,13 @@ def test_an_sdxl_hub_id_is_refused_from_its_model_index(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(tmp_path, dataset, model, out, *extra: str) -> list[dict]:
     """Run tests/mp_generate_worker.py as ranks 0 and 1 (gloo on CPU, 1 thread each)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": "2",
         "LOCAL_WORLD_SIZE": "2",
         "OMP_NUM_THREADS": "1",

@@ -19,21 +19,12 @@ import pytest
 from PIL import Image
 
 from diffmix.settings import Settings
-from pages import common, dataset, translate
+from pages import common, translate
 
 logger = logging.getLogger(__name__)
 
 
-@pytest.fixture
-def private(workspace_home: Path, tiny_sd_dir: Path) -> Settings:
-    return Settings.from_env(
-        {"DIFFMIX_HOME": str(workspace_home), "DIFFMIX_MODEL": str(tiny_sd_dir)}
-    )
-
-
-@pytest.fixture(scope="module")
-def fewshot() -> dict[str, Any]:
-    return dataset.load_selection("demo", subset="few-shot", shots=5, seed=0).selection
+# The fixtures private and fewshot are tests/pageutil.py's (registered by conftest.py).
 
 
 def test_shipped_demo_judge_is_used_on_a_fresh_workspace(
