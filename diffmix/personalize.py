@@ -1027,5 +1027,5 @@ def import_authors_checkpoint(
             "lora": str(lora_path) if lora_path else None,
         },
     }
-    (out / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write(out / ADAPTER_FILE, json.dumps(meta, indent=2) + "\n", sync_dir=True)
     return out
