@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from diffmix import recipes
+from diffmix.runs import atomic_write
 from diffmix.workspace import is_inside
 
 logger = logging.getLogger(__name__)
@@ -150,10 +151,8 @@ def save_preset(stage: str, name: str | None, fields: dict[str, Any], *,
     path = _path(stage, text, home=home, public=public, owner=owner)
     clean = check_fields(stage, fields, what=f"preset {text!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
     body = f"# Diff-Mix Studio {stage} preset {text!r}\n" + yaml.safe_dump(clean, sort_keys=False)
-    tmp.write_text(body)
-    os.replace(tmp, path)
+    atomic_write(path, body)  # the one atomic write (temp file, fsync, os.replace)
     logger.info("saved %s preset %r to %s", stage, text, path)
     return path
 
