@@ -226,9 +226,7 @@ def write_request(path: str | os.PathLike, fields: dict[str, Any]) -> Path:
     import yaml
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(fields), sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(dict(fields), sort_keys=False))  # the one atomic write
     return path
 
 
