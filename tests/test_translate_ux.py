@@ -194,7 +194,11 @@ def test_send_to_generate_fills_generates_fields(fewshot: dict, private: Setting
     line, strategy, _conf, strengths, guidance, template, cleared, adapter = opened
     assert strategy["value"] == "real-mix" and strengths["value"] == "0.6"
     assert guidance["value"] == 4.5 and template["value"] == "a sketch of a {token}"
-    assert cleared is None and adapter is None  # used once; no adapter chosen
+    assert cleared is None  # the plan is used once
+    # no adapter in the plan: Generate's adapter is its usual carry-forward choice (the newest
+    # finished adapter of this dataset in the workspace, if earlier tests left one), as on a
+    # plain open
+    assert adapter == generate._on_open(private)(None, fewshot, None, None)[-1]
     assert "From Translate" in line and f"#{fewshot['indices'][0]}" in line
     # the filled fields make a valid plan, and the job's command line carries them
     cfg = generate.generate_config(fewshot, None, strategy="real-mix", multiplier=1,
@@ -205,7 +209,8 @@ def test_send_to_generate_fills_generates_fields(fewshot: dict, private: Setting
     assert args[args.index("--prompt-template") + 1] == "a sketch of a {token}"
     # without a plan, Generate opens with its own defaults
     plain = generate._on_open(private)(None, fewshot, None, None)
-    assert plain[3] == {"__type__": "update"} and plain[1]["value"] == "real-mix"
+    assert plain[3] == {"__type__": "update"}
+    assert plain[1]["value"] == generate.default_strategy(plain[-1])  # diff-mix with an adapter
 
 
 # --------------------------------------------------------------------------- polish, 200 classes
