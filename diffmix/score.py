@@ -215,7 +215,25 @@ class ReferenceClassifier:
 #: public app meets a new dataset per upload, so the cache is bounded: the oldest is dropped.
 _CLF_CACHE: OrderedDict[str, ReferenceClassifier] = OrderedDict()
 _CLF_CACHE_SIZE = 4
+#: Guards the dicts only (``_CLF_CACHE``, ``_FIT_LOCKS``, ``_WARMING``); never held during a
+#: load or a fit, so a page that starts a warm-up or asks :func:`judge_ready` never waits for
+#: one (it did: the Translate page stayed "processing" for the whole Lite0 fit on 200 classes).
 _CLF_LOCK = threading.Lock()
+#: One lock per judge key: callers wanting the *same* judge wait for its one fit, others pass.
+_FIT_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _fit_lock(key: str) -> threading.Lock:
+    with _CLF_LOCK:
+        return _FIT_LOCKS.setdefault(key, threading.Lock())
+
+
+def _cached(key: str) -> ReferenceClassifier | None:
+    with _CLF_LOCK:
+        clf = _CLF_CACHE.get(key)
+        if clf is not None:
+            _CLF_CACHE.move_to_end(key)
+        return clf
 
 
 def _clf_key(judge: str, fingerprint: str, seen: str, size: int, epochs: int, seed: int) -> str:
@@ -290,10 +308,15 @@ def reference_classifier(
         raise ValueError(f"size must be >= 16 px, got {size}")
     seen = _indices_digest(indices)
     key = _clf_key(judge, ds.fingerprint, seen, size, epochs, seed)
-    with _CLF_LOCK:
-        if key in _CLF_CACHE:
-            _CLF_CACHE.move_to_end(key)
-            return _CLF_CACHE[key]
+    clf = _cached(key)
+    if clf is not None:
+        return clf
+    # In this process, callers of the same judge wait for its one fit (and then find it in
+    # the cache); other judges and every non-fitting call (judge_ready, warm-ups) go on.
+    with _fit_lock(key):
+        clf = _cached(key)
+        if clf is not None:
+            return clf
         folder = workspace.subdir("refclf")
         weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
         # Across processes (accelerate launch, parallel jobs): one fits, the others wait here
@@ -304,9 +327,11 @@ def reference_classifier(
                 clf = _bundled_clf(ds.fingerprint, ds.class_names, size, epochs, seed)
             if clf is None:
                 clf = _fit_clf(ds, indices, judge, size, epochs, seed, weights, meta_path)
-        _CLF_CACHE[key] = clf
-        while len(_CLF_CACHE) > _CLF_CACHE_SIZE:
-            _CLF_CACHE.popitem(last=False)
+        with _CLF_LOCK:
+            _CLF_CACHE[key] = clf
+            _CLF_CACHE.move_to_end(key)
+            while len(_CLF_CACHE) > _CLF_CACHE_SIZE:
+                _CLF_CACHE.popitem(last=False)
         return clf
 
 
@@ -346,7 +371,9 @@ def judge_ready(dataset, *, epochs: int = 30, seed: int = 0) -> bool:
     with it costs a forward pass, not a fit. Never blocks."""
     fp = getattr(dataset, "fingerprint", None)
     suffix = f"-e{epochs}-s{seed}"
-    return any(f"-{fp}-" in k and k.endswith(suffix) for k in list(_CLF_CACHE))
+    with _CLF_LOCK:  # held for a dict copy only, never during a fit
+        keys = list(_CLF_CACHE)
+    return any(f"-{fp}-" in k and k.endswith(suffix) for k in keys)
 
 
 def warm_reference_classifier(dataset, **kwargs) -> threading.Thread:
