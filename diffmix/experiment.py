@@ -186,8 +186,17 @@ class ExperimentConfig(StageConfig):
         le=1,
         description=f"probability of replacing a real sample; default {_FEWSHOT['p'].source}",
     )
-    arch: str = Field("smallcnn", description="'smallcnn' or a timm model (from scratch)")
-    resolution: int = Field(64, ge=16, le=1024, description="classifier image side in px")
+    arch: str | None = Field(
+        None,
+        description="classifier: 'smallcnn' or a timm model; default: smallcnn on the demo (from "
+        "scratch), tf_efficientnet_lite0 on real photos (the built-in ImageNet weights, head "
+        "tuning: the backbone rule of diffmix.classify.config.default_backbone)",
+    )
+    resolution: int | None = Field(
+        None, ge=16, le=1024,
+        description="classifier image side in px; default: 64 from scratch, 224 with pretrained "
+        "weights",
+    )  # fmt: skip
     epochs: int = Field(50, ge=1, description="passes over the real training subset")
     batch_size: int = Field(16, ge=1, description="classifier batch size")
     lr: float = Field(0.05, gt=0, description="peak SGD learning rate")
@@ -241,10 +250,10 @@ class ExperimentConfig(StageConfig):
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, v: str) -> str:
+    def _known_arch(cls, v: str | None) -> str | None:
         from diffmix.classify import check_arch
 
-        return check_arch(v)
+        return None if v is None else check_arch(v)
 
     @field_validator("personalize_overrides", "generate_overrides", "train_overrides")
     @classmethod
@@ -343,6 +352,20 @@ def _generate_config(cfg: ExperimentConfig, arm: str, seed: int, adapter: Path):
     ).resolved()
 
 
+def classifier_backbone(cfg: ExperimentConfig) -> tuple[str, int]:
+    """The classifier's ``(arch, resolution)``: unset fields filled by dataset. The demo keeps
+    the small from-scratch SmallCNN at 64 px (the README table's setting); real photos get the
+    built-in ImageNet Lite0 at 224 px with head tuning, as ``diffmix train`` does
+    (:func:`diffmix.classify.config.default_backbone`)."""
+    from diffmix.classify.config import default_backbone, is_demo
+
+    arch = cfg.arch or ("smallcnn" if is_demo(cfg.dataset) else None)
+    if arch == "smallcnn":
+        return arch, cfg.resolution or 64
+    arch, _pretrained, resolution = default_backbone(cfg.dataset, arch, None, cfg.resolution)
+    return arch, resolution
+
+
 def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path, repeat: int = 0):
     """Run ``repeat`` of (arm, seed): ``subset_seed`` = seed, training seed
     ``seed + TRAIN_SEED_STRIDE * repeat``, synthetic set and p for generative arms."""
@@ -350,6 +373,7 @@ def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path, r
 
     generative = arm in GENERATIVE_ARMS
     fields: dict[str, Any] = {"eval_every": max(1, cfg.epochs // 5), **cfg.train_overrides}
+    arch, resolution = classifier_backbone(cfg)
     return TrainConfig(
         **fields,
         dataset=cfg.dataset,
@@ -360,8 +384,8 @@ def _train_config(cfg: ExperimentConfig, arm: str, seed: int, synthetic: Path, r
         p=cfg.p if generative else 0.0,
         gamma=cfg.gamma,
         mix=_MIX.get(arm, "none"),
-        arch=cfg.arch,
-        resolution=cfg.resolution,
+        arch=arch,
+        resolution=resolution,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,

@@ -100,7 +100,7 @@ def test_generate_page_and_experiment_give_the_same_estimate(store) -> None:
 
 
 def test_cli_personalize_sizes_its_default_steps_to_the_machine(store, caplog) -> None:
-    from diffmix import cli
+    from diffmix.cli.estimate import sized_personalize_fields
 
     dev = costs.device_kind(None)
     key = costs.calibration_key("personalize", "nano", device=dev, dtype="float32",
@@ -109,12 +109,12 @@ def test_cli_personalize_sizes_its_default_steps_to_the_machine(store, caplog) -
                                  "personalize_overhead": 10.0})  # fmt: skip
     args = argparse.Namespace(out=str(store.parent / "run"), resume=False)
     with caplog.at_level(logging.INFO, logger="diffmix.cli"):
-        fields = cli._sized_personalize_fields({"model": "nano"}, args)
+        fields = sized_personalize_fields({"model": "nano"}, args)
     expected = 300 if dev == "cpu" else 1500  # 15 min at 3 s a step; a GPU: the full default
     assert fields["steps"] == expected
     assert any("--steps not given" in r.getMessage() for r in caplog.records)
     # an explicit --steps is kept
-    assert cli._sized_personalize_fields({"steps": 42}, args)["steps"] == 42
+    assert sized_personalize_fields({"steps": 42}, args)["steps"] == 42
 
 
 def test_measured_estimate_agrees_with_the_run(store, tmp_path) -> None:
