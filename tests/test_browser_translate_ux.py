@@ -59,7 +59,10 @@ def test_prompt_grid_download_and_send_through_the_api(ux_server: AppServer) -> 
     names = sel["class_names"]
     opened = client.predict(selection=sel, adapter=None, owner=None, api_name="/translate_open")
     prompt = opened[-3]  # ..., pager, prompt, prompt word, adapter
-    assert prompt.startswith("a photo of a") and names[1].replace("_", " ") in prompt, opened
+    # the class word, or the carried adapter's token when earlier tests left an adapter of this
+    # dataset in the shared workspace (the page carries the newest one forward)
+    word = "<" if opened[-1] else names[1].replace("_", " ")
+    assert prompt.startswith("a photo of a") and word in prompt, opened
     base = dict(selection=sel, adapter=None, owner=None, source_mode="Dataset image",
                 source_index=sel["indices"][0], upload=None, source_class=None, target=names[1],
                 strategy="real-mix", steps=STEPS)  # fmt: skip

@@ -100,7 +100,12 @@ def test_paired_delta_uses_only_shared_seeds():
     assert ex.paired_delta(base, arm[:1])[1] is None  # one seed: no spread
 
 
-def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path):
+def test_default_plan_shares_the_subset_and_fits_the_budget(tmp_path, monkeypatch):
+    # an empty calibration store: the plan's estimate uses the cost model's stated rough rates,
+    # not a measurement some earlier test made on a machine that may be busy
+    from diffmix import costs
+
+    monkeypatch.setattr(costs, "_store_path", lambda: tmp_path / "costs" / "calibration.json")
     cfg = ex.make_config()
     # the authors' 5-shot recipe (run.sh): s = 0.7, γ = 0.5, p = 0.3, 5 shots, multiplier 5
     assert (cfg.strength, cfg.gamma, cfg.p, cfg.shots, cfg.seeds) == (0.7, 0.5, 0.3, 5, [0, 1, 2])
