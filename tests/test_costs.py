@@ -120,10 +120,14 @@ def test_cli_personalize_sizes_its_default_steps_to_the_machine(store, caplog) -
 def test_measured_estimate_agrees_with_the_run(store, tmp_path) -> None:
     """Calibrate, estimate, run: the estimate is measured on this machine, and the finished run
     records its own speed for the next estimate of the same setup."""
+    import torch
+
     from diffmix.classify import TrainConfig, train
 
+    # the calibration key names the process's torch threads: run with the same count
     cfg = TrainConfig(dataset="demo", shots=5, epochs=3, arch="smallcnn", resolution=32,
-                      batch_size=16, num_threads=1, tensorboard=False)  # fmt: skip
+                      batch_size=16, num_threads=torch.get_num_threads(),
+                      tensorboard=False)  # fmt: skip
     est = costs.estimate_train_config(cfg, calibrate=True)
     assert est.rates.measured
     out = tmp_path / "run"
