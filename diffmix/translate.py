@@ -221,15 +221,9 @@ def build_prompt(
         word = prompt_word(st, target_class, adapter_meta=adapter_meta)
         return template.format(token=word, superclass=superclass or "object").strip()
     if st.prompt == "adapter":
-        if adapter_meta is None:
-            raise AdapterError(f"strategy {st.name!r} needs an adapter to build its prompt")
-        tokens = adapter_meta.get("class_tokens", {})
-        if target_class not in tokens:
-            raise ValueError(
-                f"unknown class {target_class!r}; the adapter knows: {', '.join(tokens)}"
-            )
+        word = prompt_word(st, target_class, adapter_meta=adapter_meta)
         template = check_prompt_template(adapter_meta.get("prompt_template"))
-        return template.format(token=tokens[target_class], superclass=superclass or "object")
+        return template.format(token=word, superclass=superclass or "object")
     name = target_class.replace("_", " ").strip()
     return f"a photo of a {name} {superclass}" if superclass else f"a photo of a {name}"
 
