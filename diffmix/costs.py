@@ -168,15 +168,23 @@ def _is_nano(model: str) -> bool:
     return model == "nano"
 
 
+def _stored_rates(key: str, keys: tuple[str, ...]) -> Rates | None:
+    """The rates stored under ``key`` when all of ``keys`` are there, else None."""
+    found = load_calibration(key)
+    if not found or not all(k in found["values"] for k in keys):
+        return None
+    return Rates({k: found["values"][k] for k in keys}, True,
+                 f"measured on this machine ({found.get('measured_at', '?')})")  # fmt: skip
+
+
 def generate_rates(model: str, *, device: str, dtype: str, resolution: int, batch: int) -> Rates:
     """Generation rates: ``generate_image_step``, ``generate_image``, ``generate_overhead``."""
     key = calibration_key("generate", model, device=device, dtype=dtype,
                           resolution=resolution, batch=batch)  # fmt: skip
-    found = load_calibration(key)
     keys = ("generate_image_step", "generate_image", "generate_overhead")
-    if found and all(k in found["values"] for k in keys):
-        return Rates({k: found["values"][k] for k in keys}, True,
-                     f"measured on this machine ({found.get('measured_at', '?')})")  # fmt: skip
+    measured = _stored_rates(key, keys)
+    if measured is not None:
+        return measured
     scale = (1.0 if _is_nano(model) else SD_FACTOR) * _device_scale(device)
     return _rough("", keys, scale=scale, what=f"{_short(model)} on {device.upper()}")
 
@@ -186,11 +194,10 @@ def personalize_rates(model: str, *, device: str, dtype: str, resolution: int, b
     (for sample grids) and ``personalize_overhead``."""
     key = calibration_key("personalize", model, device=device, dtype=dtype,
                           resolution=resolution, batch=batch)  # fmt: skip
-    found = load_calibration(key)
     keys = ("personalize_image", "generate_image_step", "personalize_overhead")
-    if found and all(k in found["values"] for k in keys):
-        return Rates({k: found["values"][k] for k in keys}, True,
-                     f"measured on this machine ({found.get('measured_at', '?')})")  # fmt: skip
+    measured = _stored_rates(key, keys)
+    if measured is not None:
+        return measured
     scale = (1.0 if _is_nano(model) else SD_FACTOR) * _device_scale(device)
     if _is_nano(model):
         scale *= (resolution / 64) ** 2
@@ -201,11 +208,10 @@ def train_rates(arch: str, *, device: str, resolution: int, batch: int) -> Rates
     """Classifier rates: ``train_image``, ``eval_image``, ``train_epoch``, ``train_overhead``."""
     key = calibration_key("train", arch, device=device, dtype="fp32",
                           resolution=resolution, batch=batch)  # fmt: skip
-    found = load_calibration(key)
     keys = ("train_image", "eval_image", "train_epoch", "train_overhead")
-    if found and all(k in found["values"] for k in keys):
-        return Rates({k: found["values"][k] for k in keys}, True,
-                     f"measured on this machine ({found.get('measured_at', '?')})")  # fmt: skip
+    measured = _stored_rates(key, keys)
+    if measured is not None:
+        return measured
     prefix = "smallcnn_" if arch == "smallcnn" else ""
     scale = (resolution / 64) ** 2 * _device_scale(device)
     return _rough(prefix, keys, scale=scale, what=f"{arch} on {device.upper()}")
