@@ -7,6 +7,7 @@ Generate with its fields filled. Screenshots go to ``test-artifacts/translate-ux
 
 from __future__ import annotations
 
+import html
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_prompt_grid_download_and_send_through_the_api(ux_server: AppServer) -> 
     typed = prompt.replace("a photo of", "a pencil drawing of")
     *_, info = client.predict(**base, seed=0, strength=0.6, prompt=typed, guidance=6.0,
                               api_name="/translate")  # fmt: skip
-    assert f"Prompt: “{typed}”" in info, info
+    assert f"Prompt: “{html.escape(typed)}”" in info, info  # the info box is HTML
     cells, table, grid_info, zip_path = client.predict(
         **base, prompt=typed, guidance=6.0, strengths="0.4, 0.8", seeds="1, 2, 5",
         api_name="/translate_grid",
