@@ -80,21 +80,25 @@ def fit_image(im: Image.Image, resolution: int) -> np.ndarray:
 
 
 def decode_images(ds, indices: Sequence[int], resolution: int) -> torch.Tensor:
-    """Decode ``ds.image(i)`` for each index once: uint8 tensor (n, 3, R, R)."""
-    arr = np.empty((len(indices), resolution, resolution, 3), np.uint8)
+    """Decode ``ds.image(i)`` for each index once: uint8 tensor (n, 3, R, R).
+
+    Each image is written straight into the result, so the peak is the set's own ``3·R²·n``
+    bytes plus one image (an HWC array permuted at the end would hold the set twice).
+    """
+    out = torch.empty((len(indices), 3, resolution, resolution), dtype=torch.uint8)
     for k, i in enumerate(indices):
-        arr[k] = fit_image(ds.image(int(i)), resolution)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        out[k] = torch.from_numpy(fit_image(ds.image(int(i)), resolution)).permute(2, 0, 1)
+    return out
 
 
 def decode_paths(paths: Sequence[str | os.PathLike], resolution: int) -> torch.Tensor:
     """Decode image files once (same rules as :func:`decode_images`): uint8 (n, 3, R, R)."""
     from diffmix.data import open_rgb
 
-    arr = np.empty((len(paths), resolution, resolution, 3), np.uint8)
+    out = torch.empty((len(paths), 3, resolution, resolution), dtype=torch.uint8)
     for k, p in enumerate(paths):
-        arr[k] = fit_image(open_rgb(p), resolution)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        out[k] = torch.from_numpy(fit_image(open_rgb(p), resolution)).permute(2, 0, 1)
+    return out
 
 
 def cached_images(
