@@ -8,9 +8,9 @@ way the CLI does (:func:`diffmix.cli._stage_fields`) gives back the same config;
 check that round trip. A field that differs from its default but has no flag (settable only
 through ``--config`` YAML) is refused with a ``ValueError`` naming it.
 
-``diffmix translate`` takes no config object on its command line (a source, a target and
-strengths besides :class:`~diffmix.translate.TranslateConfig`), so it has its own
-:func:`translate_command`.
+``diffmix translate`` says what to translate (a dataset, a source, a target and strengths)
+besides its :class:`~diffmix.translate.TranslateConfig` flags, so :func:`translate_command`
+writes those item flags and takes the config's flags from :func:`command_args`.
 
 Importable without torch (the config classes are passed in).
 """
@@ -25,8 +25,11 @@ from typing import Any
 
 #: The placeholder shown for ``--out`` when the caller names no folder.
 OUT_PLACEHOLDER = "OUT_DIR"
+#: The placeholder shown for ``--source`` when the source was an upload (its server path is
+#: not something a user can type).
+UPLOAD_PLACEHOLDER = "UPLOADED_IMAGE"
 #: Stages whose flags set the fields of one config class.
-STAGES = ("personalize", "train", "generate")
+STAGES = ("personalize", "train", "generate", "translate")
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +77,7 @@ def command_args(stage: str, config: Any) -> list[str]:
     parts: list[str] = []
     said: set[str] = set()
     for action in _stage_parser(stage)._actions:  # noqa: SLF001
-        key = action.dest
+        key = getattr(action, "config_key", action.dest)  # --steps of translate: a field
         if not action.option_strings or key not in fields or key in said:
             continue
         value = getattr(config, key)
@@ -135,20 +138,16 @@ def translate_command(
 ) -> str:
     """``diffmix translate ...`` that makes the same translations as a preview with ``config``
     (a :class:`~diffmix.translate.TranslateConfig`) from train image ``source`` (an index, or an
-    image file with its ``source_class``) toward ``target`` at ``strengths``."""
+    image file with its ``source_class``) toward ``target`` at ``strengths`` with ``seed``.
+
+    The config's flags (strategy, model, adapter, steps, guidance, prompt template, ...) come
+    from :func:`command_args`; ``ValueError`` for a setting the CLI has no flag for."""
     parts = ["diffmix", "translate", "--dataset", dataset]
     if source is not None:
         parts += ["--source", str(source)]
         if source_class is not None and not str(source).lstrip("-").isdigit():
             parts += ["--source-class", source_class]
     parts += ["--target", target, "--strength", *[_text(float(s)) for s in strengths]]
-    parts += ["--strategy", config.strategy, "--model", config.model]
-    if config.adapter:
-        parts += ["--adapter", str(config.adapter)]
-    parts += ["--seed", str(int(seed)), "--steps", str(config.num_inference_steps),
-              "--guidance-scale", _text(float(config.guidance_scale)),
-              "--gamma", _text(float(config.gamma))]  # fmt: skip
-    if config.device:
-        parts += ["--device", str(config.device)]
+    parts += ["--seed", str(int(seed)), *command_args("translate", config)]
     parts += ["--out", out or OUT_PLACEHOLDER]
     return shlex.join(parts)

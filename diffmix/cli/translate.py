@@ -30,6 +30,7 @@ FLAGS = (
     Flag("strategy", metavar="NAME"),
     Flag("steps", metavar="N", key="num_inference_steps"),
     Flag("guidance_scale", metavar="G"),
+    Flag("prompt_template", metavar="TEXT"),
     Flag("gamma", metavar="G"),
     Flag("device"),
 )
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_request("translate", {"dataset": item["dataset"], "model": cfg.model,
                                 "adapter": cfg.adapter, "source": source,
                                 "num_inference_steps": cfg.num_inference_steps,
+                                "prompt_template": cfg.prompt_template,
                                 "config": getattr(args, "config", None)})  # fmt: skip
     ds = load_dataset(item["dataset"], split="train")
     target = ds.class_names[ds.class_index(item["target"])]
