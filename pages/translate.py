@@ -29,6 +29,7 @@ Run alone with ``python pages/translate.py``.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -623,17 +625,90 @@ def warm_judge(ds: ImageDataset) -> None:
 
 # --------------------------------------------------------------------------- callbacks
 
+#: The page values every preview listener starts with, in order. They are also the API's
+#: parameter names (gradio_client callers pass them by name): keep them.
+SOURCE_PARAMS = ("selection", "adapter", "owner", "source_mode", "source_index", "upload",
+                 "source_class", "target", "strategy")  # fmt: skip
+#: ... then the one-preview listeners' seed and steps.
+PREVIEW_PARAMS = (*SOURCE_PARAMS, "seed", "steps")
+#: The grid's parameters (its seeds are a list of its own).
+GRID_PARAMS = (*SOURCE_PARAMS, "steps", "prompt", "guidance", "strengths", "seeds")
+_ARG = inspect.Parameter.POSITIONAL_OR_KEYWORD
+#: Gradio fills these in itself (by annotation and by default value); API callers never see them.
+REQUEST = inspect.Parameter("request", _ARG, default=None, annotation=gr.Request)
+PROGRESS = inspect.Parameter("progress", _ARG, default=gr.Progress())
 
-def _request(
-    settings: Settings, values: tuple, strengths: Sequence[float], **extra: Any
-) -> Request:
-    (selection, adapter, owner, source_mode, source_index, upload, source_class, target,
-     strategy, seed, steps) = values  # fmt: skip
-    return build_request(
-        selection, adapter, source_mode=source_mode, source_index=source_index, upload=upload,
-        source_class=source_class, target_class=target, strengths=strengths, strategy=strategy,
-        seed=seed, steps=steps, settings=settings, owner=owner, **extra,
+
+def _listener(body: Callable[[dict[str, Any]], Any], *params: str | inspect.Parameter) -> Callable:
+    """A Gradio listener with the parameters ``params`` that hands ``body`` its arguments by
+    name (one dict). A name ending in ``=`` is optional (default ``None``); :data:`REQUEST`
+    and :data:`PROGRESS` are filled in by Gradio. Gradio names the API's parameters after
+    these, and plain Python callers pass them by position or by name, as to any function."""
+    sig = inspect.Signature(
+        [p if isinstance(p, inspect.Parameter)
+         else inspect.Parameter(p.rstrip("="), _ARG, default=None) if p.endswith("=")
+         else inspect.Parameter(p, _ARG) for p in params]
     )  # fmt: skip
+
+    def listener(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return body(bound.arguments)
+
+    listener.__signature__ = sig  # type: ignore[attr-defined]
+    listener.__annotations__ = {p.name: p.annotation for p in sig.parameters.values()
+                                if p.annotation is not p.empty}  # fmt: skip
+    listener.__name__ = listener.__qualname__ = body.__name__
+    listener.__doc__ = body.__doc__
+    return listener
+
+
+@dataclass(frozen=True)
+class PreviewInputs:
+    """The page's values a preview is made from (a listener's arguments, by name)."""
+
+    selection: dict | None
+    adapter: dict | None
+    owner: str | None
+    source_mode: str
+    source_index: float | None
+    upload: str | None
+    source_class: str | None
+    target: str | None
+    strategy: str | None
+    seed: float | None = 0
+    steps: float | None = None
+    prompt: str | None = None
+    guidance: float | None = None
+
+    @classmethod
+    def of(cls, args: dict[str, Any]) -> PreviewInputs:
+        """The inputs among a listener's arguments (the others are ignored)."""
+        return cls(**{k: args[k] for k in cls.__dataclass_fields__ if k in args})
+
+    def request(self, settings: Settings, strengths: Sequence[float], **extra: Any) -> Request:
+        """:func:`build_request` of these values at ``strengths`` (``ValueError`` if bad)."""
+        return build_request(
+            self.selection, self.adapter, source_mode=self.source_mode,
+            source_index=self.source_index, upload=self.upload, source_class=self.source_class,
+            target_class=self.target, strengths=strengths, strategy=self.strategy,
+            seed=self.seed, steps=self.steps, settings=settings, owner=self.owner,
+            prompt=self.prompt, guidance=self.guidance, **extra,
+        )  # fmt: skip
+
+
+def _run_preview(
+    settings: Settings, what: str, make: Callable[[], Request], progress: Any
+) -> Preview | str:
+    """Check (``make()``) and run a preview; the error box instead when it is refused. The
+    memory the call freed goes back to the system either way."""
+    try:
+        return run_translation(make(), progress)
+    except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
+        logger.info("%s refused: %s", what, err)
+        return common.error_box(jobs_ui.readable_error(err), settings)
+    finally:
+        common.release_memory()  # the call's freed buffers back to the system
 
 
 def _releasing(listener: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
@@ -655,45 +730,23 @@ def _releasing(listener: Callable[..., Iterator[Any]]) -> Callable[..., Iterator
 
 
 def _translate_image(settings: Settings):
-    def translate_image(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: Image.Image | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        seed: float | None,
-        steps: float | None,
-        strength: float,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-        prompt: str | None = None,
-        guidance: float | None = None,
-    ) -> tuple[Any, ...]:
+    def translate_image(a: dict[str, Any]) -> tuple[Any, ...]:
         """Translate the source to the target class at one strength: the image at once, and a
         token the scoring event (:func:`_score_one`) fills the scores in with."""
-        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
-                  target, strategy, seed, steps)  # fmt: skip
-        try:
-            req = _request(settings, values, [strength], prompt=prompt, guidance=guidance)
-            preview = run_translation(req, progress)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            logger.info("translate refused: %s", err)
-            msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return gr.skip(), gr.skip(), gr.skip(), msg, ""
-        finally:
-            common.release_memory()  # the call's freed buffers back to the system
+        inputs = PreviewInputs.of(a)
+        preview = _run_preview(settings, "translate",
+                               lambda: inputs.request(settings, [a["strength"]]), a["progress"])  # fmt: skip
+        if isinstance(preview, str):
+            return gr.skip(), gr.skip(), gr.skip(), preview, ""
         warm_judge(preview.request.ds)
         res = preview.results[0]
         src = preview.request.source or res.image
-        token = PREVIEWS.put(preview, _slot(request, "one"))
+        token = PREVIEWS.put(preview, _slot(a["request"], "one"))
         return ((display(src), display(res.image)), res.soft_label, scores_markdown(preview),
                 common.info_box(timing_line(preview), settings), token)  # fmt: skip
 
-    return translate_image
+    return _listener(translate_image, *PREVIEW_PARAMS, "strength", REQUEST, PROGRESS,
+                     "prompt=", "guidance=")  # fmt: skip
 
 
 def _score_token(token: str | None) -> Preview | str | None:
@@ -736,31 +789,13 @@ def _bundle(preview: Preview | None, settings: Settings) -> Any:
 def _page_image(settings: Settings):
     image = _translate_image(settings)
 
-    def translate_page_image(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: str | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        seed: float | None,
-        steps: float | None,
-        strength: float,
-        prompt: str | None,
-        guidance: float | None,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[Any, ...]:
+    def translate_page_image(a: dict[str, Any]) -> tuple[Any, ...]:
         """:func:`_translate_image`, plus the preview's download (before its scores)."""
-        *shown, token = image(selection, adapter, owner, source_mode, source_index, upload,
-                              source_class, target, strategy, seed, steps, strength, request,
-                              progress, prompt, guidance)  # fmt: skip
+        *shown, token = image(**a)
         return (*shown, _bundle(PREVIEWS.latest(token), settings), token)
 
-    return translate_page_image
+    return _listener(translate_page_image, *PREVIEW_PARAMS, "strength", "prompt", "guidance",
+                     REQUEST, PROGRESS)  # fmt: skip
 
 
 def _page_score(settings: Settings):
@@ -780,39 +815,61 @@ def _page_score(settings: Settings):
 def _translate_action(settings: Settings):
     image = _translate_image(settings)
 
-    def translate_one(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: str | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        seed: float | None,
-        steps: float | None,
-        strength: float,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-        prompt: str | None = None,
-        guidance: float | None = None,
-    ) -> Iterator[tuple[Any, ...]]:
+    def translate_one(a: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         """Translate the source to the target class at one strength; the image, then scores.
 
         The API endpoint (``/translate``): one call gives both. The page itself shows the
         image from :func:`_translate_image` and scores it in a separate event. ``prompt``
         (empty: the strategy's) and ``guidance`` (default 7.5) as on the page.
         """
-        *first, token = image(selection, adapter, owner, source_mode, source_index, upload,
-                              source_class, target, strategy, seed, steps, strength,
-                              None, progress, prompt, guidance)  # fmt: skip
+        *first, token = image(**a, request=None)
         yield tuple(first)
-        if not token:
-            return
-        with_scores = _score_one(token)
-        yield first[0], first[1], *with_scores
+        if token:
+            yield first[0], first[1], *_score_one(token)
 
-    return _releasing(translate_one)
+    return _releasing(_listener(translate_one, *PREVIEW_PARAMS, "strength", PROGRESS,
+                                "prompt=", "guidance="))  # fmt: skip
+
+
+def preview_command(request: Request, settings: Settings, out: str | None = None) -> str:
+    """The ``diffmix translate`` command that makes the preview of ``request`` again (its
+    strengths at its seed; :func:`diffmix.command.translate_command`), after ``#`` lines for
+    what the command line cannot say the same way: an uploaded source (its server path is
+    shown as :data:`diffmix.command.UPLOAD_PLACEHOLDER`), a selection of another split than
+    train, a mixing partner drawn from a subset. ``out``: the ``--out`` folder (default a
+    placeholder). ``ValueError`` for a setting without a flag."""
+    from diffmix.command import UPLOAD_PLACEHOLDER, translate_command
+
+    r, sel = request, request.selection or {}
+    source: int | str | None = r.source_index
+    notes = []
+    if source is None and r.source is not None:
+        source = UPLOAD_PLACEHOLDER
+        notes.append(f"# {UPLOAD_PLACEHOLDER}: your copy of the uploaded source image")
+    split = str(sel.get("split", "train"))
+    if split != "train":
+        notes.append(f"# the command line translates train images; this selection is the "
+                     f"{split} split")  # fmt: skip
+    if r.partner_index is not None and sel.get("indices") is not None:
+        notes.append("# the page mixes with a partner from the selected subset, the command "
+                     "line from the whole train split: the partner may differ")  # fmt: skip
+    spec = common.selection_spec(str(sel.get("spec", "")), settings)
+    command = translate_command(translate_config(r), dataset=spec, target=r.target_class,
+                                strengths=r.strengths, seed=r.seed, source=source,
+                                source_class=r.source_class, out=out)  # fmt: skip
+    return "\n".join([*notes, command])
+
+
+def _command_action(settings: Settings):
+    def translate_command(a: dict[str, Any]) -> str:
+        """The ``diffmix translate`` command of the one-image preview the page would make now
+        (:func:`preview_command`), or a ``#`` line saying what is missing."""
+        inputs = PreviewInputs.of(a)
+        return jobs_ui.command_text(
+            lambda: preview_command(inputs.request(settings, [a["strength"]]), settings), settings
+        )
+
+    return _listener(translate_command, *PREVIEW_PARAMS, "strength", "prompt", "guidance")
 
 
 def _sweep_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
@@ -829,46 +886,28 @@ def _sweep_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
 
 
 def _sweep_images(settings: Settings):
-    def translate_sweep_images(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: Image.Image | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        seed: float | None,
-        steps: float | None,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-        prompt: str | None = None,
-        guidance: float | None = None,
-    ) -> tuple[Any, ...]:
+    def translate_sweep_images(a: dict[str, Any]) -> tuple[Any, ...]:
         """Translate one source at strengths 0.1 … 0.9 in one call: the images, and a token
         for the scoring event (:func:`_score_sweep`)."""
-        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
-                  target, strategy, seed, steps)  # fmt: skip
-        try:
-            req = _request(settings, values, SWEEP_STRENGTHS, prompt=prompt, guidance=guidance)
+
+        def make() -> Request:
+            req = PreviewInputs.of(a).request(settings, SWEEP_STRENGTHS)
             if len(req.strengths) < 2:
                 raise ValueError(f"{req.strategy} draws from pure noise: a strength sweep needs "
                                  "an img2img or mixing strategy")  # fmt: skip
-            preview = run_translation(req, progress)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            logger.info("sweep refused: %s", err)
-            msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return gr.skip(), gr.skip(), msg, ""
-        finally:
-            common.release_memory()
-        warm_judge(req.ds)
-        token = PREVIEWS.put(preview, _slot(request, "sweep"))
+            return req
+
+        preview = _run_preview(settings, "sweep", make, a["progress"])
+        if isinstance(preview, str):
+            return gr.skip(), gr.skip(), preview, ""
+        warm_judge(preview.request.ds)
+        token = PREVIEWS.put(preview, _slot(a["request"], "sweep"))
         wait = scores_markdown(preview)
         return (_sweep_gallery(preview), gr.skip(),
                 common.info_box(f"{timing_line(preview)} {wait}", settings), token)  # fmt: skip
 
-    return translate_sweep_images
+    return _listener(translate_sweep_images, *PREVIEW_PARAMS, REQUEST, PROGRESS, "prompt=",
+                     "guidance=")  # fmt: skip
 
 
 def _score_sweep(token: str | None) -> tuple[Any, ...]:
@@ -892,84 +931,52 @@ def _score_sweep(token: str | None) -> tuple[Any, ...]:
 def _sweep_action(settings: Settings):
     images = _sweep_images(settings)
 
-    def translate_sweep(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: str | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        seed: float | None,
-        steps: float | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-        prompt: str | None = None,
-        guidance: float | None = None,
-    ) -> Iterator[tuple[Any, ...]]:
+    def translate_sweep(a: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         """Translate one source at strengths 0.1 … 0.9 in one call; images, then the score curves
         (the API endpoint ``/translate_sweep``; the page scores in a separate event)."""
-        *first, token = images(selection, adapter, owner, source_mode, source_index, upload,
-                               source_class, target, strategy, seed, steps, None,
-                               progress, prompt, guidance)  # fmt: skip
+        *first, token = images(**a, request=None)
         yield tuple(first)
         if token:
             yield _score_sweep(token)
 
-    return _releasing(translate_sweep)
+    return _releasing(_listener(translate_sweep, *PREVIEW_PARAMS, PROGRESS, "prompt=",
+                                "guidance="))  # fmt: skip
 
 
 def _grid_update(preview: Preview) -> Any:
     return gr.update(value=grid_gallery(preview), columns=len(preview.request.strengths))
 
 
+def _grid_line(preview: Preview) -> str:
+    req = preview.request
+    return (f"{len(req.row_seeds)} seeds (rows) × {len(req.strengths)} strengths (columns). "
+            f"{timing_line(preview)}")  # fmt: skip
+
+
 def _grid_images(settings: Settings):
-    def translate_grid_images(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: str | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        steps: float | None,
-        prompt: str | None,
-        guidance: float | None,
-        strengths: str | None,
-        seeds: str | None,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> tuple[Any, ...]:
+    def translate_grid_images(a: dict[str, Any]) -> tuple[Any, ...]:
         """One source at every strength (columns) × seed (rows) in one batched call: the
         images, the per-cell table, the download, and a token for :func:`_page_score_grid`."""
         from diffmix.grid import parse_numbers
 
-        values = (selection, adapter, owner, source_mode, source_index, upload, source_class,
-                  target, strategy, 0, steps)  # fmt: skip
-        try:
-            row_seeds = parse_numbers(seeds, "seeds", whole=True)
-            req = _request(settings, values, parse_numbers(strengths, "strengths"),
-                           prompt=prompt, guidance=guidance, seeds=row_seeds)  # fmt: skip
+        def make() -> Request:
+            row_seeds = parse_numbers(a["seeds"], "seeds", whole=True)
+            req = PreviewInputs.of(a).request(settings, parse_numbers(a["strengths"], "strengths"),
+                                              seeds=row_seeds)  # fmt: skip
             if len(req.strengths) * len(req.row_seeds) < 1:
                 raise ValueError("the grid is empty")
-            preview = run_translation(req, progress)
-        except (*jobs_ui.USER_ERRORS, RuntimeError) as err:
-            logger.info("grid refused: %s", err)
-            msg = common.error_box(jobs_ui.readable_error(err), settings)
-            return gr.skip(), gr.skip(), msg, gr.skip(), ""
-        finally:
-            common.release_memory()
-        warm_judge(req.ds)
-        token = PREVIEWS.put(preview, _slot(request, "grid"))
-        line = (f"{len(req.row_seeds)} seeds (rows) × {len(req.strengths)} strengths (columns). "
-                f"{timing_line(preview)} {scores_markdown(preview)}")  # fmt: skip
+            return req
+
+        preview = _run_preview(settings, "grid", make, a["progress"])
+        if isinstance(preview, str):
+            return gr.skip(), gr.skip(), preview, gr.skip(), ""
+        warm_judge(preview.request.ds)
+        token = PREVIEWS.put(preview, _slot(a["request"], "grid"))
+        line = f"{_grid_line(preview)} {scores_markdown(preview)}"
         return (_grid_update(preview), grid_table(preview), common.info_box(line, settings),
                 _bundle(preview, settings), token)  # fmt: skip
 
-    return translate_grid_images
+    return _listener(translate_grid_images, *GRID_PARAMS, REQUEST, PROGRESS)
 
 
 def _page_score_grid(settings: Settings):
@@ -980,11 +987,8 @@ def _page_score_grid(settings: Settings):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if isinstance(preview, str):
             return gr.skip(), gr.skip(), common.error_box(preview), gr.skip()
-        req = preview.request
-        line = (f"{len(req.row_seeds)} seeds (rows) × {len(req.strengths)} strengths (columns). "
-                f"{timing_line(preview)}")  # fmt: skip
-        return (_grid_update(preview), grid_table(preview), common.info_box(line, settings),
-                _bundle(preview, settings))  # fmt: skip
+        return (_grid_update(preview), grid_table(preview),
+                common.info_box(_grid_line(preview), settings), _bundle(preview, settings))  # fmt: skip
 
     return score_grid
 
@@ -993,33 +997,15 @@ def _grid_action(settings: Settings):
     images = _grid_images(settings)
     scored = _page_score_grid(settings)
 
-    def translate_grid(
-        selection: dict | None,
-        adapter: dict | None,
-        owner: str | None,
-        source_mode: str,
-        source_index: float | None,
-        upload: str | None,
-        source_class: str | None,
-        target: str | None,
-        strategy: str | None,
-        steps: float | None,
-        prompt: str | None,
-        guidance: float | None,
-        strengths: str | None,
-        seeds: str | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ) -> Iterator[tuple[Any, ...]]:
+    def translate_grid(a: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         """The strength × seed grid (API ``/translate_grid``): the images, table and download,
         then the same with the scores. ``strengths`` / ``seeds``: comma-separated lists."""
-        *first, token = images(selection, adapter, owner, source_mode, source_index, upload,
-                               source_class, target, strategy, steps, prompt, guidance,
-                               strengths, seeds, None, progress)  # fmt: skip
+        *first, token = images(**a, request=None)
         yield tuple(first)
         if token:
             yield scored(token)
 
-    return _releasing(translate_grid)
+    return _releasing(_listener(translate_grid, *GRID_PARAMS, PROGRESS))
 
 
 def _prompt_action(settings: Settings):
@@ -1309,6 +1295,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                 info = gr.Markdown(elem_id="tr-info")
                 download = gr.File(label="Download this preview (PNG + metadata.json, zip)",
                                    interactive=False, elem_id="tr-download")  # fmt: skip
+                command = jobs_ui.command_box("tr")
         gr.Markdown("### Strength × seed grid\nRows are seeds, columns strengths; each cell "
                     "lists its soft label and, when ready, its scores.")  # fmt: skip
         cap = settings.limits.max_batch
@@ -1383,6 +1370,13 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                          show_progress="hidden", **private)  # fmt: skip
         inputs = [selection, adapter, owner, mode, source_index, upload, source_class, target,
                   strategy, seed, steps]  # fmt: skip
+        # The command line of the one-image preview, kept up to date with every setting.
+        command_fn, command_in = _command_action(settings), [*inputs, strength, prompt, guidance]
+        page.load(command_fn, command_in, command, api_name="translate_command")
+        for widget in (mode, source_index, upload, source_class, target, strategy, seed, steps,
+                       strength, prompt, guidance):  # fmt: skip
+            widget.change(command_fn, command_in, command, queue=False, show_progress="hidden",
+                          **private)  # fmt: skip
         # Several previews at once (the core shares the cached pipeline read-only, each call
         # has its own schedulers): one visitor's long preview does not hold up the others'.
         run = {"concurrency_limit": settings.limits.preview_concurrency,
