@@ -24,7 +24,7 @@ import yaml
 
 from diffmix import recipes
 from diffmix.runs import atomic_write
-from diffmix.workspace import is_inside
+from diffmix.workspace import check_file_name, is_inside, name_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ CONFIG_CLASSES = {
 BUILTIN_PREFIX = "recipe:"
 #: Largest preset file read (bytes): a preset is a handful of lines.
 MAX_BYTES = 64 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+#: Longest preset name (characters; spaces allowed: a preset is named like a document).
+MAX_NAME = 64
+_NAME_RE = name_pattern(MAX_NAME, spaces=True)
 _OWNER_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
@@ -59,13 +61,7 @@ def _check_stage(stage: str) -> str:
 
 def check_name(name: str | None) -> str:
     """A preset name as typed, checked: up to 64 letters, digits, spaces, ``.``, ``_``, ``-``."""
-    text = (name or "").strip()
-    if not _NAME_RE.match(text) or ".." in text:
-        raise ValueError(
-            f"preset name {text!r} is not allowed: use up to 64 letters, digits, spaces, '.', "
-            "'_' or '-' (starting with a letter or digit)"
-        )
-    return text
+    return check_file_name(name, "preset", max_length=MAX_NAME, spaces=True)
 
 
 def preset_dir(stage: str, *, home: str | os.PathLike, public: bool, owner: str | None) -> Path:

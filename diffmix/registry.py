@@ -16,7 +16,6 @@ session's token when public, None (every run) when private.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from diffmix import jobs
 from diffmix.runs import RunDir, atomic_write
 from diffmix.settings import Settings
-from diffmix.workspace import STAGE_DIRS, stage_root
+from diffmix.workspace import STAGE_DIRS, check_file_name, name_pattern, stage_root
 
 __all__ = [
     "ACTIVE_STATES", "NAME_RE", "OWNER_FILE", "RESUMABLE_STATES", "RESUME_WAIT_S", "STAGE_DIRS",
@@ -38,8 +37,10 @@ ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("cancelled", "failed", "crashed")
 #: Owner record of a folder made in-process (e.g. an Inspect export), where no job.json is.
 OWNER_FILE = "owner.json"
+#: Longest run name (characters; no spaces: a run name is typed on command lines too).
+MAX_NAME = 80
 #: A run name: letters, digits, ``.``, ``_``, ``-``; up to 80 characters; no paths.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_RE = name_pattern(MAX_NAME)
 #: Longest wait (s) for a cancelled run's process to exit before it is resumed.
 RESUME_WAIT_S = 30.0
 
@@ -59,14 +60,8 @@ def may_see(settings: Settings, owner: str | None, run_owner_: str | None) -> bo
 
 
 def check_name(name: str | None) -> str:
-    """A run name as typed, checked: letters, digits, ``.``, ``_``, ``-`` (no paths)."""
-    name = (name or "").strip()
-    if not NAME_RE.match(name) or ".." in name:
-        raise ValueError(
-            f"run name {name!r} is not allowed: use up to 80 letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit)"
-        )
-    return name
+    """A run name as typed, checked: up to 80 letters, digits, ``.``, ``_``, ``-`` (no paths)."""
+    return check_file_name(name, "run", max_length=MAX_NAME)
 
 
 def run_name(name: str | None, prefix: str) -> str:

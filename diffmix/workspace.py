@@ -41,6 +41,27 @@ def stage_root(stage: str) -> Path:
     return subdir(STAGE_DIRS[stage])
 
 
+def name_pattern(max_length: int, *, spaces: bool = False) -> re.Pattern[str]:
+    """A typed name that is safe as one file or folder name of the workspace: 1 to
+    ``max_length`` letters, digits, ``.``, ``_``, ``-`` (and spaces with ``spaces``), starting
+    with a letter or digit (so never a path, never hidden)."""
+    space = " " if spaces else ""
+    return re.compile(rf"^[A-Za-z0-9][A-Za-z0-9{space}._-]{{0,{max_length - 1}}}$")
+
+
+def check_file_name(name: str | None, what: str, *, max_length: int, spaces: bool = False) -> str:
+    """``name`` as typed (stripped) when :func:`name_pattern` allows it and it holds no ``..``;
+    else ``ValueError`` naming ``what`` (e.g. ``"run"``), the name and the rule."""
+    text = (name or "").strip()
+    if not name_pattern(max_length, spaces=spaces).match(text) or ".." in text:
+        allowed = "letters, digits, spaces," if spaces else "letters, digits,"
+        raise ValueError(
+            f"{what} name {text!r} is not allowed: use up to {max_length} {allowed} '.', '_' or "
+            "'-' (starting with a letter or digit)"
+        )
+    return text
+
+
 def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
     """True when ``path`` resolves (symlinks followed) to ``root`` or somewhere below it."""
     p, r = Path(path).resolve(), Path(root).resolve()
