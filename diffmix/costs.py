@@ -354,6 +354,14 @@ def _dtype_name(dt) -> str:
     return str(dt).replace("torch.", "")
 
 
+def _measured(key: str, values: dict[str, float], summary: str) -> Rates:
+    """Store a calibration's ``values`` under ``key`` (:func:`calibration_key`), log
+    ``summary`` (what was measured, in words) and return them as measured rates."""
+    save_calibration(key, values)
+    logger.info("calibrated %s: %s", key, summary)
+    return Rates(values, True, "measured on this machine (just now)")
+
+
 def calibrate_generate(
     model: str = "nano",
     *,
@@ -383,10 +391,7 @@ def calibrate_generate(
     values = dict(ROUGH_OVERHEADS["generate"], generate_image_step=step_s, generate_image=vae_s)
     key = calibration_key("generate", model_key(model), device=dev.type, dtype=_dtype_name(dt),
                           resolution=res, batch=batch)  # fmt: skip
-    save_calibration(key, values)
-    logger.info("calibrated generation of %s: %.4f s per image-step, %.4f s per image (%s)",
-                model, step_s, vae_s, key)  # fmt: skip
-    return Rates(values, True, "measured on this machine (just now)")
+    return _measured(key, values, f"{step_s:.4f} s per image-step, {vae_s:.4f} s per image")
 
 
 #: Overheads a calibration keeps from :data:`ROUGH` (a short measurement cannot see them).
@@ -443,10 +448,7 @@ def calibrate_personalize(
                   generate_image_step=grid_step)  # fmt: skip
     key = calibration_key("personalize", model_key(model), device=dev.type, dtype="float32",
                           resolution=res, batch=batch)  # fmt: skip
-    save_calibration(key, values)
-    logger.info("calibrated personalization of %s: %.3f s per step at batch %d (%s)",
-                model, image_s * batch, batch, key)  # fmt: skip
-    return Rates(values, True, "measured on this machine (just now)")
+    return _measured(key, values, f"{image_s * batch:.3f} s per step at batch {batch}")
 
 
 def calibrate_train(
@@ -495,10 +497,7 @@ def calibrate_train(
     }
     key = calibration_key("train", arch, device=dev.type, dtype="fp32",
                           resolution=resolution, batch=batch)  # fmt: skip
-    save_calibration(key, values)
-    logger.info("calibrated training of %s at %d px: %.1f train / %.1f eval images/s (%s)",
-                arch, resolution, 1 / train_s, 1 / eval_s, key)  # fmt: skip
-    return Rates(values, True, "measured on this machine (just now)")
+    return _measured(key, values, f"{1 / train_s:.1f} train / {1 / eval_s:.1f} eval images/s")
 
 
 # --------------------------------------------------------------------------- stage estimates
