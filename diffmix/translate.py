@@ -58,12 +58,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field
 
 from diffmix.config import StageConfig
 from diffmix.labels import label_rule_for, soft_label
@@ -231,12 +231,24 @@ def build_prompt(
 # --------------------------------------------------------------------------- config & items
 
 
+def _strategy_name(name: str) -> str:
+    return get_strategy(name).name
+
+
+#: A config's strategy field: a name :func:`get_strategy` knows, kept as the strategy's own
+#: spelling (``ValueError`` naming the choices otherwise).
+StrategyName = Annotated[str, AfterValidator(_strategy_name)]
+#: A config's device and precision fields (``None``: the best available device / automatic).
+Device = Annotated[str | None, Field(description="cpu, cuda, ... (default: best available)")]
+Dtype = Annotated[str | None, Field(description="auto, fp32, fp16, bf16 (default: auto)")]
+
+
 class TranslateConfig(StageConfig):
     """How to translate: strategy, model, adapter and sampling settings (unknown keys rejected)."""
 
     model_config = ConfigDict(frozen=True)  # and StageConfig's extra="forbid"
 
-    strategy: str = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
+    strategy: StrategyName = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")
     adapter: str | None = Field(None, description="adapter folder (diff-* / ti-* strategies)")
     num_inference_steps: int = Field(
@@ -256,13 +268,8 @@ class TranslateConfig(StageConfig):
         0.5, gt=0, description="soft-label exponent γ; 0.5 = the authors' (4aa0ec8:run.sh:23)"
     )
     batch_size: int = Field(16, ge=1, description="items per shared denoising loop")
-    device: str | None = Field(None, description="cpu, cuda, ... (default: best available)")
-    dtype: str | None = Field(None, description="auto, fp32, fp16, bf16 (default: auto)")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        return get_strategy(v).name
+    device: Device = None
+    dtype: Dtype = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from diffmix.config import StageConfig
 from diffmix.synthetic import CONFIG_FILE, FORMAT
-from diffmix.translate import STRATEGIES, get_strategy
+from diffmix.translate import STRATEGIES, Device, Dtype, StrategyName, get_strategy
 
 #: Config fields that may change between runs into the same folder (they change no pixel).
 RERUN_FREE_FIELDS = frozenset({"filter_bottom"})
@@ -32,7 +32,7 @@ class GenerateConfig(StageConfig):
     shots: int | None = Field(None, ge=1, description="few-shot subset: images per class")
     imbalance: float | None = Field(None, gt=0, le=1, description="long-tail factor F in (0, 1]")
     subset_seed: int = Field(0, ge=0, description="seed of the subset draw (as personalize's)")
-    strategy: str = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
+    strategy: StrategyName = Field("diff-mix", description=f"one of {', '.join(STRATEGIES)}")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")
     adapter: str | None = Field(None, description="adapter folder (diff-* / ti-* strategies)")
     multiplier: int = Field(
@@ -84,13 +84,8 @@ class GenerateConfig(StageConfig):
     superclass: str | None = Field(
         None, description="word after class names in base-model prompts (default: dataset's)"
     )
-    device: str | None = Field(None, description="cpu, cuda, ... (default: best available)")
-    dtype: str | None = Field(None, description="auto, fp32, fp16, bf16 (default: auto)")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        return get_strategy(v).name
+    device: Device = None
+    dtype: Dtype = None
 
     @field_validator("strengths")
     @classmethod
