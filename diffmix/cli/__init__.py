@@ -40,6 +40,8 @@ logger = logging.getLogger("diffmix.cli")
 
 #: Exit status of a run stopped by a user error.
 EXIT_USER_ERROR = 2
+#: Exit status of a cancelled run (as of Ctrl-C).
+EXIT_CANCELLED = 130
 
 # Names kept from the one-file cli.py (tests and pages import them).
 _stage_fields = stage_fields
@@ -174,13 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     from pydantic import ValidationError
 
-    from diffmix.runs import Terminated, describe_error
+    from diffmix.runs import Cancelled, Terminated, describe_error
 
     try:
         out = getattr(args, "out", None)
         if out and Path(out).exists() and not Path(out).is_dir():  # before any work is done
             raise ValueError(f"--out {out} is a file; give a folder (or a path not taken yet)")
         return int(args.func(args))
+    except Cancelled:  # from the run folder (the app's Cancel): its progress is kept
+        sys.stderr.write(args.cancelled.format(out=out) + "\n")
+        return EXIT_CANCELLED
     except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
         logger.debug("user error", exc_info=True)
         if isinstance(e, ValidationError):  # a config field: say it in the CLI's flags

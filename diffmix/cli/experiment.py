@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from diffmix.cli.flags import (
     Flag,
-    add_config_flags,
-    add_out_config,
-    add_resume_json,
+    add_stage_parser,
     comma_list,
     stage_fields,
     write,
@@ -52,21 +49,23 @@ FLAGS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix experiment [fewshot] --out DIR``."""
-    p = subparsers.add_parser(
-        "experiment",
+
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("kind", choices=("fewshot",), help="which table (fewshot)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the stages and the time estimate, run nothing")  # fmt: skip
+
+    add_stage_parser(
+        subparsers, "experiment", FLAGS, run, spec=False, options=options,
+        extra=lambda a: {"kind": a.kind}, extra_keys=("kind",),
         help="run a comparison table end to end (baseline, mixup, cutmix, real-mix, diff-aug, diff-mix)",
         description="Run the Diff-Mix few-shot comparison on a dataset: per seed one few-shot "
         "subset, one adapter, one synthetic set per generative arm and one classifier per arm, "
         "all on the same real images; prints mean ± std of the final-epoch test accuracy over "
         "the seeds. A rerun into the same --out skips finished stages and resumes the others.",
-    )
-    p.add_argument("kind", choices=("fewshot",), help="which table (fewshot)")
-    add_out_config(p, "experiment folder to write", "ExperimentConfig")
-    add_config_flags(p, "experiment", FLAGS, lambda a: {"kind": a.kind}, ("kind",))
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the stages and the time estimate, run nothing")  # fmt: skip
-    add_resume_json(p, "continue the experiment in --out")
-    p.set_defaults(func=run)
+        out="experiment folder to write", resume="continue the experiment in --out",
+        cancelled="cancelled; continue with the same command (--out {out})",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         plan_experiment,
         run_experiment,
     )
-    from diffmix.runs import Cancelled
 
     fields = stage_fields(args, ExperimentConfig, "experiment", {"kind": args.kind})
     cfg = make_config(**fields)
@@ -87,14 +85,10 @@ def run(args: argparse.Namespace) -> int:
         write("".join(f"{s.name:<32} {s.estimate_s / 60:6.1f} min  {s.out}\n" for s in stages))
         write(format_estimate(stages, cfg.budget_minutes) + "\n")
         return 0
-    try:
-        results = run_experiment(
-            cfg, args.out, resume=args.resume,
-            on_plan=lambda stages: write(format_estimate(stages, cfg.budget_minutes) + "\n"),
-        )  # fmt: skip
-    except Cancelled:
-        sys.stderr.write(f"cancelled; continue with the same command (--out {args.out})\n")
-        return 130
+    results = run_experiment(
+        cfg, args.out, resume=args.resume,
+        on_plan=lambda stages: write(format_estimate(stages, cfg.budget_minutes) + "\n"),
+    )  # fmt: skip
     write(format_table(results) + f"results: {results['out']}/results.json\n")
     if args.json:
         keys = ("arms", "kind", "dataset", "shots", "seeds", "train_repeats", "complete",

@@ -341,6 +341,40 @@ def add_resume_json(p: argparse.ArgumentParser, resume_help: str) -> None:
     p.add_argument("--json", action="store_true", help="end the output with one JSON line")
 
 
+def add_stage_parser(
+    subparsers: argparse._SubParsersAction,
+    stage: str,
+    flags: Sequence[Flag],
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,  # noqa: A002 - argparse's name
+    description: str,
+    out: str,
+    resume: str,
+    cancelled: str,
+    spec: bool = True,
+    extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+    extra_keys: Sequence[str] = (),
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The subparser of a long stage (a run folder, resumable): ``[SPEC]`` (with ``spec``),
+    ``--out`` (help ``out``) / ``--config`` / ``--recipe``, the config flags of ``flags``
+    (:func:`add_config_flags` with ``extra``), the stage's own ``options(p)``, ``--resume``
+    (help ``resume``) / ``--json``. ``run(args)`` runs it; a cancelled run
+    (:class:`diffmix.runs.Cancelled`) ends with ``cancelled`` (``{out}``: the folder) on stderr
+    and exit status 130 (:func:`diffmix.cli.main`)."""
+    p = subparsers.add_parser(stage, help=help, description=description)
+    if spec:
+        add_spec(p)
+    add_out_config(p, out, STAGE_CONFIGS[stage].split(":")[1])
+    add_config_flags(p, stage, flags, extra, extra_keys)
+    if options is not None:
+        options(p)
+    add_resume_json(p, resume)
+    p.set_defaults(func=run, cancelled=cancelled)
+    return p
+
+
 def comma_list(
     kind: Callable[[str], Any],
     flag: str,

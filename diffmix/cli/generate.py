@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from diffmix.cli.flags import (
     Flag,
-    add_config_flags,
-    add_out_config,
-    add_resume_json,
-    add_spec,
+    add_stage_parser,
     comma_list,
     stage_fields,
     write,
@@ -67,19 +63,16 @@ FLAGS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix generate SPEC --out DIR``."""
-    p = subparsers.add_parser(
-        "generate",
+    add_stage_parser(
+        subparsers, "generate", FLAGS, run, extra=extra_fields,
         help="make a synthetic dataset: every training image translated M times",
         description="Plan M translations per real training image (target class, strength, "
         "seed), then run them in batches into an image folder with metadata.jsonl (soft labels, "
         "scores, provenance). A rerun into the same --out continues where it stopped; "
         "under `accelerate launch` the plan is split between processes.",
-    )
-    add_spec(p)
-    add_out_config(p, "synthetic dataset / run folder", "GenerateConfig")
-    add_config_flags(p, "generate", FLAGS, extra_fields)
-    add_resume_json(p, "continue the generation in --out")
-    p.set_defaults(func=run)
+        out="synthetic dataset / run folder", resume="continue the generation in --out",
+        cancelled="cancelled; continue with the same command (--out {out})",
+    )  # fmt: skip
 
 
 def extra_fields(args: argparse.Namespace) -> dict:
@@ -90,18 +83,13 @@ def extra_fields(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from diffmix.generate import GenerateConfig, generate
-    from diffmix.runs import Cancelled
 
     fields = stage_fields(args, GenerateConfig, "generate", extra_fields(args))
     cfg = GenerateConfig(**fields)  # a ValidationError becomes one line in main()
     from diffmix.cli.estimate import log_estimate
 
     log_estimate("generate", cfg)
-    try:
-        summary = generate(cfg, args.out, resume=args.resume)
-    except Cancelled:
-        sys.stderr.write(f"cancelled; continue with the same command (--out {args.out})\n")
-        return 130
+    summary = generate(cfg, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # other processes of `accelerate launch`
         return 0
     if summary.get("generated") and summary.get("images_per_s"):  # feeds the next estimates

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from diffmix.cli.flags import (
     Flag,
-    add_config_flags,
-    add_out_config,
-    add_resume_json,
-    add_spec,
+    add_stage_parser,
     stage_fields,
     write,
 )
@@ -51,35 +47,25 @@ FLAGS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix personalize SPEC --out DIR``."""
-    p = subparsers.add_parser(
-        "personalize",
+    add_stage_parser(
+        subparsers, "personalize", FLAGS, run,
         help="learn one token per class (+ a UNet LoRA) on a dataset",
         description="Personalize a Stable Diffusion model on a dataset's classes (textual "
         "inversion + DreamBooth-style LoRA). Writes an adapter folder that plain diffusers "
         "calls load (load_lora_weights / load_textual_inversion).",
-    )
-    add_spec(p)
-    add_out_config(p, "adapter / run folder to write", "PersonalizeConfig")
-    add_config_flags(p, "personalize", FLAGS)
-    add_resume_json(p, "continue from the newest checkpoint in --out")
-    p.set_defaults(func=run)
+        out="adapter / run folder to write", resume="continue from the newest checkpoint in --out",
+        cancelled="cancelled; continue with: diffmix personalize ... --out {out} --resume",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from diffmix.cli.estimate import log_estimate, sized_personalize_fields
     from diffmix.personalize import PersonalizeConfig, personalize, read_adapter
-    from diffmix.runs import Cancelled
 
     fields = stage_fields(args, PersonalizeConfig, "personalize")
     cfg = PersonalizeConfig(**sized_personalize_fields(fields, args))
     log_estimate("personalize", cfg)
-    try:
-        out = personalize(cfg, args.out, resume=args.resume)
-    except Cancelled:
-        sys.stderr.write(
-            f"cancelled; continue with: diffmix personalize ... --out {args.out} --resume\n"
-        )
-        return 130
+    out = personalize(cfg, args.out, resume=args.resume)
     meta = read_adapter(out)
     write(
         f"adapter:  {out}\nclasses:  {len(meta['class_tokens'])}\n"

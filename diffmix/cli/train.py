@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from diffmix.cli.flags import (
     Flag,
-    add_config_flags,
-    add_out_config,
-    add_resume_json,
-    add_spec,
+    add_stage_parser,
     comma_list,
     stage_fields,
     write,
@@ -60,19 +56,16 @@ FLAGS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """``diffmix train SPEC --out DIR``."""
-    p = subparsers.add_parser(
-        "train",
+    add_stage_parser(
+        subparsers, "train", FLAGS, run,
         help="train a classifier on real (+ synthetic) images and report test accuracy",
         description="Train a timm classifier (or the tiny 'smallcnn') on the train split of a "
         "dataset -- optionally few-shot or long-tail -- where each real sample is replaced "
         "with probability P by a Diff-Mix synthetic image carrying its soft label. Reports "
         "the final epoch's test accuracy (overall, per class, head/medium/tail).",
-    )
-    add_spec(p)
-    add_out_config(p, "run folder to write", "TrainConfig")
-    add_config_flags(p, "train", FLAGS)
-    add_resume_json(p, "continue from the newest checkpoint in --out")
-    p.set_defaults(func=run)
+        out="run folder to write", resume="continue from the newest checkpoint in --out",
+        cancelled="cancelled; continue with: diffmix train ... --out {out} --resume",
+    )  # fmt: skip
 
 
 def _pct(x: float | None) -> str:
@@ -82,15 +75,10 @@ def _pct(x: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from diffmix.classify import TrainConfig, train
     from diffmix.cli.estimate import log_estimate
-    from diffmix.runs import Cancelled
 
     cfg = TrainConfig(**stage_fields(args, TrainConfig, "train"))
     log_estimate("train", cfg)
-    try:
-        result = train(cfg, args.out, resume=args.resume)
-    except Cancelled:
-        sys.stderr.write(f"cancelled; continue with: diffmix train ... --out {args.out} --resume\n")
-        return 130
+    result = train(cfg, args.out, resume=args.resume)
     text = (
         f"run:           {result['out']}\n"
         f"backbone:      {result['arch']} ({result['pretrained']} weights, {result['tune']} "
