@@ -363,17 +363,23 @@ def soft_label_text(label: dict[str, float]) -> str:
     return " · ".join(f"{k} {v:.0%}" for k, v in sorted(label.items(), key=lambda kv: -kv[1]))
 
 
-def grid_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
-    """The grid's cells, row-major (rows = seeds, columns = strengths), captioned."""
+def captioned(preview: Preview, head: Callable[[Any], str]) -> list[tuple[Image.Image, str]]:
+    """The preview's images as thumbnails, each captioned ``head(result)`` and, once scored,
+    ``· f=<faithfulness> · d=<diversity>``."""
     out = []
     for k, t in enumerate(preview.results):
-        cap = f"seed {t.seed} · s={t.strength:g}"
+        cap = head(t)
         if preview.faithfulness is not None:
             cap += f" · f={preview.faithfulness[k]:.2f}"
         if preview.diversity is not None:
             cap += f" · d={preview.diversity[k]:.2f}"
         out.append((display(t.image, 128), cap))
     return out
+
+
+def grid_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
+    """The grid's cells, row-major (rows = seeds, columns = strengths), captioned."""
+    return captioned(preview, lambda t: f"seed {t.seed} · s={t.strength:g}")
 
 
 GRID_COLUMNS = ["seed", "strength s", "soft label (s^γ)", "faithfulness", "diversity"]
@@ -875,14 +881,7 @@ def _command_action(settings: Settings):
 def _sweep_gallery(preview: Preview) -> list[tuple[Image.Image, str]]:
     req = preview.request
     out = [(display(req.source, 128), "source")] if req.source is not None else []
-    for k, t in enumerate(preview.results):
-        cap = f"s={t.strength:.1f}"
-        if preview.faithfulness is not None:
-            cap += f" · f={preview.faithfulness[k]:.2f}"
-        if preview.diversity is not None:
-            cap += f" · d={preview.diversity[k]:.2f}"
-        out.append((display(t.image, 128), cap))
-    return out
+    return out + captioned(preview, lambda t: f"s={t.strength:.1f}")
 
 
 def _sweep_images(settings: Settings):
