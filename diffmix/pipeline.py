@@ -292,7 +292,10 @@ _CACHE_SIZE = 2
 _LOCK = threading.RLock()
 
 
-def _load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
+def load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
+    """A fresh (uncached) ``StableDiffusionPipeline`` of ``ref`` on ``device`` in ``dtype``,
+    checked (SD 1.x/2.x components) and set to DPM-Solver multistep; :class:`ModelError` when
+    it cannot be loaded. Callers that attach an adapter use this, never the shared cache."""
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     try:
@@ -351,7 +354,7 @@ def load_pipeline(
         base = _CACHE.get(key)
         if base is None:
             logger.info("loading base model %s on %s (%s)", ref.name, dev, dt)
-            base = _load_base(ref, dev, dt)
+            base = load_base(ref, dev, dt)
             _CACHE[key] = base
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)

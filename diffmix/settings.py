@@ -322,7 +322,7 @@ PATH_FIELDS = ("adapter", "confusion", "config", "source", "synthetic")
 #: Config fields holding a prompt a user typed (checked by :func:`check_prompt`).
 PROMPT_FIELDS = ("prompt", "prompt_template")
 #: Longest prompt a request may carry, in characters: the adapters' template limit
-#: (``diffmix.personalize.MAX_TEMPLATE_CHARS``); CLIP reads only 77 tokens anyway.
+#: (``diffmix.adapter.MAX_TEMPLATE_CHARS``); CLIP reads only 77 tokens anyway.
 MAX_PROMPT_CHARS = 300
 
 

@@ -623,17 +623,6 @@ def model_fingerprint(model: str) -> str:
     return folder_fingerprint(root, [p for p in root.rglob("*") if p.is_file()])
 
 
-def adapter_fingerprint(adapter: str | None) -> str | None:
-    """Fingerprint of an adapter folder: adapter.json, the LoRA and the token embeddings."""
-    if not adapter:
-        return None
-    from diffmix.personalize import ADAPTER_FILE, LORA_FILE
-
-    root = Path(adapter).expanduser()
-    files = [root / ADAPTER_FILE, root / LORA_FILE, *(root / "embeddings").glob("*.safetensors")]
-    return folder_fingerprint(root, [f for f in files if f.is_file()])
-
-
 # --------------------------------------------------------------------------- summary and card
 
 

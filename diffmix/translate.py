@@ -65,16 +65,18 @@ import torch
 from PIL import Image
 from pydantic import AfterValidator, ConfigDict, Field
 
+from diffmix.adapter import (
+    ADAPTER_FILE,
+    AdapterError,
+    attach_adapter,
+    check_adapter_for,
+    check_prompt_template,
+    read_adapter,
+    require_adapter,
+)
 from diffmix.config import StageConfig
 from diffmix.labels import label_rule_for, soft_label
 from diffmix.mixing import cutmix_box, mixup_pixels
-from diffmix.personalize import (
-    ADAPTER_FILE,
-    AdapterError,
-    check_adapter,
-    check_prompt_template,
-    read_adapter,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +179,7 @@ def prompt_word(
     personalized strategies (``<demo-3>``), its name (underscores as spaces) otherwise."""
     st = get_strategy(strategy)
     if st.prompt == "adapter":
-        if adapter_meta is None:
-            raise AdapterError(f"strategy {st.name!r} needs an adapter to build its prompt")
+        require_adapter(st, adapter_meta, how="pass adapter_meta (its adapter.json)")
         tokens = adapter_meta.get("class_tokens", {})
         if target_class not in tokens:
             raise ValueError(
@@ -210,7 +211,7 @@ def build_prompt(
     Base-model strategies: ``"a photo of a {class name} {superclass}"`` (underscores in the name
     become spaces; no superclass word when unknown), as the paper's Real-* baselines.
     Classic mixing strategies have no prompt (``""``). ``template`` (a user's prompt, checked by
-    :func:`~diffmix.personalize.check_prompt_template` with ``{token}`` optional) replaces the
+    :func:`~diffmix.adapter.check_prompt_template` with ``{token}`` optional) replaces the
     strategy's own: ``{token}`` is :func:`prompt_word`, ``{superclass}`` the superclass word.
     """
     st = get_strategy(strategy)
@@ -363,8 +364,7 @@ def load_adapted_pipeline(
     kept in a thread-safe LRU cache of two. Rewriting the adapter (its ``adapter.json``)
     invalidates its entry.
     """
-    from diffmix.personalize import attach_adapter
-    from diffmix.pipeline import _load_base, pick_device, pick_dtype, resolve_model
+    from diffmix.pipeline import load_base, pick_device, pick_dtype, resolve_model
 
     ref = resolve_model(model)
     dev = pick_device(device)
@@ -378,7 +378,7 @@ def load_adapted_pipeline(
         pipe = _ADAPTED.get(key)
         if pipe is None:
             logger.info("loading %s with adapter %s on %s (%s)", ref.name, adir, dev, dt)
-            pipe = _load_base(ref, dev, dt)
+            pipe = load_base(ref, dev, dt)
             attach_adapter(pipe, adir)
             _ADAPTED[key] = pipe
             while len(_ADAPTED) > _ADAPTED_SIZE:
@@ -391,37 +391,6 @@ def clear_adapter_cache() -> None:
     """Drop the cached adapter pipelines."""
     with _ADAPTED_LOCK:
         _ADAPTED.clear()
-
-
-def _check_adapter_for(
-    meta: dict, strategy: Strategy, model: str, class_names: Sequence[str]
-) -> None:
-    """Refuse an adapter of the wrong kind, base model or class list (``AdapterError``)."""
-    from diffmix.pipeline import ModelError, resolve_model
-
-    ti_only = bool(meta.get("ti_only", False))
-    if strategy.adapter_kind == "ti" and not ti_only:
-        raise AdapterError(
-            f"strategy {strategy.name!r} is the token-only baseline and needs an adapter trained "
-            "with ti_only (diffmix personalize --ti-only); this adapter also holds a LoRA whose "
-            f"tokens were trained with it -- use {strategy.name.replace('ti-', 'diff-')!r} instead"
-        )
-    if strategy.adapter_kind == "full" and ti_only:
-        raise AdapterError(
-            f"strategy {strategy.name!r} needs a full (tokens + LoRA) adapter; this one is "
-            f"token-only (ti_only) -- use {strategy.name.replace('diff-', 'ti-')!r} instead"
-        )
-    base = meta.get("base_model")
-    same_model = base == model
-    if not same_model:
-        try:
-            src = resolve_model(model).source
-            same_model = src == meta.get("base_model_source") or (
-                base is not None and src == resolve_model(str(base)).source
-            )
-        except ModelError:
-            same_model = False
-    check_adapter(meta, model=None if same_model else model, class_names=list(class_names))
 
 
 # --------------------------------------------------------------------------- image geometry
@@ -704,12 +673,7 @@ def translate(
     st = get_strategy(config.strategy)
     meta = None
     if st.uses_adapter:
-        if not config.adapter:
-            alt = st.name.replace("diff-", "real-").replace("ti-", "real-")
-            raise AdapterError(
-                f"strategy {st.name!r} needs a personalized adapter folder (made by "
-                f"`diffmix personalize`); pass adapter=DIR, or use {alt!r} for the base model"
-            )
+        require_adapter(st, config.adapter, how="pass adapter=DIR")
         meta = read_adapter(config.adapter)
         if class_names is None:
             class_names = list(meta.get("class_tokens", {}))
@@ -719,7 +683,7 @@ def translate(
         raise ValueError(f"strategy {st.name!r} needs class_names (the dataset's classes)")
     class_names = list(class_names)
     if meta is not None:
-        _check_adapter_for(meta, st, config.model, class_names)
+        check_adapter_for(meta, st, config.model, class_names)
 
     # 2. Check the items
     _check_items(items, st, class_names)

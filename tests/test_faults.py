@@ -230,12 +230,12 @@ def test_personalize_disk_full_then_corrupt_checkpoint_then_resume(
     assert not (out / "adapter.json").exists()
 
     # 2. Resume: from step 2, said in the log; the disk fills again at the final save
-    from diffmix import personalize as pz
+    from diffmix.personalize import run as pz  # where the run saves the token embeddings
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "embeddings"))
 
-    monkeypatch.setattr(pz, "_save_embeddings", full)
+    monkeypatch.setattr(pz, "save_embeddings", full)
     with caplog.at_level(logging.INFO, logger="diffmix"):
         assert main(_pz_args(tiny_sd_dir, out, "--resume")) == 2
     monkeypatch.undo()

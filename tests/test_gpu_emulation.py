@@ -70,8 +70,10 @@ def test_personalize_bf16_autocast_with_bf16_vae_and_capped_chunked_grids(
         return real(pipe, prompts, *a, **kw)
 
     monkeypatch.setattr(translate, "denoise_batch", spy)
-    monkeypatch.setattr(P, "GRID_MAX_CLASSES", 5)  # demo: 12 classes -> 5 shown, chunks 4 + 1
-    monkeypatch.setattr(P, "GRID_STEPS", 3)
+    from diffmix.personalize import samples as grids  # where the grid constants are read
+
+    monkeypatch.setattr(grids, "GRID_MAX_CLASSES", 5)  # demo: 12 classes -> 5 shown, chunks 4 + 1
+    monkeypatch.setattr(grids, "GRID_STEPS", 3)
     out = P.personalize(_cfg(tiny_sd_dir, mixed_precision="bf16", sample_every=2), tmp_path / "a")
     assert [n for n, _, _ in calls] == [4, 1]
     assert all(dt == torch.bfloat16 and autocast for _, dt, autocast in calls)

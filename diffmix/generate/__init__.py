@@ -53,6 +53,7 @@ Public API (importable from ``diffmix.generate``): :class:`GenerateConfig`,
 :func:`adapter_fingerprint`, and the folder's constants (``METADATA_FILE``, ``ROW_FIELDS``, ...).
 """
 
+from diffmix.adapter import adapter_fingerprint
 from diffmix.generate.config import RERUN_FREE_FIELDS, GenerateConfig, command_for, load_config
 from diffmix.generate.dist import _Dist
 from diffmix.generate.plan import (
@@ -76,7 +77,6 @@ from diffmix.synthetic import (
     METADATA_FILE,
     PLAN_FILE,
     ROW_FIELDS,
-    adapter_fingerprint,
     dataset_card,
     model_fingerprint,
     read_rows,

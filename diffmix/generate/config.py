@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from diffmix.adapter import require_adapter
 from diffmix.config import StageConfig
 from diffmix.synthetic import CONFIG_FILE, FORMAT
 from diffmix.translate import STRATEGIES, Device, Dtype, StrategyName, get_strategy
@@ -108,12 +109,7 @@ class GenerateConfig(StageConfig):
             raise ValueError(
                 f"{st.name} draws from pure noise: strength must be 1, got {self.strengths}"
             )
-        if st.uses_adapter and not self.adapter:
-            alt = st.name.replace("diff-", "real-").replace("ti-", "real-")
-            raise ValueError(
-                f"strategy {st.name!r} needs a personalized adapter folder (made by "
-                f"`diffmix personalize`): pass --adapter DIR, or use {alt!r} for the base model"
-            )
+        require_adapter(st, self.adapter, how="pass --adapter DIR")
         if self.targets != "uniform" and st.target == "same":
             raise ValueError(
                 f"targets={self.targets!r} chooses target classes, but {st.name} keeps the "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from diffmix.adapter import adapter_fingerprint
 from diffmix.generate.config import load_config
 from diffmix.generate.plan import read_plan
 from diffmix.generate.run import _translate_batch
-from diffmix.synthetic import adapter_fingerprint, model_fingerprint
+from diffmix.synthetic import model_fingerprint
 
 
 def regenerate(out: str | os.PathLike, row: dict[str, Any] | int):

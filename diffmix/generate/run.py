@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmix import synthetic as syn
+from diffmix.adapter import adapter_fingerprint, check_adapter_for, read_adapter
 from diffmix.generate.config import GenerateConfig
 from diffmix.generate.dist import _Dist
 from diffmix.generate.plan import PlannedTask, bottom_fraction_mask, make_plan, plan_text
@@ -109,7 +110,6 @@ def _prepare(config: GenerateConfig, out, resume: bool, dist: _Dist) -> _Job:
     """1-2. Check the config, the dataset, the subset and the adapter; plan; check the folder
     (writable, same config as a generation already there)."""
     from diffmix.data import load_dataset, make_subset
-    from diffmix.translate import _check_adapter_for
 
     cfg = config.resolved()
     st = get_strategy(cfg.strategy)
@@ -118,10 +118,8 @@ def _prepare(config: GenerateConfig, out, resume: bool, dist: _Dist) -> _Job:
         raise ValueError(f"dataset {cfg.dataset!r} has no training images; check the spec")
     subset = make_subset(ds, shots=cfg.shots, imbalance=cfg.imbalance, seed=cfg.subset_seed)
     if st.uses_adapter:
-        from diffmix.personalize import read_adapter
-
         meta = read_adapter(cfg.adapter)
-        _check_adapter_for(meta, st, cfg.model, ds.class_names)
+        check_adapter_for(meta, st, cfg.model, ds.class_names)
         theirs = (meta.get("subset") or {}).get("indices")
         if theirs is not None and list(theirs) != list(subset.indices):
             logger.warning(
@@ -130,7 +128,7 @@ def _prepare(config: GenerateConfig, out, resume: bool, dist: _Dist) -> _Job:
                 len(theirs), len(subset),
             )  # fmt: skip
     plan = make_plan(cfg, ds, subset)
-    fp_model, fp_adapter = syn.model_fingerprint(cfg.model), syn.adapter_fingerprint(cfg.adapter)
+    fp_model, fp_adapter = syn.model_fingerprint(cfg.model), adapter_fingerprint(cfg.adapter)
 
     out = Path(out).expanduser()
     _prepare_out(out)
