@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: Rough seconds per unit of work when nothing was measured (nano-SD at 64 px, small
 #: classifiers at 64 px, on a 2-core CPU); the sources are the hand measurements once kept in
-#: ``diffmix/experiment.py``:
+#: the single-file ``diffmix/experiment.py`` (now the package :mod:`diffmix.experiment`):
 #: - ``personalize_image``: seconds per training image of a personalization step (forward +
 #:   backward; 300 steps at batch 8 took 52-58 s on an idle 2-core machine: ~0.2 s a step);
 #: - ``generate_image_step``: seconds per image per denoising step run, guidance included

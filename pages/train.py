@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 from diffmix.classify.config import DEFAULT_P, TrainConfig  # noqa: E402
 from diffmix.config import field_default  # noqa: E402
+from diffmix.experiment.table import format_mean_std  # noqa: E402
 from diffmix.runs import RunDir  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
 from pages import common, estimates, jobs_ui, presets_ui  # noqa: E402
@@ -352,15 +352,6 @@ def setup_label(config: dict[str, Any]) -> str:
     return label
 
 
-def _mean_std(values: Sequence[float | None]) -> str:
-    xs = [100 * v for v in values if v is not None]
-    if not xs:
-        return ""
-    if len(xs) == 1:
-        return f"{xs[0]:.1f}"
-    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
-
-
 def comparison_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Finished runs grouped by config minus seed: mean ± std (sample std) over the seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -374,15 +365,15 @@ def comparison_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                f"long-tail {cfg['imbalance']:g}" if cfg.get("imbalance") else "full")  # fmt: skip
         hmt = ""
         if cfg.get("imbalance"):
-            hmt = " / ".join(_mean_std([x.get(g) for x in m]) or "-"
+            hmt = " / ".join(format_mean_std([x.get(g) for x in m]) or "-"
                              for g in ("head_accuracy", "medium_accuracy", "tail_accuracy"))  # fmt: skip
         spec = str(cfg.get("dataset", ""))
         spec = spec if spec.startswith(("demo", "hub:")) else Path(spec).name
         rows.append([
             setup_label(cfg), f"{spec} ({sub})", cfg.get("arch"), cfg.get("epochs"),
             cfg.get("resolution"), ", ".join(str(r["config"].get("seed")) for r in runs),
-            _mean_std([x.get("test_accuracy") for x in m]),
-            _mean_std([x.get("mean_class_accuracy") for x in m]), hmt,
+            format_mean_std([x.get("test_accuracy") for x in m]),
+            format_mean_std([x.get("mean_class_accuracy") for x in m]), hmt,
             ", ".join(r["name"] for r in runs),
         ])  # fmt: skip
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)

@@ -343,7 +343,9 @@ def test_training_repeats_are_averaged_and_added_on_a_rerun(colors, tiny_sd_dir,
 def test_cancel_is_forwarded_to_the_running_stage_then_resumed(
     colors, tiny_sd_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(ex, "_WATCH_INTERVAL_S", 0.02)
+    from diffmix.experiment import run as ex_run  # where the watcher reads its interval
+
+    monkeypatch.setattr(ex_run, "_WATCH_INTERVAL_S", 0.02)
     out = tmp_path / "exp"
     cfg = ex.make_config(**_fields(colors, tiny_sd_dir, arms=["baseline"], seeds=[0], epochs=40))
     stage_dir = out / "runs" / "baseline-seed0"

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffmix.experiment import ExperimentConfig, _train_config
+from diffmix.experiment import ExperimentConfig, train_config
 
 
 def _train(tmp_path: Path, **fields):
     cfg = ExperimentConfig(**fields)
-    return _train_config(cfg, "diff-mix", 1, tmp_path / "syn")
+    return train_config(cfg, "diff-mix", 1, tmp_path / "syn")
 
 
 def test_demo_keeps_the_small_cnn_from_scratch(tmp_path: Path) -> None:
