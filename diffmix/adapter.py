@@ -413,6 +413,33 @@ def import_authors_checkpoint(
     authors do ('/' and '_' become spaces) when matching.
     """
     out = Path(out)
+    names, tokens, vectors = _authors_embeddings(embed_path, class_names)
+    out.mkdir(parents=True, exist_ok=True)
+    save_embeddings(out, tokens, vectors)
+    has_lora = lora_path is not None
+    if has_lora:
+        _import_authors_lora(Path(lora_path), out)
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "base_model": base_model,
+        "class_tokens": dict(zip(names, tokens, strict=True)),
+        "prompt_template": f"a photo of a {{token}} {superclass}",
+        "superclass": superclass,
+        "ti_only": not has_lora,
+        "imported_from": {
+            "embeddings": str(embed_path),
+            "lora": str(lora_path) if lora_path else None,
+        },
+    }
+    write_adapter_json(out, meta)
+    return out
+
+
+def _authors_embeddings(
+    embed_path: str | os.PathLike, class_names: list[str] | None
+) -> tuple[list[str], list[str], torch.Tensor]:
+    """``(class names, placeholder tokens, vectors)`` of the authors' embeddings file, in
+    ``class_names`` order (checked) or the file's."""
     try:
         ckpt = torch.load(embed_path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -448,39 +475,21 @@ def import_authors_checkpoint(
         order = [norm(c) for c in class_names]
         names = list(class_names)
     tokens = [name2ph[n] for n in order]
-    vectors = torch.stack([embeds[t].reshape(-1).float() for t in tokens])
-    out.mkdir(parents=True, exist_ok=True)
-    save_embeddings(out, tokens, vectors)
-    has_lora = False
-    if lora_path is not None:
-        from safetensors.torch import save_file
+    return names, tokens, torch.stack([embeds[t].reshape(-1).float() for t in tokens])
 
-        src = Path(lora_path)
-        if src.is_dir():
-            found = [src / LORA_FILE, src / "pytorch_lora_weights.bin"]
-            src = next((f for f in found if f.is_file()), found[0])
-        state = read_lora_file(src)
-        if not state:
-            raise AdapterError(f"{src} holds no tensors")
-        converted = convert_lora_layout(state)
-        logger.info(
-            "LoRA %s: %d layer(s) in the diffusers layout", src, len(lora_layers(converted))
-        )
-        with atomic_target(out / LORA_FILE) as tmp:
-            save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp),
-                      metadata={"format": "pt"})  # fmt: skip
-        has_lora = True
-    meta = {
-        "format": ADAPTER_FORMAT,
-        "base_model": base_model,
-        "class_tokens": dict(zip(names, tokens, strict=True)),
-        "prompt_template": f"a photo of a {{token}} {superclass}",
-        "superclass": superclass,
-        "ti_only": not has_lora,
-        "imported_from": {
-            "embeddings": str(embed_path),
-            "lora": str(lora_path) if lora_path else None,
-        },
-    }
-    write_adapter_json(out, meta)
-    return out
+
+def _import_authors_lora(src: Path, out: Path) -> None:
+    """Convert the authors' LoRA (file or folder) to ``out/pytorch_lora_weights.safetensors``."""
+    from safetensors.torch import save_file
+
+    if src.is_dir():
+        found = [src / LORA_FILE, src / "pytorch_lora_weights.bin"]
+        src = next((f for f in found if f.is_file()), found[0])
+    state = read_lora_file(src)
+    if not state:
+        raise AdapterError(f"{src} holds no tensors")
+    converted = convert_lora_layout(state)
+    logger.info("LoRA %s: %d layer(s) in the diffusers layout", src, len(lora_layers(converted)))
+    with atomic_target(out / LORA_FILE) as tmp:
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp),
+                  metadata={"format": "pt"})  # fmt: skip

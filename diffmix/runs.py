@@ -278,6 +278,24 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, keep: int
     return path
 
 
+def checkpoint_files(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """The ``<prefix>-*.pt`` checkpoints in ``folder``, oldest first (their names hold the
+    zero-padded step or epoch, so they sort by it); ``[]`` when there is none."""
+    return sorted(Path(folder).glob(f"{prefix}-*.pt"))
+
+
+def require_keys(keys: Sequence[str], what: str) -> Callable[[dict[str, Any]], None]:
+    """A ``check`` for :func:`load_newest_checkpoint`: refuse a loadable file lacking any of
+    ``keys`` (``ValueError: not a <what> (no [...])``), one that is not our checkpoint."""
+
+    def check(state: dict[str, Any]) -> None:
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"not a {what} (no {missing})")
+
+    return check
+
+
 def prune_checkpoints(paths: Sequence[Path], *, keep: int = 1) -> list[Path]:
     """Delete all but the ``keep`` newest of ``paths`` (given oldest first); the deleted ones.
 

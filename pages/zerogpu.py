@@ -87,7 +87,7 @@ def job_model(args: Sequence[str]) -> str:
         return model
     adapter = _flag(args, "--adapter")
     if adapter:
-        from diffmix.personalize import AdapterError, read_adapter
+        from diffmix.adapter import AdapterError, read_adapter
 
         try:
             return str(read_adapter(adapter).get("base_model") or "nano")

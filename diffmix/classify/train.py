@@ -79,8 +79,10 @@ from diffmix.runs import (
     RunDir,
     atomic_target,
     atomic_write,
+    checkpoint_files,
     load_newest_checkpoint,
     prune_checkpoints,
+    require_keys,
     save_checkpoint,
 )
 
@@ -565,7 +567,7 @@ def _figures(
 
 def _checkpoints(out: Path) -> list[Path]:
     """The resumable checkpoints in ``out``, oldest first."""
-    return sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    return checkpoint_files(out / "checkpoints", "ckpt")
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -573,12 +575,11 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _check_state(state: dict) -> None:
-    """Refuse a loadable file that is not one of our checkpoints (missing keys)."""
-    keys = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "steps_per_epoch")
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ValueError(f"not a training checkpoint (no {missing})")
+#: Refuses a loadable file that is not one of our checkpoints (missing keys).
+_check_state = require_keys(
+    ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "steps_per_epoch"),
+    "training checkpoint",
+)
 
 
 def _checkpoint(

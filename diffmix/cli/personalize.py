@@ -59,8 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffmix.adapter import read_adapter
     from diffmix.cli.estimate import log_estimate, sized_personalize_fields
-    from diffmix.personalize import PersonalizeConfig, personalize, read_adapter
+    from diffmix.personalize import PersonalizeConfig, personalize
 
     fields = stage_fields(args, PersonalizeConfig, "personalize")
     cfg = PersonalizeConfig(**sized_personalize_fields(fields, args))

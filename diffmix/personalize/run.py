@@ -48,8 +48,10 @@ from diffmix.progress import LossEMA, ProgressReporter
 from diffmix.runs import (
     Cancelled,
     RunDir,
+    checkpoint_files,
     load_newest_checkpoint,
     prune_checkpoints,
+    require_keys,
     save_checkpoint,
 )
 
@@ -395,7 +397,7 @@ def _any_process(accel, flag: bool) -> bool:
 
 def _checkpoints(out: Path) -> list[Path]:
     """The resumable checkpoints in ``out``, oldest first."""
-    return sorted((out / "checkpoints").glob("step-*.pt"))
+    return checkpoint_files(out / "checkpoints", "step")
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -403,11 +405,8 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _check_state(state: dict) -> None:
-    """Refuse a loadable file that is not one of our checkpoints (missing keys)."""
-    missing = [k for k in ("step", "embeddings", "optimizer") if k not in state]
-    if missing:
-        raise ValueError(f"not a personalization checkpoint (no {missing})")
+#: Refuses a loadable file that is not one of our checkpoints (missing keys).
+_check_state = require_keys(("step", "embeddings", "optimizer"), "personalization checkpoint")
 
 
 def _trainable_state(s: _Session) -> dict:
