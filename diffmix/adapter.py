@@ -34,11 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from diffmix.runs import atomic_target, atomic_write
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where tensors are read: reading adapter.json needs none
+    import torch
+
     from diffmix.translate import Strategy
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
 
 def _attached_lora_layers(unet) -> int:
     """How many (module, adapter) LoRA pairs peft has attached to ``unet``."""
+    import torch
+
     n = 0
     for module in unet.modules():
         lora_a = getattr(module, "lora_A", None)
@@ -324,6 +326,8 @@ def lora_layers(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
 
 def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
     """A LoRA state dict from safetensors, or a plain tensor ``.bin`` (no code unpickled)."""
+    import torch
+
     try:
         if path.suffix == ".bin":
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -440,6 +444,8 @@ def _authors_embeddings(
 ) -> tuple[list[str], list[str], torch.Tensor]:
     """``(class names, placeholder tokens, vectors)`` of the authors' embeddings file, in
     ``class_names`` order (checked) or the file's."""
+    import torch
+
     try:
         ckpt = torch.load(embed_path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
