@@ -64,7 +64,7 @@ def test_kind_check_and_fingerprint_of_an_adapter_folder(tmp_path):
 
 
 def test_former_import_paths_name_the_same_objects():
-    from diffmix import generate, personalize, pipeline, translate
+    from diffmix import generate, personalize, pipeline, synthetic, translate
     from diffmix.personalize import run as pz_run
 
     for name in ("AdapterError", "read_adapter", "check_adapter", "attach_adapter",
@@ -72,7 +72,7 @@ def test_former_import_paths_name_the_same_objects():
                  "lora_layers", "ADAPTER_FILE", "LORA_FILE"):  # fmt: skip
         assert getattr(personalize, name) is getattr(adapter, name)
     assert generate.adapter_fingerprint is adapter.adapter_fingerprint
-    assert generate.model_fingerprint is pipeline.model_fingerprint
+    assert generate.model_fingerprint is synthetic.model_fingerprint
     assert translate.AdapterError is adapter.AdapterError
     assert personalize.personalize is pz_run.personalize
     assert callable(pipeline.load_base)
