@@ -118,7 +118,7 @@ def generate_config(
     ``guidance`` defaults to the config's 7.5; ``prompt_template`` (empty: the strategy's own
     prompt) is checked as a typed prompt (:func:`diffmix.settings.check_prompt`).
     """
-    from diffmix.personalize import check_prompt_template
+    from diffmix.adapter import check_prompt_template
     from diffmix.translate import get_strategy
 
     sub = selection_subset(selection, settings)

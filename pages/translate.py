@@ -180,7 +180,7 @@ def build_request(
     kept as a template in which the target's token (or name) is ``{token}``, so the image is
     made with exactly the typed text. ``guidance`` defaults to :data:`DEFAULT_GUIDANCE`.
     """
-    from diffmix.personalize import check_prompt_template
+    from diffmix.adapter import check_prompt_template
     from diffmix.translate import get_strategy, prompt_word, template_from_prompt
 
     # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
@@ -475,7 +475,7 @@ def generate_plan(
     """What "Send to Generate" carries: strategy, strength, guidance, the typed prompt as a
     template (the target's token made ``{token}``, so every target class gets its own), and
     the source / target shown on Generate. ``ValueError`` for a bad strength or prompt."""
-    from diffmix.personalize import check_prompt_template
+    from diffmix.adapter import check_prompt_template
     from diffmix.translate import get_strategy, prompt_word, template_from_prompt
 
     st = get_strategy(strategy or default_strategy(adapter))
