@@ -63,6 +63,7 @@ try:
 except ImportError:  # optional: the standard json module reads the same rows
     _orjson = None
 
+from diffmix.adapter import adapter_fingerprint  # noqa: F401 (its home since the split; former path)
 from diffmix.runs import atomic_write, temp_path
 
 logger = logging.getLogger(__name__)

@@ -64,7 +64,8 @@ def test_kind_check_and_fingerprint_of_an_adapter_folder(tmp_path):
 
 
 def test_former_import_paths_name_the_same_objects():
-    from diffmix import generate, personalize, pipeline, synthetic, translate
+    from diffmix import experiment, generate, personalize, pipeline, synthetic, translate
+    from diffmix.experiment import plan as experiment_plan
     from diffmix.personalize import run as pz_run
 
     for name in ("AdapterError", "read_adapter", "check_adapter", "attach_adapter",
@@ -72,6 +73,8 @@ def test_former_import_paths_name_the_same_objects():
                  "lora_layers", "ADAPTER_FILE", "LORA_FILE"):  # fmt: skip
         assert getattr(personalize, name) is getattr(adapter, name)
     assert generate.adapter_fingerprint is adapter.adapter_fingerprint
+    assert synthetic.adapter_fingerprint is adapter.adapter_fingerprint
+    assert experiment.classifier_backbone is experiment_plan.classifier_backbone
     assert generate.model_fingerprint is synthetic.model_fingerprint
     assert translate.AdapterError is adapter.AdapterError
     assert personalize.personalize is pz_run.personalize
