@@ -55,9 +55,11 @@ with a checkpoint; rerun to continue.
 the authors' 5-shot recipe (:data:`diffmix.recipes.RECIPES` ``"fewshot"``, from their paper-time
 run.sh: ``s = 0.7``, ``γ = 0.5``, ``p = 0.3``, multiplier 5, 5 shots; mixup/cutmix arms mix a
 batch with probability 0.5 as their trainer does), 25 sampling steps; 300 personalization
-steps (the 5-shot subset has only 60 images: ~40 passes at batch 8); the ``smallcnn`` classifier from scratch at 64 px, 50
-epochs at batch 16 (demo, 5-shot, seed 0, real images only: smallcnn 80% test accuracy in 49 s,
-ResNet-18 34% in 64 s -- from scratch on 60 images the small network generalizes far better).
+steps (the 5-shot subset has only 60 images: ~40 passes at batch 8); on the demo the
+``smallcnn`` classifier from scratch at 64 px, 50 epochs at batch 16 (demo, 5-shot, seed 0,
+real images only: smallcnn 80% test accuracy in 49 s, ResNet-18 34% in 64 s -- from scratch on
+60 images the small network generalizes far better); on real photos the backbone rule of
+``diffmix train`` (:func:`classifier_backbone`: built-in ImageNet Lite0, head tuning, 224 px).
 
 Modules: :mod:`~diffmix.experiment.config` (:class:`ExperimentConfig`, the arms),
 :mod:`~diffmix.experiment.plan` (:class:`Stage`, the per-arm stage configs, the stage list),
