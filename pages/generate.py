@@ -394,20 +394,94 @@ def _view(path: Path | None, owner: str | None) -> list[Any]:
     return [newest_images(path), done_summary(path)]
 
 
-def sent_plan_line(plan: dict[str, Any]) -> str:
-    """What a plan sent from Translate set here, in one line (and what Generate does with the
-    source / target choice: it translates every selected image, toward drawn target classes)."""
+def _previewed_pair(plan: dict[str, Any]) -> str:
+    """``source #3 (corbane) → doravik`` (or ``an upload → doravik``) of a sent plan."""
     src = plan.get("source_index")
     where = (
         f"source #{int(src)} ({plan.get('source_class')})" if src not in (None, "") else "an upload"
     )
+    return f"{where} → {plan.get('target_class')}"
+
+
+def _template_note(template: str) -> str:
+    """What a prompt template does per target class (``{token}`` or not)."""
+    if not template:
+        return "the strategy's own prompt, with each target class's token or name"
+    if "{token}" in template:
+        return f"prompt template “{template}”: each target class's token goes into {{token}}"
+    return (
+        f"prompt “{template}” names no class ({{token}} missing): every image gets this same "
+        "prompt, whatever its target class"
+    )
+
+
+def sent_plan_line(plan: dict[str, Any]) -> str:
+    """What a plan sent from Translate set here, in one line (and what Generate does with the
+    source / target choice: it translates every selected image, toward drawn target classes)."""
     prompt = f", prompt “{plan['prompt']}”" if plan.get("prompt") else ""
     return (
         f"**From Translate:** {plan.get('strategy')}, strength {plan.get('strengths')}, guidance "
-        f"{plan.get('guidance')}{prompt}; you previewed {where} → {plan.get('target_class')}. "
-        "Generate translates every selected image, each toward target classes drawn by the "
-        "rule below; the prompt template puts each target's own token in."
+        f"{plan.get('guidance')}{prompt}; you previewed {_previewed_pair(plan)}. Generate fills "
+        "in the settings, not the pair: it translates every selected image (see the plan box "
+        "above Estimate)."
     )
+
+
+def sent_plan_box(
+    plan: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+    *,
+    strategy: str | None,
+    strengths: str | None,
+    guidance: float | None,
+    template: str | None,
+    targets: str | None,
+) -> str:
+    """The plan box's note on a plan sent from Translate: what of it this batch applies, what
+    it does not (the previewed source / target pair was one example), and which sent settings
+    were changed here since. Empty without a sent plan.
+
+    ``strategy``, ``strengths``, ``guidance``, ``template`` and ``targets`` are the page's
+    current values (the strength as typed, e.g. ``"0.5"``; guidance >= 0; template may be "").
+    """
+    if not isinstance(plan, dict) or plan.get("from") != "translate":
+        return ""
+    from diffmix.translate import get_strategy
+
+    now = {"strategy": strategy or "", "strength": str(strengths or "").strip(),
+           "guidance": "" if guidance in (None, "") else f"{float(guidance):g}",
+           "prompt template": (template or "").strip()}  # fmt: skip
+    sent = {"strategy": str(plan.get("strategy") or ""),
+            "strength": str(plan.get("strengths") or ""),
+            "guidance": "" if plan.get("guidance") in (None, "") else f"{float(plan['guidance']):g}",
+            "prompt template": str(plan.get("prompt_template") or "")}  # fmt: skip
+    changed = [f"{k} {sent[k] or '(empty)'} → {now[k] or '(empty)'}"
+               for k in sent if sent[k] != now[k]]  # fmt: skip
+    applied = [f"{k} {now[k]}" for k in ("strategy", "strength", "guidance") if sent[k] == now[k]]
+    if sent["prompt template"] == now["prompt template"]:
+        applied.append(_template_note(now["prompt template"]))
+    try:
+        st = get_strategy(strategy or "")
+        same = st.target == "same"
+    except ValueError:
+        same = False
+    n = (selection or {}).get("num_images")
+    every = f"every selected image ({n})" if n else "every selected image"
+    toward = (
+        f"keeping its own class ({strategy} translates within the class)"
+        if same
+        else f"toward target classes drawn by the **{targets or 'uniform'}** rule"
+    )
+    lines = [
+        "**Sent from Translate** — applied to this batch: "
+        + ("; ".join(applied) if applied else "nothing (all changed here)")
+        + ".",
+        f"Not applied: the pair you previewed, {_previewed_pair(plan)}. It was one example; "
+        f"the batch translates {every} `multiplier` times, {toward}.",
+    ]
+    if changed:
+        lines.append("Changed here since it was sent: " + "; ".join(changed) + ".")
+    return "\n\n".join(lines)
 
 
 def plan_updates(plan: dict[str, Any] | None, adapter: dict[str, Any] | None) -> list[Any]:
@@ -421,6 +495,32 @@ def plan_updates(plan: dict[str, Any] | None, adapter: dict[str, Any] | None) ->
             gr.update(value=str(plan.get("strengths") or "0.7")),
             gr.update(value=float(plan.get("guidance") or DEFAULTS["guidance_scale"])),
             gr.update(value=plan.get("prompt_template") or "")]  # fmt: skip
+
+
+def _keep_sent(open_fn):
+    """``open_fn`` (:func:`_on_open`'s callback) plus the sent plan itself as one more output:
+    the plan box keeps it after the browser's copy is cleared (used once)."""
+
+    def on_open(owner: str | None, selection: dict | None, adapter: dict | None,
+                sent: dict | None = None) -> list[Any]:  # fmt: skip
+        kept = sent if isinstance(sent, dict) and sent.get("from") == "translate" else None
+        return [*open_fn(owner, selection, adapter, sent), kept]
+
+    return on_open
+
+
+def _sent_box_action(
+    plan: dict | None,
+    selection: dict | None,
+    strategy: str | None,
+    strengths: str | None,
+    guidance: float | None,
+    template: str | None,
+    targets: str | None,
+) -> str:
+    """The plan box's note on a sent plan, for the page's current values (thin callback)."""
+    return sent_plan_box(plan, selection, strategy=strategy, strengths=strengths,
+                         guidance=guidance, template=template, targets=targets)  # fmt: skip
 
 
 def _on_open(settings: Settings):
@@ -512,6 +612,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         # connection open on every page of the app.
         probe_state = gr.JSON(None, visible=False)
         sent = common.plan_state()
+        # the plan sent from Translate, kept for the plan box once ``sent`` is cleared
+        previewed = gr.JSON(None, visible=False)
         gr.Markdown(
             "## 4 · Generate\nMake a synthetic dataset: every selected training image is "
             "translated `multiplier` times toward other classes. The job runs in the "
@@ -562,6 +664,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                             info="{token} = each target class's token (or name); {superclass}",
                             elem_id="gen-prompt-template",
                         )  # fmt: skip
+                sent_box = gr.Markdown(elem_id="gen-sent")
                 with gr.Row():
                     est_btn = gr.Button("Estimate", elem_id="gen-estimate-btn")
                     probe_btn = gr.Button("Measure speed", elem_id="gen-probe")
@@ -583,9 +686,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         jobs_ui.wire(
             panel, page=page, settings=settings, owner=owner, build_args=_build_args(settings),
             start_inputs=plan, view=_view, view_outputs=[gallery, summary],
-            on_open=_on_open(settings), open_inputs=[selection, adapter, sent],
+            on_open=_keep_sent(_on_open(settings)), open_inputs=[selection, adapter, sent],
             open_outputs=[current, strategy, confusion_run, strengths, guidance, prompt_template,
-                          sent, adapter],
+                          sent, adapter, previewed],
             restore=settings_from_config,
             restore_outputs=[strategy, multiplier, strengths, targets, filter_bottom, limit,
                              steps, seed, score],
@@ -594,6 +697,11 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                        api_visibility="private")  # fmt: skip
         recipe.change(_recipe_action, recipe, [multiplier, strengths, recipe_note], queue=False,
                       api_visibility="private")  # fmt: skip
+        box_inputs = [previewed, selection, strategy, strengths, guidance, prompt_template,
+                      targets]  # fmt: skip
+        for widget in (previewed, strategy, strengths, guidance, prompt_template, targets):
+            widget.change(_sent_box_action, box_inputs, sent_box, queue=False,
+                          show_progress="hidden", api_visibility="private")  # fmt: skip
         estimate_fn = _estimate_action(settings)
         est_btn.click(estimate_fn, [probe_state, owner, *plan], est, api_name="generate_estimate")
         page.load(estimate_fn, [probe_state, owner, *plan], est, api_visibility="private")
