@@ -436,13 +436,16 @@ def sent_plan_box(
     guidance: float | None,
     template: str | None,
     targets: str | None,
+    multiplier: Any = None,
+    limit: Any = None,
 ) -> str:
     """The plan box's note on a plan sent from Translate: what of it this batch applies, what
     it does not (the previewed source / target pair was one example), and which sent settings
     were changed here since. Empty without a sent plan.
 
-    ``strategy``, ``strengths``, ``guidance``, ``template`` and ``targets`` are the page's
-    current values (the strength as typed, e.g. ``"0.5"``; guidance >= 0; template may be "").
+    ``strategy``, ``strengths``, ``guidance``, ``template``, ``targets``, ``multiplier`` and
+    ``limit`` are the page's current values (the strength as typed, e.g. ``"0.5"``; guidance
+    >= 0; template may be ""; multiplier >= 1; limit None / 0 = every image).
     """
     if not isinstance(plan, dict) or plan.get("from") != "translate":
         return ""
@@ -467,6 +470,18 @@ def sent_plan_box(
         same = False
     n = (selection or {}).get("num_images")
     every = f"every selected image ({n})" if n else "every selected image"
+    try:
+        first = int(limit) if limit not in (None, "") else 0
+    except (TypeError, ValueError):
+        first = 0
+    if first and (not n or first < n):
+        every = f"the first {first} selected images (the limit)"
+    try:
+        times = (
+            f"{int(multiplier)} time(s)" if multiplier not in (None, "") else "`multiplier` times"
+        )
+    except (TypeError, ValueError):
+        times = "`multiplier` times"
     toward = (
         f"keeping its own class ({strategy} translates within the class)"
         if same
@@ -477,7 +492,7 @@ def sent_plan_box(
         + ("; ".join(applied) if applied else "nothing (all changed here)")
         + ".",
         f"Not applied: the pair you previewed, {_previewed_pair(plan)}. It was one example; "
-        f"the batch translates {every} `multiplier` times, {toward}.",
+        f"the batch translates {every} {times} each, {toward}.",
     ]
     if changed:
         lines.append("Changed here since it was sent: " + "; ".join(changed) + ".")
@@ -517,10 +532,13 @@ def _sent_box_action(
     guidance: float | None,
     template: str | None,
     targets: str | None,
+    multiplier: Any = None,
+    limit: Any = None,
 ) -> str:
     """The plan box's note on a sent plan, for the page's current values (thin callback)."""
     return sent_plan_box(plan, selection, strategy=strategy, strengths=strengths,
-                         guidance=guidance, template=template, targets=targets)  # fmt: skip
+                         guidance=guidance, template=template, targets=targets,
+                         multiplier=multiplier, limit=limit)  # fmt: skip
 
 
 def _on_open(settings: Settings):
@@ -698,8 +716,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
         recipe.change(_recipe_action, recipe, [multiplier, strengths, recipe_note], queue=False,
                       api_visibility="private")  # fmt: skip
         box_inputs = [previewed, selection, strategy, strengths, guidance, prompt_template,
-                      targets]  # fmt: skip
-        for widget in (previewed, strategy, strengths, guidance, prompt_template, targets):
+                      targets, multiplier, limit]  # fmt: skip
+        for widget in (previewed, strategy, strengths, guidance, prompt_template, targets,
+                       multiplier, limit):  # fmt: skip
             widget.change(_sent_box_action, box_inputs, sent_box, queue=False,
                           show_progress="hidden", api_visibility="private")  # fmt: skip
         estimate_fn = _estimate_action(settings)

@@ -27,7 +27,8 @@ def _plan(fewshot: dict[str, Any], private: Settings, prompt: str) -> dict[str, 
 
 def _box(plan: dict | None, fewshot: dict, **now: Any) -> str:
     values = {"strategy": "real-mix", "strengths": "0.6", "guidance": 4.5, "targets": "uniform",
-              "template": (plan or {}).get("prompt_template", "")}  # fmt: skip
+              "template": (plan or {}).get("prompt_template", ""), "multiplier": 2,
+              "limit": None}  # fmt: skip
     values.update(now)
     return generate.sent_plan_box(plan, fewshot, **values)
 
@@ -45,9 +46,13 @@ def test_plan_box_says_what_is_applied_and_that_the_pair_is_not(
     assert "each target class's token goes into {token}" in applied
     src = f"source #{fewshot['indices'][0]} ({names[0]}) → {names[2]}"
     assert src in not_applied
-    assert f"every selected image ({fewshot['num_images']})" in not_applied
+    assert f"every selected image ({fewshot['num_images']}) 2 time(s) each" in not_applied
     assert "drawn by the **uniform** rule" in not_applied
     assert "Changed here" not in box
+    # the limit under More options: only the first images
+    assert "the first 24 selected images (the limit) 2 time(s) each" in _box(
+        plan, fewshot, limit=24
+    )
     # the rule named is the page's current one
     assert "drawn by the **tail** rule" in _box(plan, fewshot, targets="tail")
     # a within-class strategy keeps each image's class: no drawn targets
