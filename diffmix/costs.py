@@ -572,8 +572,9 @@ def personalize_defaults(
     device: str | None = None,
     calibrate: bool = False,
 ) -> dict[str, Any]:
-    """Hardware-sized defaults of a personalization: ``steps``, ``sample_every`` and ``source``
-    (a sentence saying where they come from).
+    """Hardware-sized defaults of a personalization: ``steps``, ``sample_every``, ``source``
+    (a sentence saying where they come from) and ``measured`` (False while a CPU's sizing rests
+    on the rough speed, so a measurement would change it; True on a GPU, which needs none).
 
     On a GPU: the full default (1500 nano, 5000 SD). On a CPU: the steps that fit
     :data:`CPU_PERSONALIZE_TARGET_S` at this machine's measured speed (or the rough one), within
@@ -581,6 +582,7 @@ def personalize_defaults(
     """
     full = 1500 if _is_nano(model) else 5000
     dev, res, rates = _personalize_setup(model, batch, resolution, device)
+    measured = True
     if dev != "cpu":
         steps = full
         source = f"{full} steps: the full default for {_short(model)} on a {dev.upper()}"
@@ -589,13 +591,14 @@ def personalize_defaults(
             rates = calibrate_personalize(model, batch=batch, resolution=res)
         step_s = batch * rates["personalize_image"]
         steps = sized_steps(full, step_s)
-        how = "measured" if rates.measured else "rough (not measured)"
+        measured = rates.measured
+        how = "measured" if measured else "rough (not measured)"
         source = (
             f"{steps} steps: sized for this CPU (~{format_duration(CPU_PERSONALIZE_TARGET_S)} at "
             f"{step_s:.2f} s a step, {how}; the full default is {full})"
         )
     every = sized_sample_every(steps)
-    return {"steps": steps, "sample_every": every,
+    return {"steps": steps, "sample_every": every, "measured": measured,
             "source": f"{source}; a sample grid every {every} steps (about 4 a run)"}  # fmt: skip
 
 

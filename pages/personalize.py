@@ -13,9 +13,11 @@ Run alone with ``python pages/personalize.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,21 +78,53 @@ def model_defaults(model: str, batch: int = 8) -> dict[str, Any]:
     """Steps, sample-grid spacing and LoRA learning rate for ``model`` on this machine.
 
     Steps and grids are sized to the hardware (:func:`diffmix.costs.personalize_defaults`: the
-    full default on a GPU, what fits ~15 min on a CPU at its measured speed -- measured here for
-    nano, a few seconds once); ``source`` says where they come from. The learning rate is the
-    core's (nano vs Stable Diffusion).
+    full default on a GPU, what fits ~15 min on a CPU at its speed -- the speed measured on this
+    machine when a measurement is stored, the rough one until then); ``source`` says which, and
+    ``measured`` whether it was measured. Nothing is measured here: building the page or a
+    listener never waits for a measurement (:func:`measure_in_background` takes it). The
+    learning rate is the core's (nano vs Stable Diffusion).
     """
     from diffmix import costs
     from diffmix.personalize import PersonalizeConfig
 
     cfg = PersonalizeConfig(model=model).resolved()
     try:
-        sized = costs.personalize_defaults(model, batch=batch, calibrate=model == "nano")
+        sized = costs.personalize_defaults(model, batch=batch, calibrate=False)
     except (ValueError, OSError, RuntimeError) as err:  # an unloadable model: the core's numbers
         logger.info("no hardware-sized defaults for %s: %s", model, err)
         sized = {"steps": cfg.steps, "sample_every": 0, "source": f"{cfg.steps}: the core default"}
+        sized["measured"] = True  # nothing a measurement could change
     return {"steps": sized["steps"], "sample_every": sized["sample_every"],
-            "source": sized["source"], "lr": cfg.lr}  # fmt: skip
+            "source": sized["source"], "lr": cfg.lr, "measured": sized["measured"]}  # fmt: skip
+
+
+_MEASURING: dict[str, threading.Thread] = {}
+_MEASURING_LOCK = threading.Lock()
+
+
+def measure_in_background(model: str, batch: int = 8) -> threading.Thread | None:
+    """Measure personalization speed for ``model`` on this machine in a daemon thread, once per
+    process (nano only: a few seconds idle, about a minute on a loaded 2-core machine), so the
+    app starts at once and the page sizes its steps with the measurement when it is opened
+    after it lands (:func:`_on_open`). Returns the thread, or None when nothing is to measure."""
+    from diffmix import costs
+
+    if model != "nano" or model_defaults(model, batch)["measured"]:
+        return None
+
+    def run() -> None:
+        try:
+            costs.calibrate_personalize(model, batch=batch)
+        except Exception:  # a failed measurement leaves the rough sizing; never breaks the app
+            logger.exception("measuring personalization speed for %s failed", model)
+
+    with _MEASURING_LOCK:
+        thread = _MEASURING.get(model)
+        if thread is None:
+            thread = threading.Thread(target=run, name=f"measure-{model}", daemon=True)
+            _MEASURING[model] = thread
+            thread.start()
+    return thread
 
 
 def personalize_config(
@@ -423,9 +457,40 @@ def _use_action(settings: Settings):
     return use_adapter, clear_adapter, adapters
 
 
-def _on_open(settings: Settings):
+def _after_measurement(fn, model: str, timeout_s: float = 300.0):
+    """``fn`` run after the background measurement of ``model`` (if one is in flight), so the
+    estimate does not start a second, competing measurement of the same speed."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any) -> Any:
+        thread = _MEASURING.get(model)
+        if thread is not None:
+            thread.join(timeout_s)
+        return fn(*args)
+
+    return wrapped
+
+
+def sized_update(built: dict[str, Any], steps: Any, sample_every: Any, model: str) -> list[Any]:
+    """The steps and sample-grid widgets' updates when the page opens: the sizing measured on
+    this machine since the page was built (rough then), as long as both widgets still hold the
+    built defaults (a value the visitor typed, or a watched run's, is kept)."""
+    keep = [gr.skip(), gr.skip()]
+    if built["measured"] or (steps, sample_every) != (built["steps"], built["sample_every"]):
+        return keep
+    now = model_defaults(model)
+    if not now["measured"]:
+        return keep
+    return [gr.update(value=now["steps"], info=now["source"]), gr.update(value=now["sample_every"])]
+
+
+def _on_open(settings: Settings, built: dict[str, Any]):
     def on_open(
-        owner: str | None, selection: dict[str, Any] | None, adapter: dict[str, Any] | None
+        owner: str | None,
+        selection: dict[str, Any] | None,
+        adapter: dict[str, Any] | None,
+        steps: Any = None,
+        sample_every: Any = None,
     ) -> list[Any]:
         seed = (selection or {}).get("seed")
         table, choices = _adapter_lists(owner, settings)
@@ -437,6 +502,7 @@ def _on_open(settings: Settings):
             choices,
             adapter_line(carried),
             carried,
+            *sized_update(built, steps, sample_every, settings.model),
         ]
 
     return on_open
@@ -481,6 +547,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
     """The Personalize page as a standalone ``gr.Blocks``."""
     settings = settings or common.get_settings()
     defaults = model_defaults(settings.model)
+    measure_in_background(settings.model)  # the app starts now; the page sizes on open
     with common.page_blocks(TITLE) as page:
         selection = common.selection_state()
         adapter = common.adapter_state()
@@ -582,9 +649,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
             ],  # fmt: skip
             view=_view(settings),
             view_outputs=[loss, sample, table, use_name, use_msg],
-            on_open=_on_open(settings),
-            open_inputs=[selection, adapter],
-            open_outputs=[current, seed, table, use_name, chosen, adapter],
+            on_open=_on_open(settings, defaults),
+            open_inputs=[selection, adapter, steps, sample_every],
+            open_outputs=[current, seed, table, use_name, chosen, adapter, steps, sample_every],
             restore=lambda config: settings_from_config(config, public=settings.public),
             restore_outputs=[model, steps, rank, lr, seed, sample_every, batch_size, ti_only,
                              class_balanced],
@@ -597,7 +664,9 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     api_visibility="private")  # fmt: skip
         start_values = [selection, model, steps, rank, lr, seed, sample_every, batch_size,
                         ti_only, class_balanced]  # fmt: skip
-        estimate_fn = estimates.estimate_action(STAGE, _build_args(settings), settings)
+        estimate_fn = _after_measurement(
+            estimates.estimate_action(STAGE, _build_args(settings), settings), settings.model
+        )
         page.load(estimate_fn, [owner, *start_values], estimate, api_visibility="private")
         for widget in (model, steps, batch_size, sample_every, ti_only):
             widget.change(estimate_fn, [owner, *start_values], estimate,
