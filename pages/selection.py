@@ -149,7 +149,10 @@ def adapter_line(state: dict[str, Any] | None) -> str:
     if state and state.get("none"):
         return "No adapter (you chose the base model on the Personalize page: real-* strategies)."
     if not state or not state.get("name"):
-        return "No adapter chosen: later pages use the base model (real-* strategies)."
+        return (
+            "No adapter chosen: later pages use the newest adapter trained on this dataset once "
+            "one has finished, the base model (real-* strategies) until then."
+        )
     if state.get("carried"):
         kind = "token-only" if state.get("ti_only") else "tokens + LoRA"
         return (

@@ -659,7 +659,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     epochs = gr.Number(DEFAULTS["epochs"], label="Epochs", precision=0, minimum=1,
                                        elem_id="tn-epochs")  # fmt: skip
                     # minimum 0: the browser sends a blank box as 0 (0 and blank both mean auto)
-                    resolution = gr.Number(None, label="Resolution (px; blank: auto)", precision=0,
+                    resolution = gr.Number(None, label="Resolution (px; 0 or blank: auto)", precision=0,
                                            minimum=0, elem_id="tn-resolution")  # fmt: skip
                     seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, minimum=0,
                                      elem_id="tn-seed")  # fmt: skip
@@ -668,7 +668,7 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                         batch_size = gr.Number(DEFAULTS["batch_size"], label="Batch size", precision=0, minimum=1,
                                                elem_id="tn-batch")  # fmt: skip
                         lr = gr.Number(DEFAULTS["lr"], label="Learning rate", elem_id="tn-lr")
-                        threads = gr.Number(None, label="CPU threads (blank: auto)", precision=0,
+                        threads = gr.Number(None, label="CPU threads (0 or blank: auto)", precision=0,
                                             minimum=0, elem_id="tn-threads")  # fmt: skip
                     mix = gr.Radio(list(MIXES), value="none", label="Batch mixing baseline",
                                    elem_id="tn-mix")  # fmt: skip

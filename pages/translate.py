@@ -1193,7 +1193,8 @@ EXPLAIN_GUIDANCE = (
 EXPLAIN_PROMPT = (
     "Pre-filled with the prompt the strategy uses for the target class (its token after "
     "Personalize, its name for the base model). Edit it freely; Send to Generate keeps your "
-    "wording and puts each target class's own token in."
+    "wording, and where it names the target class each image of the batch gets its own target "
+    "class there (a prompt that names no class is used as is for every image)."
 )
 EXPLAIN_LABEL = (
     "**Soft label** = (1 − s^γ)·source + s^γ·target, γ = 0.5 (the authors' run.sh). It follows "

@@ -45,7 +45,7 @@ def test_help_shows_every_default(stage: str) -> None:
 
 def test_unset_flags_show_the_config_default(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(_stage_parsers()["personalize"].format_help().split())
-    assert "--steps N optimiser steps (default: 1500 nano, 5000 SD)" in text
+    assert "--steps N optimiser steps (default: 1500 nano, 5000 SD on a GPU; on a CPU" in text
     assert "--batch-size B images per step per process (default: 8)" in text
 
 

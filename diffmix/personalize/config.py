@@ -27,7 +27,10 @@ class PersonalizeConfig(StageConfig):
     seed: int = Field(0, description="subset and training seed")
     model: str = Field("nano", description="base model: nano, a diffusers folder or a hub id")
     steps: int | None = Field(
-        None, ge=1, description="optimiser steps (default: 1500 nano, 5000 SD)"
+        None,
+        ge=1,
+        description="optimiser steps (default: 1500 nano, 5000 SD on a GPU; on a CPU the CLI "
+        "and the app size it to ~15 min at this machine's measured speed)",
     )
     rank: int = Field(
         10,
