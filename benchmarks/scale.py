@@ -465,17 +465,17 @@ def _inspect(name: str, base: Path, ds) -> dict[str, float]:
             page.load_folder(folder)
         assert len(names) == NUM_CLASSES
         return _result(m)
-    df, rows = page.load_folder(folder)
-    target = rows[len(rows) // 2]["target_class"]
+    df, index = page.load_folder(folder)
+    target = str(df["target_class"].iloc[len(df) // 2])
     if name == "inspect_filter":  # what the page's filter does once the folder is open
         with Peak() as m:
-            _, shown, _ = page._filtered(folder, [], [target], 0.0, 1.0, 0.0, 1.0, "all")
-            page.rows_table([rows[i] for i in shown["row"][: page.PER_PAGE]])
+            _, shown = page._filtered(folder, [], [target], 0.0, 1.0, 0.0, 1.0, "all")
+            part, _ = page.page_frame(shown, 1)
+            page.frame_table(part, page.index_rows(folder, part["row"])[1])
         return _result(m)
-    shown = list(rows)  # every row: a full page at any size
-    with Peak() as m:
-        items = page.pairs(folder, shown, ds, page=1)
-    assert len(items) == min(page.PER_PAGE, len(shown))
+    with Peak() as m:  # the first rows: a full page at any size
+        items = page.pairs(folder, page.index_rows(folder, range(page.PER_PAGE))[1], ds)
+    assert len(items) == min(page.PER_PAGE, len(df))
     return _result(m)
 
 

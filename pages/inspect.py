@@ -18,8 +18,8 @@ import logging
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,14 @@ from PIL import Image  # noqa: E402
 
 from diffmix.data import ImageDataset, open_rgb  # noqa: E402
 from diffmix.settings import Settings  # noqa: E402
-from diffmix.synthetic import CONFIG_FILE, METADATA_FILE  # noqa: E402
-from diffmix.synthetic import folder_rows as read_rows  # noqa: E402
+from diffmix.synthetic import (  # noqa: E402
+    CONFIG_FILE,
+    METADATA_FILE,
+    RowIndex,
+    index_rows,
+    row_index,
+)
+from diffmix.synthetic import folder_rows as read_rows  # noqa: E402,F401 -- every row, parsed
 from pages import common, jobs_ui  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -48,9 +54,10 @@ NO_FOLDER = "No synthetic dataset chosen: make one on the **Generate** page, the
 #: Gallery (and table) rows per page: a folder of 30,000+ rows is never laid out at once.
 PER_PAGE = 24
 TABLE_COLUMNS = ["file", "source", "target", "strength", "faithfulness", "diversity", "kept", "row"]
-#: Columns of the frame the page filters, sorts and pages (``row``: position in the file).
-FRAME_COLUMNS = ("row", "file_name", "source_class", "target_class", "strength", "faithfulness",
-                 "diversity", "kept")  # fmt: skip
+#: Columns of the frame the page filters, sorts and pages (``row``: position in the file). The
+#: other fields of a row (file name, source, soft label ...) are read for the rows shown only.
+FRAME_COLUMNS = ("row", "source_class", "target_class", "strength", "faithfulness", "diversity",
+                 "kept")  # fmt: skip
 SCORE_COLUMNS = ("faithfulness", "diversity")
 #: Sort menu -> frame column.
 SORT_CHOICES = {"file order": "row", "faithfulness": "faithfulness", "diversity": "diversity",
@@ -96,9 +103,10 @@ def _range_mask(col: pd.Series, lo: float, hi: float) -> pd.Series:
 
 
 def rows_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The rows' filter and sort columns as a frame (``row``: the row's position in the file).
+    """The rows' filter and sort columns as a frame (``row``: the row's position in ``rows``).
 
-    Numbers missing or not numeric become NaN; ``kept`` is True unless the row says ``false``.
+    Numbers missing or not numeric become NaN; ``kept`` is True unless the row says ``false``;
+    a missing class is ``""``.
     """
     df = pd.DataFrame({c: [r.get(c) for r in rows] for c in FRAME_COLUMNS[1:]},
                       columns=list(FRAME_COLUMNS[1:]))  # fmt: skip
@@ -106,32 +114,49 @@ def rows_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     for col in SCORE_COLUMNS + ("strength",):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["kept"] = ~df["kept"].astype(object).eq(False)
-    for col in ("source_class", "target_class", "file_name"):
+    for col in ("source_class", "target_class"):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     return df
 
 
-@lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame, tuple[dict, ...]]:
-    del mtime_ns, size  # part of the cache key only
-    rows = tuple(read_rows(Path(path).parent))
-    return rows_frame(rows), rows
+def index_frame(index: RowIndex) -> pd.DataFrame:
+    """The frame of a folder's :class:`~diffmix.synthetic.RowIndex` (same columns as
+    :func:`rows_frame` of its rows): classes as categoricals in name order, so a 60,000-row
+    folder's frame is a few MB and sorts by class name."""
+    names = np.array(index.classes, dtype=object)
+    order = np.argsort(names.astype(str), kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    categories = pd.Index(names[order].tolist(), dtype=object)
+
+    def classes(codes: np.ndarray) -> pd.Categorical:
+        return pd.Categorical.from_codes(rank[codes] if len(codes) else codes, categories)
+
+    return pd.DataFrame({
+        "row": np.arange(len(index), dtype=np.int64),
+        "source_class": classes(index.source), "target_class": classes(index.target),
+        "strength": index.strength, "faithfulness": index.faithfulness,
+        "diversity": index.diversity, "kept": index.kept,
+    }, columns=list(FRAME_COLUMNS))  # fmt: skip
 
 
-def load_folder(folder: Path) -> tuple[pd.DataFrame, Sequence[dict[str, Any]]]:
-    """The folder's rows and their frame, read once per version of ``metadata.jsonl``.
+#: The frame of each folder index alive (the index is cached in diffmix.synthetic).
+_FRAMES: weakref.WeakKeyDictionary[RowIndex, pd.DataFrame] = weakref.WeakKeyDictionary()
 
-    Cached by the file's modification time and size, so a growing folder is read again and
-    a filter, sort or page change on a large folder costs no re-parse.
+
+def load_folder(folder: Path) -> tuple[pd.DataFrame, RowIndex]:
+    """The folder's frame and row index (:func:`diffmix.synthetic.row_index`), read once per
+    version of ``metadata.jsonl``.
+
+    The page holds one representation of a folder: the frame of its filter and sort columns
+    (about 50 bytes a row); the rows shown are parsed from the file when shown
+    (:func:`diffmix.synthetic.index_rows`). A growing folder reads only its new lines.
     """
-    path = folder / METADATA_FILE
-    try:
-        st = path.stat()
-    except OSError:
-        raise ValueError(
-            f"{folder.name!r} is not a synthetic dataset (no {METADATA_FILE})"
-        ) from None
-    return _load_cached(str(path), st.st_mtime_ns, st.st_size)
+    index = row_index(folder)
+    frame = _FRAMES.get(index)
+    if frame is None:
+        frame = _FRAMES[index] = index_frame(index)
+    return frame, index
 
 
 def filter_frame(
@@ -204,15 +229,17 @@ def page_frame(df: pd.DataFrame, page: int, per_page: int = PER_PAGE) -> tuple[p
     return df.iloc[start : start + per_page], p
 
 
-def frame_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows as the page's table (scores rounded to 3 digits; ``row``: position in the file)."""
+def frame_table(df: pd.DataFrame, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as the page's table (scores rounded to 3 digits; ``row``: position in the file);
+    ``rows``: the same rows, parsed (their file names)."""
 
     def num(col: pd.Series) -> pd.Series:
         return col.map("{:.3f}".format).where(col.notna(), "")
 
     return pd.DataFrame({
-        "file": df["file_name"].to_numpy(), "source": df["source_class"].to_numpy(),
-        "target": df["target_class"].to_numpy(),
+        "file": [str(r.get("file_name") or "") for r in rows],
+        "source": df["source_class"].to_numpy(dtype=object),
+        "target": df["target_class"].to_numpy(dtype=object),
         "strength": df["strength"].map("{:g}".format).where(df["strength"].notna(), "").to_numpy(),
         "faithfulness": num(df["faithfulness"]).to_numpy(),
         "diversity": num(df["diversity"]).to_numpy(),
@@ -223,7 +250,7 @@ def frame_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def rows_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The rows as a table (scores rounded)."""
-    return frame_table(rows_frame(rows))
+    return frame_table(rows_frame(rows), rows)
 
 
 def score_histograms(all_rows: pd.DataFrame, shown: pd.DataFrame, bins: int = 20) -> go.Figure:
@@ -471,12 +498,12 @@ def _filtered(
     folder: Path, source_classes: Sequence[str] | None, target_classes: Sequence[str] | None,
     s_min: float, s_max: float, f_min: float, f_max: float, kept: str,
     sort: str | None = None, descending: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame, Sequence[dict[str, Any]]]:  # fmt: skip
-    """``(every row, the matching rows sorted, the rows)`` of a folder under the page's filters."""
-    df, rows = load_folder(folder)
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """``(every row, the matching rows sorted)`` of a folder under the page's filters."""
+    df, _ = load_folder(folder)
     shown = filter_frame(df, source_classes=source_classes, target_classes=target_classes,
                          strength=(s_min, s_max), faithfulness=(f_min, f_max), kept=kept)  # fmt: skip
-    return df, sort_frame(shown, sort or "file order", bool(descending)), rows
+    return df, sort_frame(shown, sort or "file order", bool(descending))
 
 
 def _filter_action(settings: Settings):
@@ -494,10 +521,10 @@ def _filter_action(settings: Settings):
             return skip, skip, NO_FOLDER, skip, skip, skip
         try:
             folder = _folder(name, owner, settings)
-            df, shown, rows = _filtered(folder, source_classes, target_classes, s_min, s_max,
-                                        f_min, f_max, kept, sort, descending)  # fmt: skip
+            df, shown = _filtered(folder, source_classes, target_classes, s_min, s_max, f_min,
+                                  f_max, kept, sort, descending)  # fmt: skip
             part, p = page_frame(shown, int(page or 1))
-            page_rows = [rows[i] for i in part["row"]]
+            _, page_rows = index_rows(folder, part["row"])
             note = ""
             try:
                 ds = source_dataset(read_record(folder), settings)
@@ -514,7 +541,7 @@ def _filter_action(settings: Settings):
                 skip,
             )
         summary = summary_line(folder.name, len(df), shown, p, page_count(len(shown))) + note
-        return (frame_table(part), gallery, summary, score_histograms(df, shown),
+        return (frame_table(part, page_rows), gallery, summary, score_histograms(df, shown),
                 [int(i) for i in part["row"]], p)  # fmt: skip
 
     return inspect_filter
@@ -528,17 +555,18 @@ def _detail_action(settings: Settings):
             return None, "Click an image or a table row to see its details."
         try:
             folder = _folder(name, owner, settings)
-            _, rows = load_folder(folder)
+            _, index = load_folder(folder)
             k = int(row)
-            if not 0 <= k < len(rows):
-                raise ValueError(f"row {k} is outside 0..{len(rows) - 1} of {folder.name!r}")
+            if not 0 <= k < len(index):
+                raise ValueError(f"row {k} is outside 0..{len(index) - 1} of {folder.name!r}")
+            (the_row,) = index_rows(folder, [k])[1]
             record = read_record(folder)
             try:
-                src = source_image(source_dataset(record, settings), rows[k])
+                src = source_image(source_dataset(record, settings), the_row)
             except (*jobs_ui.USER_ERRORS, RuntimeError):
                 src = None
-            image = pair_image(src, _result_image(folder, rows[k]), side=256)
-            text = detail_markdown(rows[k], record)
+            image = pair_image(src, _result_image(folder, the_row), side=256)
+            text = detail_markdown(the_row, record)
         except jobs_ui.USER_ERRORS as err:
             return gr.skip(), common.error_box(jobs_ui.readable_error(err), settings)
         return image, common.redact(f"Row {k}: " + text, settings)
@@ -608,9 +636,9 @@ def _export_action(settings: Settings):
             folder = _folder(name, owner, settings)
             filters = {"source_classes": source_classes or [], "target_classes": target_classes or [],
                        "strength": [s_min, s_max], "faithfulness": [f_min, f_max], "kept": kept}  # fmt: skip
-            _, part, rows = _filtered(folder, source_classes, target_classes, s_min, s_max,
-                                      f_min, f_max, kept)  # fmt: skip
-            shown = [rows[i] for i in part["row"]]
+            _, part = _filtered(folder, source_classes, target_classes, s_min, s_max, f_min,
+                                f_max, kept)  # fmt: skip
+            _, shown = index_rows(folder, part["row"])
             target = jobs_ui.run_name(new_name, f"{folder.name}-subset")
             dest = export_rows(folder, shown, target, owner=owner, filters=filters)
         except jobs_ui.USER_ERRORS as err:

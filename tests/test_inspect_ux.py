@@ -37,7 +37,8 @@ def private(workspace_home: Path) -> Settings:
 
 
 def test_frame_filters_sorts_and_pages_like_the_rows(folder: Path) -> None:
-    df, rows = inspect.load_folder(folder)
+    df, index = inspect.load_folder(folder)
+    rows = index.rows()
     assert len(df) == len(rows) == 2 * NUM_CLASSES
     assert inspect.load_folder(folder)[0] is df  # read once per metadata version
     names = class_names()
@@ -81,7 +82,7 @@ def test_filter_listener_gallery_and_table_show_the_same_page(
     fn = inspect._filter_action(private)
     table, gallery, summary, hist, ids, page = fn(
         folder.name, None, [], [], 0.0, 1.0, 0.0, 1.0, "all", 3, "diversity", True)  # fmt: skip
-    _, rows = inspect.load_folder(folder)
+    rows = inspect.load_folder(folder)[1].rows()
     assert page == 3 and len(ids) == len(gallery) == len(table) == inspect.PER_PAGE
     assert list(table["row"]) == ids and list(table["file"]) == [rows[i]["file_name"] for i in ids]
     divs = [rows[i]["diversity"] for i in ids]
@@ -103,7 +104,7 @@ def test_filter_listener_gallery_and_table_show_the_same_page(
 def test_detail_shows_every_metadata_field_and_explains_the_label(
     folder: Path, private: Settings
 ) -> None:
-    _, rows = inspect.load_folder(folder)
+    rows = inspect.load_folder(folder)[1].rows()
     image, text = inspect._detail_action(private)(folder.name, None, 7)
     row = rows[7]
     for key in row:
@@ -121,7 +122,7 @@ def test_export_uses_the_same_filter(folder: Path, private: Settings) -> None:
     names = class_names()
     msg, _ = inspect._export_action(private)(folder.name, None, names[:3], [], 0, 1, 0, 1, "all",
                                              f"sub-{uuid.uuid4().hex[:6]}")  # fmt: skip
-    expect = sum(1 for r in inspect.load_folder(folder)[1] if r["source_class"] in names[:3])
+    expect = sum(1 for r in inspect.load_folder(folder)[1].rows() if r["source_class"] in names[:3])
     assert f"Exported {expect} images" in msg
 
 
@@ -134,12 +135,12 @@ def test_thirty_thousand_rows_filter_and_page_in_frames(tmp_path: Path) -> None:
              "diversity": float(d), "kept": bool(f > 0.1)}
             for k, (f, d) in enumerate(zip(rng.random(30_000), rng.random(30_000), strict=True))]  # fmt: skip
     (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    df, _ = inspect.load_folder(tmp_path)
+    df, index = inspect.load_folder(tmp_path)
     shown = inspect.sort_frame(inspect.filter_frame(df, faithfulness=(0.5, 1.0), kept="kept"),
                                "faithfulness", descending=True)  # fmt: skip
     part, p = inspect.page_frame(shown, 2)
     assert p == 2 and len(part) == inspect.PER_PAGE
     best = sorted((r["faithfulness"] for r in rows if r["faithfulness"] >= 0.5), reverse=True)
     assert list(part["faithfulness"]) == best[24:48]
-    table = inspect.frame_table(part)
+    table = inspect.frame_table(part, index.rows(part["row"]))
     assert len(table) == inspect.PER_PAGE and table.iloc[0]["kept"] == "yes"

@@ -201,7 +201,7 @@ def test_fit_image_matches_store_decode():
     assert torch.equal(store.get([0])[0], torch.from_numpy(fit_image(im, 8)).permute(2, 0, 1))
 
 
-def test_folder_rows_parses_only_what_changed(tmp_path, monkeypatch):
+def test_row_index_parses_only_what_changed(tmp_path, monkeypatch):
     """The Inspect page's reader: a filter on a large folder parses nothing again, a growing
     folder parses only its new lines, a rewritten file is read again."""
     import json
@@ -221,13 +221,22 @@ def test_folder_rows_parses_only_what_changed(tmp_path, monkeypatch):
         return loads(line)
 
     monkeypatch.setattr(sf, "_loads", counting)
-    assert sf.folder_rows(folder) == rows and calls[0] == 10
-    assert sf.folder_rows(folder) == rows and calls[0] == 10  # nothing parsed again
+    index = sf.row_index(folder)
+    assert len(index) == 10 and calls[0] == 10
+    assert sf.row_index(folder) is index and calls[0] == 10  # nothing parsed again
+    assert sf.folder_rows(folder) == rows
     new = {"file_name": "a/0000010.png", "task": 10, "strength": 1.0}
     with open(path, "a") as f:
         f.write(json.dumps(new) + "\n" + '{"file_name": "a/00000')  # + a torn line
-    assert sf.folder_rows(folder) == [*rows, new] and calls[0] == 12  # the new + the torn
+    calls[0] = 0
+    grown = sf.row_index(folder)
+    assert len(grown) == 11 and calls[0] == 2  # the new + the torn
+    assert grown.strength.tolist() == [0.5] * 10 + [1.0]
+    assert sf.folder_rows(folder) == [*rows, new]
+    with pytest.raises(sf.StaleIndex):  # rows are read from the file the index was made of
+        index.rows([0])
+    assert sf.index_rows(folder, [10, 2])[1] == [new, rows[2]]
     sf.fsync_write(path, sf.rows_text(rows[:3]).encode())  # rewritten (a merge or a filter)
     assert sf.folder_rows(folder) == rows[:3]
     with pytest.raises(ValueError, match="not a synthetic dataset"):
-        sf.folder_rows(tmp_path / "nothing")
+        sf.row_index(tmp_path / "nothing")

@@ -195,6 +195,7 @@ def test_pages_read_through_the_core_reader():
     inspect = pytest.importorskip("pages.inspect")
     generate = pytest.importorskip("pages.generate")
     assert inspect.read_rows is syn.folder_rows
+    assert inspect.row_index is syn.row_index and inspect.index_rows is syn.index_rows
     assert generate.tail_rows is syn.tail_rows
 
 
