@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,6 +143,7 @@ def index_frame(index: RowIndex) -> pd.DataFrame:
 
 #: The frame of each folder index alive (the index is cached in diffmix.synthetic).
 _FRAMES: weakref.WeakKeyDictionary[RowIndex, pd.DataFrame] = weakref.WeakKeyDictionary()
+_FRAMES_LOCK = threading.Lock()
 
 
 def load_folder(folder: Path) -> tuple[pd.DataFrame, RowIndex]:
@@ -153,9 +155,10 @@ def load_folder(folder: Path) -> tuple[pd.DataFrame, RowIndex]:
     (:func:`diffmix.synthetic.index_rows`). A growing folder reads only its new lines.
     """
     index = row_index(folder)
-    frame = _FRAMES.get(index)
-    if frame is None:
-        frame = _FRAMES[index] = index_frame(index)
+    with _FRAMES_LOCK:  # (milliseconds: the index is read already)
+        frame = _FRAMES.get(index)
+        if frame is None:
+            frame = _FRAMES[index] = index_frame(index)
     return frame, index
 
 
