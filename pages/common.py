@@ -453,8 +453,20 @@ def run(
     )
     limit_malloc_arenas()  # before the worker threads exist
     demo = factory(settings)
-    demo.queue(default_concurrency_limit=2)
+    configure_queue(demo)
     demo.launch(**launch_kwargs(settings, host=args.host, port=port, share=args.share))
+
+
+#: Events of one listener group run at once unless the listener sets its own limit. Gradio
+#: (6.x) gives every listener function its own group (``concurrency_id`` defaults to the
+#: function's id), so a slow event holds slots of its own group only; a page whose listeners
+#: share heavy work names one group for them (Inspect: ``inspect-rows``).
+DEFAULT_CONCURRENCY = 2
+
+
+def configure_queue(demo: gr.Blocks) -> gr.Blocks:
+    """The app's queue settings (the app and every page run alone, and the tests)."""
+    return demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
 
 
 def launch_kwargs(settings: Settings, *, host: str, port: int, share: bool) -> dict[str, Any]:
@@ -492,6 +504,7 @@ __all__ = [
     "get_settings",
     "header",
     "info_box",
+    "configure_queue",
     "launch_kwargs",
     "limit_malloc_arenas",
     "release_memory",

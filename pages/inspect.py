@@ -52,6 +52,11 @@ PATH = "inspect"
 STAGE = "generate"
 KEPT_CHOICES = ("all", "kept", "dropped")
 NO_FOLDER = "No synthetic dataset chosen: make one on the **Generate** page, then pick it above."
+#: The listeners that read a folder's rows (the first read of a 60,000-row folder takes about a
+#: second) run in one concurrency group of their own, at most this many at once: a slow open
+#: holds none of the slots other pages' events run in (each Gradio listener has its own
+#: group), and at most this many folders are read at once (their memory and CPU bounded).
+ROWS_GROUP = {"concurrency_id": "inspect-rows", "concurrency_limit": 4}
 #: Gallery (and table) rows per page: a folder of 30,000+ rows is never laid out at once.
 PER_PAGE = 24
 TABLE_COLUMNS = ["file", "source", "target", "strength", "faithfulness", "diversity", "kept", "row"]
@@ -737,46 +742,48 @@ def build(settings: Settings | None = None) -> gr.Blocks:
 
         filters = [folder, owner, src, tgt, s_min, s_max, f_min, f_max, kept]
         filter_fn = _filter_action(settings)
+        rows = ROWS_GROUP  # the listeners that read the folder's rows
         private = {"api_visibility": "private"}
         # Public endpoints first, so that they keep their names; the rest is UI plumbing.
         open_fn, list_fn = _open_action(settings), _list_action(settings)
         out = [table, gallery, summary, hist, ids, page_no]
         view = [*filters, page_no, sort, descending]
-        apply.click(filter_fn, view, out, api_name="inspect_filter")
+        apply.click(filter_fn, view, out, api_name="inspect_filter", **rows)
         detail_fn = _detail_action(settings)
         detail_row.change(detail_fn, [folder, owner, detail_row], [detail_img, detail],
-                          api_name="inspect_detail")  # fmt: skip
+                          api_name="inspect_detail", **rows)  # fmt: skip
         export.click(_export_action(settings), [*filters, new_name], [export_msg, folder],
-                     api_name="inspect_export")  # fmt: skip
+                     api_name="inspect_export", **rows)  # fmt: skip
         folder.input(open_fn, [folder, owner], [src, tgt, summary], api_name="inspect_open").then(
             _first_page, None, page_no, queue=False, **private
-        ).then(filter_fn, view, out, api_name="inspect_refilter", **private)
+        ).then(filter_fn, view, out, api_name="inspect_refilter", **private, **rows)
         page.load(common.ensure_owner, owner, owner, queue=False, **private).then(
             list_fn, [owner, last_generated, folder], folder, api_name="inspect_list"
         ).then(open_fn, [folder, owner], [src, tgt, summary], api_name="inspect_reopen",
                **private).then(filter_fn, view, out,
-                               api_name="inspect_first_filter", **private)  # fmt: skip
+                               api_name="inspect_first_filter", **private, **rows)  # fmt: skip
         relist.click(list_fn, [owner, last_generated, folder], folder,
                      api_name="inspect_relist", **private)  # fmt: skip
         # Live: a filter or sort change shows page 1 of the new selection (histograms included).
         for widget in (src, tgt, kept, sort, descending):
             widget.input(_first_page, None, page_no, queue=False, **private).then(
-                filter_fn, view, out, show_progress="hidden", **private
+                filter_fn, view, out, show_progress="hidden", **private, **rows
             )
         for widget in (s_min, s_max, f_min, f_max):
             widget.release(_first_page, None, page_no, queue=False, **private).then(
-                filter_fn, view, out, show_progress="hidden", **private
+                filter_fn, view, out, show_progress="hidden", **private, **rows
             )
-        page_no.submit(filter_fn, view, out, **private)
+        page_no.submit(filter_fn, view, out, **private, **rows)
         prev_btn.click(_step_page(-1), page_no, page_no, queue=False, **private).then(
-            filter_fn, view, out, **private
+            filter_fn, view, out, **private, **rows
         )
         next_btn.click(_step_page(1), page_no, page_no, queue=False, **private).then(
-            filter_fn, view, out, **private
+            filter_fn, view, out, **private, **rows
         )
         from_gallery, from_table = _select_actions(settings)
-        gallery.select(from_gallery, [folder, owner, ids], [detail_img, detail], **private)
-        table.select(from_table, [folder, owner, ids], [detail_img, detail, gallery], **private)
+        gallery.select(from_gallery, [folder, owner, ids], [detail_img, detail], **private, **rows)
+        table.select(from_table, [folder, owner, ids], [detail_img, detail, gallery], **private,
+                     **rows)  # fmt: skip
     return page
 
 
