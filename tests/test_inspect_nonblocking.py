@@ -3,10 +3,10 @@
 The first read of a 60,000-row folder takes a second or more (much more on a busy machine).
 These tests serve the app (the Dataset and Inspect pages, with the app's queue settings) in
 this process, hold the reading of folders named ``big*`` open, and check through the public
-API, as other visitors would, that while several such reads are in flight another page's event
-(a dataset load) and another folder's filter on Inspect itself still complete; once released,
-every held read returns its page. A config-level test checks that the listeners reading rows
-are in Inspect's own concurrency group and nobody else's.
+API, as other visitors would, that while more such reads are in flight than the app's default
+concurrency (2) and Inspect's own group allow, another page's event (a dataset load) still
+completes; once released, every held read returns its page. A config-level test checks that
+the listeners reading rows are in Inspect's own concurrency group and nobody else's.
 """
 
 from __future__ import annotations
