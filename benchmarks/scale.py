@@ -44,11 +44,11 @@ but not to the system can hide part of a later stage's peak -- ``--isolate`` rul
   and the model fingerprint are not in it (see ``rescan``);
 - ``imagefolder``: ``datasets.load_dataset("imagefolder", data_dir=syn)`` (cache in the temp
   folder);
-- ``inspect_open``: the folder's record and class names and the first read of its rows (in a
-  fresh process: nothing cached); ``inspect_filter``: a filter once the folder is open -- the
-  rows read, filtered (one target class), the table and the summary line
-  (``pages/inspect.py``'s calls); ``inspect_page``: one gallery page (36 source | result
-  pairs, the source dataset already loaded, as in a running app);
+- ``inspect_open``: the folder's record and class names and the first read of its rows (the
+  page's row index and frame; in a fresh process: nothing cached); ``inspect_filter``: a
+  filter once the folder is open -- filtered (one target class), page 1's rows parsed from the
+  file and its table (``pages/inspect.py``'s calls); ``inspect_page``: one gallery page
+  (``PER_PAGE`` source | result pairs, the source dataset already loaded, as in a running app);
 - ``train_first_epoch`` / ``train_steady``: the classifier's data path for one epoch of
   ``N / 5`` positions (p = 0.1 synthetic replacements, batch 32): gather + decode on demand
   + normalise + augment, no model; first epoch from a cold store, then a second (steady)
