@@ -39,7 +39,7 @@ from diffmix.runs import atomic_target, atomic_write
 if TYPE_CHECKING:  # torch is imported where tensors are read: reading adapter.json needs none
     import torch
 
-    from diffmix.translate import Strategy
+    from diffmix.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,13 @@ every stage (:func:`diffmix.data.make_subset`); the experiment passes one seed t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+#: A config's device and precision fields (``None``: the best available device / automatic).
+Device = Annotated[str | None, Field(description="cpu, cuda, ... (default: best available)")]
+Dtype = Annotated[str | None, Field(description="auto, fp32, fp16, bf16 (default: auto)")]
 
 
 class StageConfig(BaseModel):

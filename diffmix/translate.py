@@ -39,17 +39,18 @@ pixel is translated and the result has the source's exact size. (Centre-cropping
 borders, and stretching would distort the object the model has to redraw.) A source already at
 the model resolution is used as is.
 
-Public API: :class:`Strategy`, :data:`STRATEGIES`, :func:`get_strategy`, :class:`TranslateConfig`,
-:class:`TranslationItem`, :class:`Translation`, :func:`translate`, :func:`denoise_batch`,
-:func:`img2img_start`, :func:`build_prompt` (:func:`prompt_word`, :func:`template_from_prompt`
-for a user's prompt), :func:`load_adapted_pipeline`. The soft label is
+Public API: :class:`TranslateConfig`, :class:`TranslationItem`, :class:`Translation`,
+:func:`translate`, :func:`build_prompt` (:func:`prompt_word`, :func:`template_from_prompt` for a
+user's prompt), :func:`load_adapted_pipeline`. Re-exported (same objects, former import paths
+keep working): the strategy table :class:`Strategy`, :data:`STRATEGIES`, :func:`get_strategy`,
+``StrategyName`` from :mod:`diffmix.strategies` (no torch), and the shared-grid sampler
+:func:`denoise_batch`, :func:`img2img_start` from :mod:`diffmix.sampler`. The soft label is
 :func:`diffmix.labels.soft_label` (re-exported here as :func:`soft_label`); mixup/cutmix are
 :mod:`diffmix.mixing`. Each :class:`Translation` names its ``label_rule``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -58,12 +59,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from diffmix.adapter import (
     ADAPTER_FILE,
@@ -74,102 +75,15 @@ from diffmix.adapter import (
     read_adapter,
     require_adapter,
 )
-from diffmix.config import StageConfig
+from diffmix.config import Device, Dtype, StageConfig
 from diffmix.labels import label_rule_for, soft_label
 from diffmix.mixing import cutmix_box, mixup_pixels
+from diffmix.sampler import denoise_batch, img2img_start
+from diffmix.strategies import STRATEGIES, Strategy, StrategyName, get_strategy
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- strategies
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """One translation method, as data.
-
-    Attributes:
-        name: the strategy's name (``diff-mix``, ``real-aug``, ...).
-        uses_adapter: whether a personalized adapter folder is required.
-        adapter_kind: ``"full"`` (tokens + LoRA), ``"ti"`` (tokens only, ``ti_only: true``),
-            or ``"none"`` (base model / no model).
-        target: ``"other"`` (target class must differ from the source class), ``"same"``
-            (target must be the source class) or ``"any"``.
-        generative: ``"img2img"`` (source pixels + strength), ``"txt2img"`` (pure noise,
-            strength 1, no source pixels) or ``"none"`` (classic pixel mixing, no model).
-        prompt: ``"adapter"`` (the adapter's template with the target's token),
-            ``"class-name"`` (``"a photo of a {class name} {superclass}"``) or ``"none"``.
-        summary: one line for menus and tables.
-    """
-
-    name: str
-    uses_adapter: bool
-    adapter_kind: Literal["full", "ti", "none"]
-    target: Literal["same", "other", "any"]
-    generative: Literal["img2img", "txt2img", "none"]
-    prompt: Literal["adapter", "class-name", "none"]
-    summary: str
-
-    def __post_init__(self) -> None:
-        if self.uses_adapter != (self.adapter_kind != "none"):
-            raise ValueError(f"strategy {self.name!r}: uses_adapter contradicts adapter_kind")
-        if (self.prompt == "adapter") != self.uses_adapter:
-            raise ValueError(f"strategy {self.name!r}: adapter prompts need an adapter")
-        if (self.generative == "none") != (self.prompt == "none"):
-            raise ValueError(f"strategy {self.name!r}: only generative strategies have prompts")
-
-
-_TABLE = (
-    Strategy("diff-mix", True, "full", "other", "img2img", "adapter",
-             "personalized translation to another class (Diff-Mix)"),
-    Strategy("diff-aug", True, "full", "same", "img2img", "adapter",
-             "personalized translation within the source class (Diff-Aug)"),
-    Strategy("diff-gen", True, "full", "any", "txt2img", "adapter",
-             "personalized text-to-image of the target class (Diff-Gen)"),
-    Strategy("real-mix", False, "none", "other", "img2img", "class-name",
-             "base model translation to another class, class-name prompt (Real-Mix)"),
-    Strategy("real-aug", False, "none", "same", "img2img", "class-name",
-             "base model translation within the class, class-name prompt (Real-Aug)"),
-    Strategy("real-gen", False, "none", "any", "txt2img", "class-name",
-             "base model text-to-image, class-name prompt (Real-Gen)"),
-    Strategy("ti-mix", True, "ti", "other", "img2img", "adapter",
-             "token-only adapter translation to another class (TI-Mix)"),
-    Strategy("ti-aug", True, "ti", "same", "img2img", "adapter",
-             "token-only adapter translation within the class (TI-Aug, DA-Fusion-like)"),
-    Strategy("mixup", False, "none", "any", "none", "none",
-             "pixel blend with a real image of the target class (Mixup)"),
-    Strategy("cutmix", False, "none", "any", "none", "none",
-             "box pasted from a real image of the target class (CutMix)"),
-)  # fmt: skip
-
-#: Every strategy by name, in table order.
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in _TABLE}
-
-
-def get_strategy(name: str | Strategy) -> Strategy:
-    """The :class:`Strategy` called ``name``; ``ValueError`` naming the known ones otherwise."""
-    if isinstance(name, Strategy):
-        return name
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}"
-        ) from None
-
-
-# --------------------------------------------------------------------------- pure math
-
-
-def img2img_start(num_inference_steps: int, strength: float) -> tuple[int, int]:
-    """``(t_start, steps_run)`` of diffusers' img2img ``get_timesteps`` for one strength.
-
-    The item joins the ``num_inference_steps`` grid at index ``t_start`` (times the scheduler
-    order) and runs ``steps_run = min(int(num_inference_steps * strength), num_inference_steps)``
-    denoising steps. ``steps_run == 0`` (tiny strength) means no step at all.
-    """
-    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
-    t_start = max(num_inference_steps - init_timestep, 0)
-    return t_start, num_inference_steps - t_start
+# --------------------------------------------------------------------------- prompts
 
 
 def prompt_word(
@@ -230,18 +144,6 @@ def build_prompt(
 
 
 # --------------------------------------------------------------------------- config & items
-
-
-def _strategy_name(name: str) -> str:
-    return get_strategy(name).name
-
-
-#: A config's strategy field: a name :func:`get_strategy` knows, kept as the strategy's own
-#: spelling (``ValueError`` naming the choices otherwise).
-StrategyName = Annotated[str, AfterValidator(_strategy_name)]
-#: A config's device and precision fields (``None``: the best available device / automatic).
-Device = Annotated[str | None, Field(description="cpu, cuda, ... (default: best available)")]
-Dtype = Annotated[str | None, Field(description="auto, fp32, fp16, bf16 (default: auto)")]
 
 
 class TranslateConfig(StageConfig):
@@ -441,147 +343,6 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
     image = image.convert("RGB")
     return image if image.size == size else ImageOps.fit(image, size, Image.BICUBIC)
-
-
-# --------------------------------------------------------------------------- denoising core
-
-
-@torch.no_grad()
-def denoise_batch(
-    pipe,
-    prompts: Sequence[str],
-    images: Sequence[Image.Image | None],
-    strengths: Sequence[float],
-    generators: Sequence[torch.Generator],
-    *,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 7.5,
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """img2img / txt2img for many items in one shared denoising loop.
-
-    Item ``i`` is ``StableDiffusionImg2ImgPipeline(prompt=prompts[i], image=images[i],
-    strength=strengths[i], generator=generators[i], ...)``, or ``StableDiffusionPipeline`` when
-    ``images[i] is None`` (then ``strengths[i]`` must be 1). Images must already be at the
-    model resolution. Every grid step runs the UNet once on all items active at that step.
-
-    Args:
-        pipe: a Stable Diffusion pipeline (its unet, vae, text encoder, scheduler are used;
-            the pipeline's scheduler itself is never mutated).
-        prompts: one prompt per item.
-        images: PIL images at the model resolution, or ``None`` (text-to-image).
-        strengths: in (0, 1] per item.
-        generators: one ``torch.Generator`` per item (consumed as diffusers does).
-        num_inference_steps: size of the timestep grid.
-        guidance_scale: classifier-free guidance weight (<= 1: no guidance).
-        progress: called as ``progress(done, total)`` after each grid step.
-
-    Returns:
-        float tensor (n, 3, H, W) in [0, 1], on the CPU.
-    """
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from diffmix.pipeline import vae_precision
-
-    # 1. Check inputs
-    n = len(prompts)
-    if not (len(images) == len(strengths) == len(generators) == n):
-        raise ValueError(
-            f"prompts, images, strengths and generators differ in length: "
-            f"{n}, {len(images)}, {len(strengths)}, {len(generators)}"
-        )
-    for s, im in zip(strengths, images, strict=True):
-        if not (math.isfinite(s) and 0.0 < s <= 1.0):
-            raise ValueError(f"strength must be in (0, 1], got {s!r}")
-        if im is None and s != 1.0:
-            raise ValueError(f"text-to-image items (no image) need strength 1, got {s!r}")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    unet, vae = pipe.unet, pipe.vae
-    if unet.config.time_cond_proj_dim is not None:
-        raise ValueError("UNets with guidance embeddings (LCM-style) are not supported")
-    if n == 0:
-        return torch.empty(0, 3, 0, 0)
-    device = pipe._execution_device
-    do_cfg = guidance_scale > 1.0
-
-    # 2. Encode the prompts (negative prompt: empty, as the pipelines' default)
-    cond, uncond = pipe.encode_prompt(list(prompts), device, 1, do_cfg, None)
-    dtype = cond.dtype
-
-    # 3. One scheduler per item on the shared grid
-    schedulers, begins, steps_run = [], [], []
-    for s, im in zip(strengths, images, strict=True):
-        sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
-        sched.set_timesteps(num_inference_steps, device=device)
-        if im is None:  # txt2img: the pipeline leaves begin_index unset (index 0)
-            begin, run = 0, num_inference_steps
-        else:
-            t_start, run = img2img_start(num_inference_steps, s)
-            begin = t_start * sched.order
-            if hasattr(sched, "set_begin_index"):
-                sched.set_begin_index(begin)
-        schedulers.append(sched)
-        begins.append(begin)
-        steps_run.append(run)
-    grid = schedulers[0].timesteps
-    accepts_generator = "generator" in inspect.signature(schedulers[0].step).parameters
-
-    # 4. Prepare latents (per item RNG: posterior sample, then noise -- the pipelines' order)
-    latents: list[torch.Tensor | None] = [None] * n
-    idx_i2i = [i for i in range(n) if images[i] is not None]
-    if idx_i2i:
-        pix = pipe.image_processor.preprocess([images[i] for i in idx_i2i])
-        with vae_precision(vae):  # fp16 SD VAEs run in fp32 (force_upcast), as in diffusers
-            dist = vae.encode(pix.to(device=device, dtype=vae.dtype)).latent_dist
-        for j, i in enumerate(idx_i2i):
-            mean, std = dist.mean[j : j + 1], dist.std[j : j + 1]
-            eps = randn_tensor(mean.shape, generator=generators[i], device=device, dtype=mean.dtype)
-            z = (mean + std * eps) * vae.config.scaling_factor
-            noise = randn_tensor(z.shape, generator=generators[i], device=device, dtype=dtype)
-            if steps_run[i] > 0:
-                t0 = grid[begins[i] : begins[i] + 1]
-                z = schedulers[i].add_noise(z, noise, t0)
-            latents[i] = z.to(dtype)
-    h = w = unet.config.sample_size
-    if idx_i2i:
-        h, w = latents[idx_i2i[0]].shape[-2:]
-    for i in range(n):
-        if images[i] is None:
-            shape = (1, unet.config.in_channels, h, w)
-            z = randn_tensor(shape, generator=generators[i], device=device, dtype=dtype)
-            latents[i] = z * schedulers[i].init_noise_sigma
-
-    # 5. Denoising loop: one UNet call per grid step over the active items
-    lat = torch.cat(latents)
-    extra = [({"generator": g} if accepts_generator else {}) for g in generators]
-    for k, t in enumerate(grid):
-        active = [i for i in range(n) if steps_run[i] > 0 and begins[i] <= k]
-        if active:
-            x = lat[active]
-            x_in = torch.cat(
-                [schedulers[i].scale_model_input(x[j : j + 1], t) for j, i in enumerate(active)]
-            )
-            emb = cond[active]
-            if do_cfg:
-                x_in = torch.cat([x_in, x_in])
-                emb = torch.cat([uncond[active], emb])
-            eps = unet(x_in, t, encoder_hidden_states=emb, return_dict=False)[0]
-            if do_cfg:
-                e_u, e_c = eps.chunk(2)
-                eps = e_u + guidance_scale * (e_c - e_u)
-            for j, i in enumerate(active):
-                lat[i : i + 1] = schedulers[i].step(
-                    eps[j : j + 1], t, x[j : j + 1], **extra[i], return_dict=False
-                )[0]
-        if progress is not None:
-            progress(k + 1, len(grid))
-
-    # 6. Decode
-    with vae_precision(vae):
-        out = vae.decode(lat.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    out = pipe.image_processor.postprocess(out, output_type="pt", do_denormalize=[True] * n)
-    return out.float().cpu()
 
 
 # --------------------------------------------------------------------------- translate

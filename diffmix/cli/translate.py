@@ -16,12 +16,12 @@ from diffmix.cli.flags import (
     load_yaml_config,
     write,
 )
+from diffmix.strategies import STRATEGIES
 
 logger = logging.getLogger("diffmix.cli")
 
-#: Names of diffmix.translate.STRATEGIES (kept here so building the parser does not import torch).
-TRANSLATE_STRATEGIES = ("diff-mix", "diff-aug", "diff-gen", "real-mix", "real-aug", "real-gen",
-                        "ti-mix", "ti-aug", "mixup", "cutmix")  # fmt: skip
+#: Names of the strategies, in table order (:mod:`diffmix.strategies` imports no torch).
+TRANSLATE_STRATEGIES = tuple(STRATEGIES)
 
 #: TranslateConfig fields with a flag (types, help and defaults: the config's).
 FLAGS = (

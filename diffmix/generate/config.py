@@ -18,9 +18,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from diffmix.adapter import require_adapter
-from diffmix.config import StageConfig
+from diffmix.config import Device, Dtype, StageConfig
+from diffmix.strategies import STRATEGIES, StrategyName, get_strategy
 from diffmix.synthetic import CONFIG_FILE, FORMAT
-from diffmix.translate import STRATEGIES, Device, Dtype, StrategyName, get_strategy
 
 #: Config fields that may change between runs into the same folder (they change no pixel).
 RERUN_FREE_FIELDS = frozenset({"filter_bottom"})

@@ -33,8 +33,8 @@ from typing import Any, Literal
 import numpy as np
 
 from diffmix.generate.config import GenerateConfig
+from diffmix.strategies import get_strategy
 from diffmix.synthetic import PLAN_FILE, rows_text
-from diffmix.translate import get_strategy
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from diffmix.generate.dist import _Dist
 from diffmix.generate.plan import PlannedTask, bottom_fraction_mask, make_plan, plan_text
 from diffmix.generate.record import check_filter_judge, check_rerun, config_record, judge_indices
 from diffmix.runs import DISK_FULL, Cancelled, RunDir
-from diffmix.translate import get_strategy
+from diffmix.strategies import get_strategy
 
 logger = logging.getLogger("diffmix.generate")
 
@@ -45,7 +45,7 @@ class _Job:
     """What every step of one run shares: the resolved inputs, the plan and the folder."""
 
     cfg: GenerateConfig
-    st: Any  # diffmix.translate.Strategy
+    st: Any  # diffmix.strategies.Strategy
     ds: Any  # the train split (diffmix.data.ImageDataset)
     subset: Any
     plan: list[PlannedTask]
