@@ -426,7 +426,45 @@ def translate(
         AdapterError: a personalized strategy without an adapter, an adapter of the wrong
             kind (full vs token-only), base model or class list.
     """
-    # 1. Resolve the configuration and the strategy
+    config, st, meta, class_names = _resolve(config, overrides, class_names)
+    _check_items(items, st, class_names)
+    if not items:
+        return []
+    if st.generative == "none":  # classic mixing: no model
+        return [_mix_one(it, st, config.gamma, class_names) for it in items]
+    pipe = _pipeline_for(config, meta)
+    prompts = [
+        build_prompt(st, it.target_class, adapter_meta=meta, superclass=superclass,
+                     template=config.prompt_template)
+        for it in items
+    ]  # fmt: skip
+    # Sample in chunks of batch_size, each one shared denoising loop
+    n_chunks = math.ceil(len(items) / config.batch_size)
+    logger.info(
+        "translating %d item(s) with %s: %d step grid, %d chunk(s)",
+        len(items), st.name, config.num_inference_steps, n_chunks,
+    )  # fmt: skip
+    results: list[Translation] = []
+    for c in range(n_chunks):
+        chunk = list(range(c * config.batch_size, min(len(items), (c + 1) * config.batch_size)))
+        chunk_progress = None
+        if progress is not None:
+            chunk_progress = lambda d, t, c=c: progress(c * t + d, n_chunks * t)  # noqa: E731
+        results += _translate_chunk(
+            pipe, [items[i] for i in chunk], [prompts[i] for i in chunk], st, config,
+            class_names, chunk_progress,
+        )  # fmt: skip
+    return results
+
+
+def _resolve(
+    config: TranslateConfig | None,
+    overrides: dict[str, Any],
+    class_names: Sequence[str] | None,
+) -> tuple[TranslateConfig, Strategy, dict | None, list[str]]:
+    """``(config, strategy, adapter meta or None, class names)`` of a :func:`translate` call:
+    the overrides applied, the adapter read and checked against the strategy, model and
+    classes (``ValueError`` / ``AdapterError`` otherwise)."""
     if config is None:
         config = TranslateConfig(**overrides)
     elif overrides:
@@ -445,83 +483,71 @@ def translate(
     class_names = list(class_names)
     if meta is not None:
         check_adapter_for(meta, st, config.model, class_names)
+    return config, st, meta, class_names
 
-    # 2. Check the items
-    _check_items(items, st, class_names)
-    if not items:
-        return []
 
-    # 3. Classic mixing: no model
-    if st.generative == "none":
-        return [_mix_one(it, st, config.gamma, class_names) for it in items]
-
-    # 4. Load the pipeline (shared base, or a cached copy with the adapter attached)
+def _pipeline_for(config: TranslateConfig, meta: dict | None):
+    """The shared base pipeline, or a cached copy with the adapter attached."""
     if meta is not None:
-        pipe = load_adapted_pipeline(
+        return load_adapted_pipeline(
             config.model, config.adapter, device=config.device, dtype=config.dtype
         )
-    else:
-        from diffmix.pipeline import load_pipeline
+    from diffmix.pipeline import load_pipeline
 
-        pipe = load_pipeline(config.model, device=config.device, dtype=config.dtype)
+    return load_pipeline(config.model, device=config.device, dtype=config.dtype)
+
+
+def _translate_chunk(
+    pipe,
+    items: Sequence[TranslationItem],
+    prompts: Sequence[str],
+    st: Strategy,
+    config: TranslateConfig,
+    class_names: Sequence[str],
+    progress: Callable[[int, int], None] | None,
+) -> list[Translation]:
+    """One chunk through one :func:`denoise_batch` call: sources padded to the model's square
+    (text-to-image items have none), results un-padded to the source's size and labelled."""
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    prompts = [
-        build_prompt(st, it.target_class, adapter_meta=meta, superclass=superclass,
-                     template=config.prompt_template)
-        for it in items
-    ]  # fmt: skip
-
-    # 5. Sample in chunks, each one shared denoising loop
     N = config.num_inference_steps
-    n_chunks = math.ceil(len(items) / config.batch_size)
-    logger.info(
-        "translating %d item(s) with %s: %d step grid, %d chunk(s)",
-        len(items), st.name, N, n_chunks,
-    )  # fmt: skip
-    results: list[Translation] = []
-    for c in range(n_chunks):
-        chunk = list(range(c * config.batch_size, min(len(items), (c + 1) * config.batch_size)))
-        canvases, layouts = [], []
-        for i in chunk:
-            if st.generative == "txt2img":
-                canvases.append(None)
-                layouts.append(None)
-            else:
-                canvas, layout = _to_canvas(items[i].source, side)
-                canvases.append(canvas)
-                layouts.append(layout)
-        chunk_progress = None
-        if progress is not None:
-            chunk_progress = lambda d, t, c=c: progress(c * t + d, n_chunks * t)  # noqa: E731
-        pixels = denoise_batch(
-            pipe,
-            [prompts[i] for i in chunk],
-            canvases,
-            [float(items[i].strength) for i in chunk],
-            [torch.Generator(device="cpu").manual_seed(int(items[i].seed)) for i in chunk],
-            num_inference_steps=N,
-            guidance_scale=config.guidance_scale,
-            progress=chunk_progress,
-        )
-        for j, i in enumerate(chunk):
-            it = items[i]
-            arr = pixels[j].permute(1, 2, 0).numpy()
-            label, vec = _label(it, float(it.strength), config.gamma, class_names)
-            results.append(
-                Translation(
-                    image=_from_canvas(_to_pil(arr), layouts[j]),
-                    pixels=arr,
-                    source_class=it.source_class,
-                    target_class=it.target_class,
-                    strength=float(it.strength),
-                    seed=int(it.seed),
-                    strategy=st.name,
-                    prompt=prompts[i],
-                    soft_label=label,
-                    label_vector=vec,
-                    steps_run=N if st.generative == "txt2img" else img2img_start(N, it.strength)[1],
-                )
+    canvases, layouts = [], []
+    for it in items:
+        if st.generative == "txt2img":
+            canvases.append(None)
+            layouts.append(None)
+        else:
+            canvas, layout = _to_canvas(it.source, side)
+            canvases.append(canvas)
+            layouts.append(layout)
+    pixels = denoise_batch(
+        pipe,
+        list(prompts),
+        canvases,
+        [float(it.strength) for it in items],
+        [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items],
+        num_inference_steps=N,
+        guidance_scale=config.guidance_scale,
+        progress=progress,
+    )
+    results = []
+    for j, it in enumerate(items):
+        arr = pixels[j].permute(1, 2, 0).numpy()
+        label, vec = _label(it, float(it.strength), config.gamma, class_names)
+        results.append(
+            Translation(
+                image=_from_canvas(_to_pil(arr), layouts[j]),
+                pixels=arr,
+                source_class=it.source_class,
+                target_class=it.target_class,
+                strength=float(it.strength),
+                seed=int(it.seed),
+                strategy=st.name,
+                prompt=prompts[j],
+                soft_label=label,
+                label_vector=vec,
+                steps_run=N if st.generative == "txt2img" else img2img_start(N, it.strength)[1],
             )
+        )
     return results
 
 

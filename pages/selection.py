@@ -175,7 +175,7 @@ def _short_model(model: str) -> str:
 
 def strategy_names() -> list[str]:
     """Every translation strategy, in the core's table order."""
-    from diffmix.translate import STRATEGIES
+    from diffmix.strategies import STRATEGIES
 
     return list(STRATEGIES)
 

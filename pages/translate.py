@@ -307,7 +307,7 @@ def _prompt_word(
 ) -> tuple[Any, dict | None, str | None]:
     """``(strategy, adapter meta, superclass)`` for a prompt of ``target_class``; the strategy is
     None when it has no prompt or nothing to fill it with (no adapter, unknown class)."""
-    from diffmix.translate import get_strategy
+    from diffmix.strategies import get_strategy
 
     ds, _ = common.open_selection(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
