@@ -14,6 +14,10 @@ on this machine, and come from one of two places, which the estimate always name
 
 The arithmetic (:func:`personalize_seconds`, :func:`generate_seconds`, :func:`train_seconds`)
 is pure and unit-tested; the calibration functions are the only ones that run a model.
+
+Over 400 lines because the rates, the pure arithmetic and the calibrations that measure the rates
+are one contract: every reader and writer of ``calibration.json`` builds its key with
+:func:`calibration_key` here, so an estimate cannot read rates stored under another key.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ jobs per owner and in total is capped. The checked settings are written to ``req
 the run folder (config keys, :func:`diffmix.cli.flags.fields_from_args`), and the job reads
 them from there: no user string ever reaches the job's command line, where it could become an
 option. A resume (``--resume`` alone) reads the same file back, checking it again.
+
+A little over 400 lines: starting, checking, listing and cancelling a job share ``job.json``,
+``request.yaml`` and the owner rule, kept in one module so every path checks them the same way.
 """
 
 from __future__ import annotations

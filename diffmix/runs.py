@@ -23,6 +23,10 @@ once the recorded pid is gone, comparing the process start time so a reused pid 
 for the job. Checkpoints are written by :func:`save_checkpoint` (temp file, fsync, read back,
 rename) and read by :func:`load_newest_checkpoint`, which falls back to the newest one that
 loads and says so.
+
+Over 400 lines because :class:`RunDir` and its atomic-write, pid and checkpoint helpers are the one
+on-disk contract of a run directory that every stage writes and every reader (UI, CLI, job list)
+reads.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ All scores lie in [0, 1]:
 - **filter** -- :func:`filter_least_faithful` drops the least faithful fraction. (The authors'
   ``scripts/filter_syn_data.py`` cuts at the 10th percentile of a CLIP confidence, but their
   training never reads its output: docs/fidelity.md.)
+
+Over 400 lines because every score reads the one judge (its probabilities and penultimate
+features): the judge's fitting, cache key, warm-up and the scores built on it change together.
 """
 
 from __future__ import annotations

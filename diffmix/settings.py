@@ -43,6 +43,10 @@ Variable                          public   private     Bounds
 :func:`check_request` applies the limits and the path rules to a stage's settings; the job
 launcher (:func:`diffmix.jobs.start_job`) and the command line of each stage call it, so no
 page, API request or command-line flag skips them.
+
+Over 400 lines (fifty of them this docstring) because the settings, the limits and the checks
+that enforce them are one security boundary: every check reads the same :class:`Settings`, so no
+caller can apply one rule and miss another.
 """
 
 from __future__ import annotations

@@ -64,6 +64,8 @@ def _rises(values: Sequence[float]) -> bool:
     return all(b >= a for a, b in zip(v, v[1:], strict=False)) and v[-1] > v[0]
 
 
+# ~105 lines: a measurement run by hand, its steps 1-3 mirror the report (data and judge, each
+# strategy, the bar).
 def evaluate(
     *,
     model: str,

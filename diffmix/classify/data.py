@@ -27,6 +27,10 @@ with probability p by a synthetic one that carries its soft label. The synthetic
 drawn uniformly from the whole pool by default, as the Diff-Mix authors' training code does
 (``synthetic_pick="uniform"``); ``"same_source"`` draws among the synthetic images made from
 that very real image (falling back to uniform when there are none), as DA-Fusion does.
+
+Over 400 lines because the three parts above are the classifier's one input path (files -> a
+labelled uint8 batch), sharing the resize rule (:func:`fit_image`) and the seeds
+(:func:`derive_seed`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ defaults to None, so a flag the user did not give never hides a ``--config`` YAM
 config applies its own default. :func:`fields_from_args` turns parsed flags into config
 fields, :func:`to_argv` is its inverse (config fields -> the shortest command line).
 
-The config classes import torch, so a stage's flags are added the first time that stage's
-parser is used (parsed, or asked for --help): ``diffmix data`` and ``diffmix status`` stay
-light.
+Some config classes import torch (personalize, train, translate), so a stage's flags are added
+the first time that stage's parser is used (parsed, or asked for --help): ``diffmix data`` and
+``diffmix status`` stay light.
+
+A little over 400 lines: the flag table, its reader (:func:`fields_from_args`) and its inverse
+(:func:`to_argv`) stay together so they remain inverses.
 """
 
 from __future__ import annotations

@@ -87,6 +87,8 @@ def request_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+# ~95 lines: the command's steps 1-5 (check, source, partner, translate and score, write) read
+# top to bottom like its --help.
 def run(args: argparse.Namespace) -> int:
     from diffmix import score
     from diffmix.data import load_dataset, open_rgb

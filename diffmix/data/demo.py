@@ -13,6 +13,9 @@ index)``, so the dataset is bit-identical on every machine and for every request
 The same renderer also emits a *captioned corpus* (:func:`render_caption_sample`): random
 attribute combinations -- far more than the 12 classes -- described in plain words, never
 with a class name. That corpus pretrains the embedded nano Stable Diffusion model.
+
+Over 400 lines because one renderer draws both the demo images and the caption corpus, so the nano
+model pretrained on the corpus draws the very birds the demo classes are made of.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ A run killed at any moment (even ``kill -9``) loses at most the batch in flight:
 ``metadata.<rank>.jsonl``; the main process merges them after ``wait_for_everyone``. Only the
 main process writes status and events. A cancel stops every process after the same round of
 batches (they agree on it collectively).
+
+A little over 400 lines: the steps above share the private run state (``_Job``, ``_Work``) and the
+crash-safe row writing, which must stay in one place to keep the never-duplicate guarantee.
 """
 
 from __future__ import annotations
