@@ -91,8 +91,7 @@ class _Candidate:
     rel_in_root: str  # path relative to the image root (for masks)
 
 
-# ~105 lines (a sixth of them docstring): steps 1-6 of one scan share the layout, the scan cache
-# and the skipped list.
+# ~105 lines: steps 1-6 of one scan share the layout, the scan cache and the skipped list.
 def load_folder(
     root: str | os.PathLike,
     *,
