@@ -40,13 +40,18 @@ borders, and stretching would distort the object the model has to redraw.) A sou
 the model resolution is used as is.
 
 Public API: :class:`TranslateConfig`, :class:`TranslationItem`, :class:`Translation`,
-:func:`translate`, :func:`build_prompt` (:func:`prompt_word`, :func:`template_from_prompt` for a
-user's prompt), :func:`load_adapted_pipeline`. Re-exported (same objects, former import paths
+:func:`translate`, :func:`load_adapted_pipeline`. Re-exported (same objects, former import paths
 keep working): the strategy table :class:`Strategy`, :data:`STRATEGIES`, :func:`get_strategy`,
-``StrategyName`` from :mod:`diffmix.strategies` (no torch), and the shared-grid sampler
-:func:`denoise_batch`, :func:`img2img_start` from :mod:`diffmix.sampler`. The soft label is
-:func:`diffmix.labels.soft_label` (re-exported here as :func:`soft_label`); mixup/cutmix are
-:mod:`diffmix.mixing`. Each :class:`Translation` names its ``label_rule``.
+``StrategyName`` from :mod:`diffmix.strategies` (no torch); :func:`build_prompt`,
+:func:`prompt_word`, :func:`template_from_prompt` (a user's prompt) from :mod:`diffmix.prompts`
+(no torch); the shared-grid sampler :func:`denoise_batch`, :func:`img2img_start` from
+:mod:`diffmix.sampler`. The soft label is :func:`diffmix.labels.soft_label` (re-exported here as
+:func:`soft_label`); mixup/cutmix are :mod:`diffmix.mixing`. Each :class:`Translation` names its
+``label_rule``.
+
+Over 400 lines (about fifty of them this docstring) because what is left is one request -> result
+contract: the config, the items and results, the adapted-pipeline cache, the padding of sources
+to the model's square and back, and the labels of one :func:`translate` call.
 """
 
 from __future__ import annotations
@@ -71,77 +76,37 @@ from diffmix.adapter import (
     AdapterError,
     attach_adapter,
     check_adapter_for,
-    check_prompt_template,
+    check_prompt_template,  # noqa: F401 -- importable here before diffmix.prompts existed
     read_adapter,
     require_adapter,
 )
 from diffmix.config import Device, Dtype, StageConfig
 from diffmix.labels import label_rule_for, soft_label
 from diffmix.mixing import cutmix_box, mixup_pixels
+from diffmix.prompts import build_prompt, prompt_word, template_from_prompt
 from diffmix.sampler import denoise_batch, img2img_start
 from diffmix.strategies import STRATEGIES, Strategy, StrategyName, get_strategy
 
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "StrategyName",
+    "TranslateConfig",
+    "Translation",
+    "TranslationItem",
+    "build_prompt",
+    "clear_adapter_cache",
+    "denoise_batch",
+    "get_strategy",
+    "img2img_start",
+    "load_adapted_pipeline",
+    "prompt_word",
+    "soft_label",
+    "template_from_prompt",
+    "translate",
+]
+
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------- prompts
-
-
-def prompt_word(
-    strategy: str | Strategy, target_class: str, *, adapter_meta: dict | None = None
-) -> str:
-    """What ``{token}`` stands for in a prompt of ``target_class``: the class's token for
-    personalized strategies (``<demo-3>``), its name (underscores as spaces) otherwise."""
-    st = get_strategy(strategy)
-    if st.prompt == "adapter":
-        require_adapter(st, adapter_meta, how="pass adapter_meta (its adapter.json)")
-        tokens = adapter_meta.get("class_tokens", {})
-        if target_class not in tokens:
-            raise ValueError(
-                f"unknown class {target_class!r}; the adapter knows: {', '.join(tokens)}"
-            )
-        return str(tokens[target_class])
-    return target_class.replace("_", " ").strip()
-
-
-def template_from_prompt(prompt: str, word: str) -> str:
-    """A prompt template of a typed prompt: braces escaped, ``word`` (the target's token or
-    name, :func:`prompt_word`) made ``{token}``, so that ``template.format(token=word)`` gives
-    ``prompt`` back and other target classes get their own token."""
-    escaped = prompt.replace("{", "{{").replace("}", "}}")
-    return escaped.replace(word, "{token}") if word else escaped
-
-
-def build_prompt(
-    strategy: str | Strategy,
-    target_class: str,
-    *,
-    adapter_meta: dict | None = None,
-    superclass: str | None = None,
-    template: str | None = None,
-) -> str:
-    """The prompt a strategy uses for ``target_class``.
-
-    Personalized strategies: ``adapter_meta["prompt_template"].format(token=class_tokens[target])``.
-    Base-model strategies: ``"a photo of a {class name} {superclass}"`` (underscores in the name
-    become spaces; no superclass word when unknown), as the paper's Real-* baselines.
-    Classic mixing strategies have no prompt (``""``). ``template`` (a user's prompt, checked by
-    :func:`~diffmix.adapter.check_prompt_template` with ``{token}`` optional) replaces the
-    strategy's own: ``{token}`` is :func:`prompt_word`, ``{superclass}`` the superclass word.
-    """
-    st = get_strategy(strategy)
-    if st.prompt == "none":
-        return ""
-    if template is not None:
-        template = check_prompt_template(template, require_token=False)
-        word = prompt_word(st, target_class, adapter_meta=adapter_meta)
-        return template.format(token=word, superclass=superclass or "object").strip()
-    if st.prompt == "adapter":
-        word = prompt_word(st, target_class, adapter_meta=adapter_meta)
-        template = check_prompt_template(adapter_meta.get("prompt_template"))
-        return template.format(token=word, superclass=superclass or "object")
-    name = target_class.replace("_", " ").strip()
-    return f"a photo of a {name} {superclass}" if superclass else f"a photo of a {name}"
-
 
 # --------------------------------------------------------------------------- config & items
 

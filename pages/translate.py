@@ -181,7 +181,8 @@ def build_request(
     made with exactly the typed text. ``guidance`` defaults to :data:`DEFAULT_GUIDANCE`.
     """
     from diffmix.adapter import check_prompt_template
-    from diffmix.translate import get_strategy, prompt_word, template_from_prompt
+    from diffmix.prompts import prompt_word, template_from_prompt
+    from diffmix.strategies import get_strategy
 
     # 1. Bounded work first (nothing is loaded for a refused request), then dataset,
     #    strategy, model and adapter.
@@ -334,7 +335,7 @@ def default_prompt(
     """``(prompt, word)``: the prompt the strategy would use for ``target_class`` (e.g.
     ``"a photo of a <demo-3> flower"``) and the word in it that names the class (the token, or
     the class name); ``("", "")`` when the strategy has no prompt (mixup, cutmix)."""
-    from diffmix.translate import build_prompt, prompt_word
+    from diffmix.prompts import build_prompt, prompt_word
 
     st, meta, superclass = _prompt_word(selection, adapter, strategy, target_class, settings,
                                         owner)  # fmt: skip
@@ -476,7 +477,8 @@ def generate_plan(
     template (the target's token made ``{token}``, so every target class gets its own), and
     the source / target shown on Generate. ``ValueError`` for a bad strength or prompt."""
     from diffmix.adapter import check_prompt_template
-    from diffmix.translate import get_strategy, prompt_word, template_from_prompt
+    from diffmix.prompts import prompt_word, template_from_prompt
+    from diffmix.strategies import get_strategy
 
     st = get_strategy(strategy or default_strategy(adapter))
     s = 1.0 if st.generative == "txt2img" else float(strength if strength is not None else 0.7)

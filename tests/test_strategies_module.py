@@ -1,8 +1,8 @@
-"""The strategy table and the shared-grid sampler have their own modules (issue 14).
+"""The strategy table, the prompts and the shared-grid sampler have their own modules (issue 14).
 
-``diffmix.strategies`` imports no torch (configs, the CLI parser and pages that only need the
-names load it cheaply); ``diffmix.translate`` keeps re-exporting the same objects, so former
-import paths keep working.
+``diffmix.strategies`` and ``diffmix.prompts`` import no torch (configs, the CLI parser and
+pages that only need the names load them cheaply); ``diffmix.translate`` keeps re-exporting the
+same objects, so former import paths keep working.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ def _modules_after(code: str) -> str:
     return out.stdout.split()
 
 
-def test_importing_the_strategy_table_imports_no_torch():
-    mods = _modules_after("import diffmix.strategies")
-    assert "diffmix.strategies" in mods
+@pytest.mark.parametrize("module", ["diffmix.strategies", "diffmix.prompts"])
+def test_importing_the_table_or_the_prompts_imports_no_torch(module):
+    mods = _modules_after(f"import {module}")
+    assert module in mods
     assert "torch" not in mods and "diffusers" not in mods
 
 
@@ -33,12 +34,14 @@ def test_the_generate_package_imports_no_torch_until_it_runs():
 
 
 def test_translate_re_exports_the_same_objects():
-    from diffmix import sampler, strategies, translate
+    from diffmix import prompts, sampler, strategies, translate
 
     for name in ("Strategy", "STRATEGIES", "get_strategy", "StrategyName"):
         assert getattr(translate, name) is getattr(strategies, name), name
     for name in ("denoise_batch", "img2img_start"):
         assert getattr(translate, name) is getattr(sampler, name), name
+    for name in ("build_prompt", "prompt_word", "template_from_prompt"):
+        assert getattr(translate, name) is getattr(prompts, name), name
 
 
 def test_unknown_strategy_names_the_choices():
