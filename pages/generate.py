@@ -119,7 +119,7 @@ def generate_config(
     prompt) is checked as a typed prompt (:func:`diffmix.settings.check_prompt`).
     """
     from diffmix.adapter import check_prompt_template
-    from diffmix.translate import get_strategy
+    from diffmix.strategies import get_strategy
 
     sub = selection_subset(selection, settings)
     st = get_strategy(strategy or default_strategy(adapter))
@@ -449,7 +449,7 @@ def sent_plan_box(
     """
     if not isinstance(plan, dict) or plan.get("from") != "translate":
         return ""
-    from diffmix.translate import get_strategy
+    from diffmix.strategies import get_strategy
 
     now = {"strategy": strategy or "", "strength": str(strengths or "").strip(),
            "guidance": "" if guidance in (None, "") else f"{float(guidance):g}",
