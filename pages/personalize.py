@@ -100,21 +100,41 @@ def model_defaults(model: str, batch: int = 8) -> dict[str, Any]:
 
 _MEASURING: dict[str, threading.Thread] = {}
 _MEASURING_LOCK = threading.Lock()
+#: The measurement, run in a child process: loading a diffusers model patches
+#: ``torch.nn.Module`` process-wide for its duration (accelerate's empty-weights loading), so a
+#: load in a background thread would corrupt models other threads build at the same moment.
+_MEASURE_CODE = (
+    "import sys, torch; torch.set_num_threads(int(sys.argv[3])); from diffmix import costs; "
+    "costs.calibrate_personalize(sys.argv[1], batch=int(sys.argv[2]))"
+)
+
+
+def _measure(model: str, batch: int) -> None:
+    """Run :func:`diffmix.costs.calibrate_personalize` in a child process with this process's
+    torch thread count (the calibration key names it) and wait for it; it stores the rates."""
+    import subprocess
+
+    import torch
+
+    argv = [sys.executable, "-c", _MEASURE_CODE, model, str(batch), str(torch.get_num_threads())]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"exit code {done.returncode}: {tail[0]}")
 
 
 def measure_in_background(model: str, batch: int = 8) -> threading.Thread | None:
-    """Measure personalization speed for ``model`` on this machine in a daemon thread, once per
+    """Measure personalization speed for ``model`` on this machine in the background, once per
     process (nano only: a few seconds idle, about a minute on a loaded 2-core machine), so the
     app starts at once and the page sizes its steps with the measurement when it is opened
-    after it lands (:func:`_on_open`). Returns the thread, or None when nothing is to measure."""
-    from diffmix import costs
-
+    after it lands (:func:`_on_open`). A daemon thread waits for the child process that
+    measures (:func:`_measure`). Returns the thread, or None when nothing is to measure."""
     if model != "nano" or model_defaults(model, batch)["measured"]:
         return None
 
     def run() -> None:
         try:
-            costs.calibrate_personalize(model, batch=batch)
+            _measure(model, batch)
         except Exception:  # a failed measurement leaves the rough sizing; never breaks the app
             logger.exception("measuring personalization speed for %s failed", model)
 

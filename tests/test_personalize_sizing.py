@@ -14,7 +14,6 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from diffmix import costs
 from diffmix.settings import Settings
 from pages import personalize
 
@@ -25,14 +24,14 @@ def test_the_page_builds_while_the_speed_is_measured_then_sizes_on_open(
     monkeypatch.setenv("DIFFMIX_HOME", str(tmp_path))
     monkeypatch.setattr(personalize, "_MEASURING", {})
     started, release = threading.Event(), threading.Event()
-    real = costs.calibrate_personalize
+    real = personalize._measure
 
-    def held(model: str, **kw):  # the measurement, held until the page is built
+    def held(model: str, batch: int) -> None:  # the measurement, held until the page is built
         started.set()
         assert release.wait(120)
-        return real(model, **kw)
+        real(model, batch)
 
-    monkeypatch.setattr(costs, "calibrate_personalize", held)
+    monkeypatch.setattr(personalize, "_measure", held)
     built = personalize.model_defaults("nano")
     assert not built["measured"] and "rough" in built["source"]
     settings = Settings.from_env({"DIFFMIX_HOME": str(tmp_path), "DIFFMIX_MODEL": "nano"})
@@ -60,12 +59,33 @@ def test_a_failed_measurement_keeps_the_rough_sizing(
     monkeypatch.setenv("DIFFMIX_HOME", str(tmp_path))
     monkeypatch.setattr(personalize, "_MEASURING", {})
 
-    def broken(model: str, **kw):
-        raise RuntimeError("out of memory")
+    def broken(model: str, batch: int) -> None:
+        raise RuntimeError("exit code 1: out of memory")
 
-    monkeypatch.setattr(costs, "calibrate_personalize", broken)
+    monkeypatch.setattr(personalize, "_measure", broken)
     built = personalize.model_defaults("nano")
     personalize.measure_in_background("nano").join(60)
     assert personalize.sized_update(built, built["steps"], built["sample_every"], "nano") == [
         gr.skip(), gr.skip()]  # fmt: skip
     assert not personalize.model_defaults("nano")["measured"]
+
+
+def test_the_measurement_leaves_models_built_meanwhile_intact(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Loading a diffusers model patches torch.nn.Module process-wide while it loads; the
+    measurement runs in a child process, so modules built here meanwhile get real weights (a
+    background-thread load gave a concurrently built test pipeline meta tensors)."""
+    import torch
+
+    monkeypatch.setenv("DIFFMIX_HOME", str(tmp_path))
+    monkeypatch.setattr(personalize, "_MEASURING", {})
+    thread = personalize.measure_in_background("nano")
+    built = 0
+    while thread.is_alive():
+        layer = torch.nn.Linear(64, 64)
+        assert layer.weight.device.type == "cpu", "a module built during the measurement"
+        built += 1
+        thread.join(0.01)
+    assert built > 0
+    assert personalize.model_defaults("nano")["measured"]  # the child stored the measurement
