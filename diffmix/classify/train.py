@@ -325,7 +325,8 @@ class _Sums:
 
 @dataclass
 class _Trainer:
-    """Steps 3-6 of :func:`train`: the run's live state and one method per step."""
+    """Steps 4-6 of :func:`train` (built by :func:`_build_model`): the run's live state and one
+    method per step."""
 
     cfg: TrainConfig
     out: Path
