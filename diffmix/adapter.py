@@ -201,8 +201,11 @@ def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
         raise AdapterError(f"adapter {adapter_dir} lacks token embedding files: {missing[:3]}")
     # A truncated or corrupt file raises all sorts of errors deep in diffusers / safetensors
     # (SafetensorError, OSError, ValueError, RuntimeError): one AdapterError names the folder.
+    from diffmix.pipeline import BUILD_LOCK  # LoRA layers built while no other load runs
+
     try:
-        pipe.load_textual_inversion(files)
+        with BUILD_LOCK:
+            pipe.load_textual_inversion(files)
     except Exception as e:
         raise AdapterError(
             f"adapter {adapter_dir}: its token embeddings cannot be loaded "
@@ -213,7 +216,8 @@ def attach_adapter(pipe, adapter_dir: str | os.PathLike) -> dict:
         expected = len(lora_layers(read_lora_file(lora)))
         before = _attached_lora_layers(pipe.unet)
         try:
-            pipe.load_lora_weights(str(adapter_dir))
+            with BUILD_LOCK:
+                pipe.load_lora_weights(str(adapter_dir))
         except Exception as e:
             raise AdapterError(
                 f"adapter {adapter_dir}: {LORA_FILE} cannot be loaded "

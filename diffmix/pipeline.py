@@ -290,6 +290,11 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
 _CACHE: OrderedDict[tuple, object] = OrderedDict()
 _CACHE_SIZE = 2
 _LOCK = threading.RLock()
+#: Held while this process builds or loads a model. A diffusers ``from_pretrained`` replaces
+#: ``torch.nn.Module.register_parameter`` process-wide while it runs (accelerate's empty-weights
+#: loading), so a module another thread builds meanwhile (the scoring judge, LoRA layers) would
+#: get meta tensors; every in-process model build in the app holds this lock.
+BUILD_LOCK = threading.RLock()
 
 
 def load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
@@ -301,12 +306,13 @@ def load_base(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     try:
         if not ref.local:  # model_index.json alone (a small file): refuse SDXL etc. up front
             check_model_index(DiffusionPipeline.load_config(ref.source), repr(ref.source))
-        pipe = StableDiffusionPipeline.from_pretrained(
-            ref.source,
-            dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        with BUILD_LOCK:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                ref.source,
+                dtype=dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
     except ModelError:
         raise
     except (OSError, ValueError) as e:

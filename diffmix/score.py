@@ -444,7 +444,10 @@ def clear_classifier_cache() -> None:
 
 
 def _new_model(judge: str, num_classes: int, width: int = 32) -> torch.nn.Module:
-    return Lite0Probe(num_classes) if judge == "lite0" else SmallCNN(num_classes, width=width)
+    from diffmix.pipeline import BUILD_LOCK  # no module of another thread's load may be meta
+
+    with BUILD_LOCK:
+        return Lite0Probe(num_classes) if judge == "lite0" else SmallCNN(num_classes, width=width)
 
 
 def _load_clf(
@@ -661,7 +664,10 @@ def clip_probs(
         )
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    from diffmix.pipeline import BUILD_LOCK
+
+    with BUILD_LOCK:
+        model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
     proc = CLIPProcessor.from_pretrained(path, local_files_only=True)
     sc = f" {superclass}" if superclass else ""
     texts = [f"a photo of a {c.replace('_', ' ')}{sc}" for c in class_names]
