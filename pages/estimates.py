@@ -71,13 +71,20 @@ def estimate_line(stage: str, args: Sequence[str], *, calibrate: bool | None = N
     return text
 
 
-def estimate_action(stage: str, build, settings: Settings) -> Any:
+def estimate_action(stage: str, build, settings: Settings, measuring=None) -> Any:
     """A listener ``(owner, *start values) -> Markdown``: the estimate of the run Start would
-    launch with these values (this machine measured first where that is cheap)."""
+    launch with these values (this machine measured first where that is cheap). While
+    ``measuring()`` is true (a background measurement of this speed is under way) the estimate
+    uses what is known now and says so, rather than waiting or measuring a second time."""
 
     def estimate(owner: str | None, *values: Any) -> str:
         try:
             args, _ = build(owner, *values)
+            if measuring is not None and measuring():
+                return estimate_line(stage, args, calibrate=False) + (
+                    " This machine's speed is being measured now: change a setting or reopen "
+                    "the page in a minute for the measured estimate."
+                )
             return estimate_line(stage, args)
         except (*jobs_ui.USER_ERRORS, ImportError) as err:
             return common.error_box(jobs_ui.readable_error(err), settings)

@@ -13,7 +13,6 @@ Run alone with ``python pages/personalize.py``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import sys
@@ -477,18 +476,10 @@ def _use_action(settings: Settings):
     return use_adapter, clear_adapter, adapters
 
 
-def _after_measurement(fn, model: str, timeout_s: float = 300.0):
-    """``fn`` run after the background measurement of ``model`` (if one is in flight), so the
-    estimate does not start a second, competing measurement of the same speed."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any) -> Any:
-        thread = _MEASURING.get(model)
-        if thread is not None:
-            thread.join(timeout_s)
-        return fn(*args)
-
-    return wrapped
+def measuring(model: str) -> bool:
+    """Whether the background measurement of ``model``'s speed is under way."""
+    thread = _MEASURING.get(model)
+    return thread is not None and thread.is_alive()
 
 
 def sized_update(built: dict[str, Any], steps: Any, sample_every: Any, model: str) -> list[Any]:
@@ -684,8 +675,8 @@ def build(settings: Settings | None = None) -> gr.Blocks:
                     api_visibility="private")  # fmt: skip
         start_values = [selection, model, steps, rank, lr, seed, sample_every, batch_size,
                         ti_only, class_balanced]  # fmt: skip
-        estimate_fn = _after_measurement(
-            estimates.estimate_action(STAGE, _build_args(settings), settings), settings.model
+        estimate_fn = estimates.estimate_action(
+            STAGE, _build_args(settings), settings, measuring=lambda: measuring(settings.model)
         )
         page.load(estimate_fn, [owner, *start_values], estimate, api_visibility="private")
         for widget in (model, steps, batch_size, sample_every, ti_only):

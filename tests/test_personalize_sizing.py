@@ -40,6 +40,23 @@ def test_the_page_builds_while_the_speed_is_measured_then_sizes_on_open(
     assert started.wait(60) and thread.is_alive()
     skip = [gr.skip(), gr.skip()]
     assert personalize.sized_update(built, built["steps"], built["sample_every"], "nano") == skip
+    # the estimate answers now, from what is known, and takes no second measurement
+    from diffmix import costs
+    from pages import dataset, estimates
+
+    def no_second(*a, **kw):
+        raise AssertionError("the estimate measured while the background measurement ran")
+
+    sel = dataset.load_selection("demo", subset="few-shot", shots=2, seed=0).selection
+    estimate = estimates.estimate_action(
+        "personalize", personalize._build_args(settings), settings,
+        measuring=lambda: personalize.measuring("nano"),
+    )  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(costs, "calibrate_personalize", no_second)
+        line = estimate(None, sel, "nano", built["steps"], 10, None, 0, built["sample_every"],
+                        8, False, None)  # fmt: skip
+    assert "Estimated time" in line and "being measured now" in line, line
     release.set()
     thread.join(300)
     now = personalize.model_defaults("nano")
