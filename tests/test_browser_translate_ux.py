@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +33,11 @@ _BROWSER_SKIPS = browser_skips()
 
 
 @pytest.fixture(scope="module")
-def ux_server(workspace_home: Path) -> Iterator[AppServer]:
-    """The app with nano; the developer workspace's fitted demo judge is copied in if present."""
+def ux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The app with nano on a workspace of its own (adapters other tests leave in the shared
+    one would be carried forward and change the prompts); the developer workspace's fitted demo
+    judge is copied in if present."""
+    workspace_home = tmp_path_factory.mktemp("translate-ux-home")
     cached = REPO / "workspace" / "refclf"
     if cached.is_dir():
         dest = workspace_home / "refclf"
@@ -124,7 +126,7 @@ def test_translate_page_in_a_browser(browser: Any, ux_server: AppServer) -> None
         expect(pg.locator("#tr-prompt textarea")).not_to_have_value("")
         assert "a photo of a" in pg.locator("#tr-prompt textarea").input_value()
         expect(pg.locator("#tr-pager")).to_contain_text("Page 1 of")
-        pg.wait_for_load_state("networkidle")
+        pg.wait_for_load_state("networkidle", timeout=240_000)  # after start-up work
         set_number(pg, "tr-steps", STEPS)
         pg.locator("#tr-prompt textarea").fill("a pencil drawing of a flower")
         pg.locator("#tr-grid-seeds textarea, #tr-grid-seeds input").first.fill("0, 1")
